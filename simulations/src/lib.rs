@@ -1,0 +1,1 @@
+//! Courier network simulations: many relays and clients, faults, invariants.
