@@ -42,3 +42,35 @@ pub const DEVICES_PER_ACCOUNT_MAX: usize = 16;
 pub const MESSAGE_TTL_SECS_MAX: u64 = 30 * 24 * 3600;
 /// Most envelopes returned by one mailbox fetch.
 pub const FETCH_LIMIT_MAX: usize = 500;
+
+/// Exact size of every public key on the wire (Ed25519 and X25519), in bytes.
+pub const PUBLIC_KEY_BYTES: usize = 32;
+/// Exact size of every signature on the wire (Ed25519), in bytes.
+pub const SIGNATURE_BYTES: usize = 64;
+/// Exact size of a login challenge nonce, in bytes.
+pub const NONCE_BYTES: usize = 32;
+/// Longest opaque token text (access/refresh token, challenge id, link secret),
+/// in bytes.
+pub const TOKEN_BYTES_MAX: usize = 256;
+/// Longest invite or device link code, in bytes.
+pub const CODE_BYTES_MAX: usize = 64;
+/// Longest human-readable error message, in bytes.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
+/// Most sequence numbers acknowledged in one ack request or frame.
+pub const ACK_SEQS_MAX: usize = FETCH_LIMIT_MAX;
+/// Largest JSON mailbox fetch response a relay sends, in bytes; the relay
+/// returns fewer envelopes (with `more: true`) to stay under it. Always at
+/// least one envelope of maximum size fits.
+pub const FETCH_RESPONSE_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Longest libp2p PeerId text in a relay descriptor, in bytes.
+pub const PEER_ID_BYTES_MAX: usize = 128;
+/// Most listen addresses in a relay descriptor.
+pub const DESCRIPTOR_ADDRESSES_MAX: usize = 16;
+/// Most feature strings in a relay descriptor.
+pub const DESCRIPTOR_FEATURES_MAX: usize = 32;
+/// Longest multiaddr, URL, version or feature text in a relay descriptor, in
+/// bytes.
+pub const DESCRIPTOR_TEXT_BYTES_MAX: usize = 512;
+/// Most third-party descriptors shared in one federation `Hello`.
+pub const HELLO_KNOWN_MAX: usize = 512;

@@ -1,0 +1,132 @@
+//! WebSocket frames on `/v1/ws`.
+//!
+//! In JSON (the WebSocket text frames) a frame is an object whose `type`
+//! field names the variant, e.g. `{"type":"ack","seqs":[1,2]}`. The binary
+//! codec cannot read internally tagged enums (postcard is not
+//! self-describing), so there a frame is encoded like any other enum:
+//! variant index then fields. Ping and pong are WebSocket control frames.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::api::{Envelope, validate_seqs};
+use crate::validate::Validate;
+use crate::{ApiError, ErrorCode};
+
+/// Declares a frame enum with struct variants whose JSON form is internally
+/// tagged by `type` (snake_case) and whose binary form is externally tagged.
+macro_rules! frame_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident [$($json_attr:tt)*] {
+            $(
+                $(#[$vmeta:meta])*
+                $variant:ident { $( $(#[$fmeta:meta])* $field:ident : $ty:ty ),+ $(,)? }
+            ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        pub enum $name {
+            $(
+                $(#[$vmeta])*
+                $variant { $( $(#[$fmeta])* $field: $ty ),+ },
+            )+
+        }
+
+        const _: () = {
+            #[derive(Serialize)]
+            #[serde(tag = "type", rename_all = "snake_case")]
+            enum JsonRef<'a> { $( $variant { $( $field: &'a $ty ),+ }, )+ }
+
+            #[derive(Deserialize)]
+            #[serde(tag = "type", rename_all = "snake_case" $($json_attr)*)]
+            enum JsonOwned { $( $variant { $( $field: $ty ),+ }, )+ }
+
+            #[derive(Serialize)]
+            enum BinRef<'a> { $( $variant { $( $field: &'a $ty ),+ }, )+ }
+
+            #[derive(Deserialize)]
+            enum BinOwned { $( $variant { $( $field: $ty ),+ }, )+ }
+
+            impl Serialize for $name {
+                fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    if s.is_human_readable() {
+                        match self {
+                            $( $name::$variant { $($field),+ } => JsonRef::$variant { $($field),+ }.serialize(s), )+
+                        }
+                    } else {
+                        match self {
+                            $( $name::$variant { $($field),+ } => BinRef::$variant { $($field),+ }.serialize(s), )+
+                        }
+                    }
+                }
+            }
+
+            impl<'de> Deserialize<'de> for $name {
+                fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    if d.is_human_readable() {
+                        Ok(match JsonOwned::deserialize(d)? {
+                            $( JsonOwned::$variant { $($field),+ } => $name::$variant { $($field),+ }, )+
+                        })
+                    } else {
+                        Ok(match BinOwned::deserialize(d)? {
+                            $( BinOwned::$variant { $($field),+ } => $name::$variant { $($field),+ }, )+
+                        })
+                    }
+                }
+            }
+        };
+    };
+}
+
+frame_enum! {
+    /// A frame the relay sends to a connected device.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum ServerFrame [] {
+        /// A new or still-unacknowledged envelope, pushed in sequence order.
+        Envelope {
+            /// The envelope.
+            envelope: Envelope,
+        },
+        /// The device's one-time prekey pool is low; upload more.
+        PrekeysLow {
+            /// One-time prekeys remaining.
+            remaining: u32,
+        },
+        /// Something the device sent was refused; the connection stays open
+        /// unless the code is `unauthenticated` or `token_expired`.
+        Error {
+            /// What went wrong.
+            error: ApiError,
+        },
+    }
+}
+
+impl Validate for ServerFrame {
+    fn validate(&self) -> Result<(), ErrorCode> {
+        match self {
+            ServerFrame::Envelope { envelope } => envelope.validate(),
+            ServerFrame::PrekeysLow { .. } => Ok(()),
+            ServerFrame::Error { error } => error.validate(),
+        }
+    }
+}
+
+frame_enum! {
+    /// A frame a device sends to its relay.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum ClientFrame [, deny_unknown_fields] {
+        /// Deletes delivered envelopes, like `POST /v1/messages/ack`.
+        Ack {
+            /// 1..=[`crate::limits::ACK_SEQS_MAX`] sequence numbers.
+            seqs: Vec<u64>,
+        },
+    }
+}
+
+impl Validate for ClientFrame {
+    fn validate(&self) -> Result<(), ErrorCode> {
+        match self {
+            ClientFrame::Ack { seqs } => validate_seqs(seqs),
+        }
+    }
+}
