@@ -1,2 +1,25 @@
-//! The relay's logic — accounts, devices, key directory, mailboxes and outbox —
-//! as plain Rust over a `Store` trait and an injected clock. No sockets here.
+//! The relay's logic — accounts, devices, key directory, mailboxes and
+//! outbox — as plain Rust over a [`Store`] trait, an injected [`Clock`] and
+//! injected randomness. No sockets here: the gateway (HTTP/WebSocket) and the
+//! federation driver call into [`Relay`]; the node wires it to a store.
+//!
+//! Stores: [`MemoryStore`] (always; simulations), [`SqliteStore`] (feature
+//! `sqlite`) and [`PostgresStore`] (feature `postgres`). See `docs/storage.md`.
+
+pub mod account;
+pub mod auth;
+pub mod clock;
+pub mod device;
+pub mod directory;
+pub mod error;
+pub mod mailbox;
+pub mod outbox;
+pub mod relay;
+pub mod store;
+pub mod types;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{RelayError, Result};
+pub use mailbox::Accepted;
+pub use relay::{AuthedDevice, Config, NoNotifier, Notifier, Random, Registration, Relay};
+pub use store::{MemoryStore, Store};

@@ -1,0 +1,2 @@
+//! Store benchmark (accept → fetch → ack); filled in below.
+fn main() {}

@@ -1,0 +1,257 @@
+//! Mailboxes: accepting messages (local and federated), fetching, acking,
+//! expiry.
+
+use std::collections::BTreeMap;
+
+use courier_protocol::limits::{ACK_SEQS_MAX, FETCH_LIMIT_MAX, MESSAGE_TTL_SECS_MAX};
+use courier_protocol::{EnvelopeId, OutgoingMessage, RelayName, Validate};
+use sha2::{Digest, Sha256};
+
+use crate::error::{RelayError, Result};
+use crate::relay::{AuthedDevice, Relay};
+use crate::store::{
+    AcceptOutcome, LocalRecipient, MailboxRef, NewMessage, PurgeReport, RemoteRecipients,
+};
+use crate::types::{
+    AckResponse, AckStatus, EnvelopeAck, EnvelopeKind, FedEnvelope, FedRecipient, FetchResponse,
+};
+
+/// What [`Relay::accept_message`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The envelope id.
+    pub id: EnvelopeId,
+    /// When it was (first) accepted: the `accepted_ms` of the send response.
+    pub accepted_ms: u64,
+    /// True if this was a retry of an accepted message: nothing changed.
+    pub duplicate: bool,
+    /// New local mailbox entries (empty for a duplicate); the notifier has
+    /// been told about each.
+    pub delivered: Vec<MailboxRef>,
+    /// Relays whose outbox got an entry (empty for a duplicate).
+    pub remote: Vec<RelayName>,
+}
+
+fn digest(
+    source: &str,
+    body: &[u8],
+    recipients: impl Iterator<Item = (String, u32, Vec<u8>)>,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let field = |h: &mut Sha256, b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    field(&mut h, source.as_bytes());
+    field(&mut h, body);
+    for (to, device, header) in recipients {
+        field(&mut h, to.as_bytes());
+        h.update(device.to_be_bytes());
+        field(&mut h, &header);
+    }
+    h.finalize().into()
+}
+
+impl Relay {
+    /// Accepts a message from a local device: one body, a mailbox entry per
+    /// local recipient device, an outbox entry per other relay (body once,
+    /// that relay's recipients inside). Returns only once stored durably.
+    /// A retry with the same id from the same device with the same content
+    /// changes nothing and reports the first acceptance.
+    pub async fn accept_message(
+        &self,
+        sender: &AuthedDevice,
+        message: OutgoingMessage,
+    ) -> Result<Accepted> {
+        OutgoingMessage::validate(&message)?;
+        let now = self.now_ms();
+        let source = format!("local:{}/{}", sender.user, sender.device);
+        let digest = digest(
+            &source,
+            message.body.as_slice(),
+            message
+                .recipients
+                .iter()
+                .map(|r| (r.to.to_string(), r.device.0, r.header.0.clone())),
+        );
+        let mut local = Vec::new();
+        let mut remote: BTreeMap<RelayName, Vec<FedRecipient>> = BTreeMap::new();
+        for r in message.recipients {
+            if r.to.relay == self.config.name {
+                local.push(LocalRecipient {
+                    user: r.to.user,
+                    device: r.device,
+                    header: r.header,
+                });
+            } else {
+                remote.entry(r.to.relay).or_default().push(FedRecipient {
+                    user: r.to.user,
+                    device: r.device,
+                    header: r.header,
+                });
+            }
+        }
+        let remote: Vec<RemoteRecipients> = remote
+            .into_iter()
+            .map(|(relay, recipients)| RemoteRecipients { relay, recipients })
+            .collect();
+        let relays: Vec<RelayName> = remote.iter().map(|r| r.relay.clone()).collect();
+        let new = NewMessage {
+            id: message.id,
+            source,
+            digest,
+            origin: self.config.name.clone(),
+            kind: EnvelopeKind::Message,
+            body: message.body,
+            received_ms: now,
+            expires_ms: now + message.ttl_secs * 1000,
+            local,
+            remote,
+            sender: Some((sender.user.clone(), sender.device)),
+            depth_max: self.config.mailbox_depth_max,
+            skip_unknown: false,
+        };
+        match self.store.accept(new).await? {
+            AcceptOutcome::Accepted { delivered } => {
+                self.notify(&delivered);
+                for relay in &relays {
+                    self.notifier.outbox(relay);
+                }
+                Ok(Accepted {
+                    id: message.id,
+                    accepted_ms: now,
+                    duplicate: false,
+                    delivered,
+                    remote: relays,
+                })
+            }
+            AcceptOutcome::Duplicate { accepted_ms } => Ok(Accepted {
+                id: message.id,
+                accepted_ms,
+                duplicate: true,
+                delivered: Vec::new(),
+                remote: Vec::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn notify(&self, delivered: &[MailboxRef]) {
+        for d in delivered {
+            self.notifier.mailbox(&d.user, d.device, d.seq);
+        }
+    }
+
+    /// Accepts envelopes a peer relay delivered (the caller has checked that
+    /// the peer is `origin`). Each envelope is stored for the recipients that
+    /// exist here, deduplicated by envelope id, and answered on its own.
+    pub async fn accept_federated(
+        &self,
+        origin: &RelayName,
+        envelopes: Vec<FedEnvelope>,
+    ) -> Vec<EnvelopeAck> {
+        let mut acks = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            let id = envelope.id;
+            let status = match self.accept_one_federated(origin, envelope).await {
+                Ok(true) => AckStatus::Accepted,
+                Ok(false) => AckStatus::Duplicate,
+                Err(e) => AckStatus::Rejected(e.code()),
+            };
+            acks.push(EnvelopeAck { id, status });
+        }
+        acks
+    }
+
+    async fn accept_one_federated(
+        &self,
+        origin: &RelayName,
+        envelope: FedEnvelope,
+    ) -> Result<bool> {
+        if origin == &self.config.name {
+            return Err(RelayError::Forbidden("an envelope from ourselves"));
+        }
+        envelope.validate()?;
+        let now = self.now_ms();
+        if envelope.expires_ms <= now {
+            return Err(RelayError::BadRequest("expired".into()));
+        }
+        // A peer cannot make us keep a message longer than any sender could.
+        let expires_ms = envelope.expires_ms.min(now + MESSAGE_TTL_SECS_MAX * 1000);
+        let source = format!("relay:{origin}");
+        let digest = digest(
+            &source,
+            envelope.body.as_slice(),
+            envelope
+                .recipients
+                .iter()
+                .map(|r| (r.user.to_string(), r.device.0, r.header.0.clone())),
+        );
+        let new = NewMessage {
+            id: envelope.id,
+            source,
+            digest,
+            origin: origin.clone(),
+            kind: envelope.kind,
+            body: envelope.body,
+            received_ms: now,
+            expires_ms,
+            local: envelope
+                .recipients
+                .into_iter()
+                .map(|r| LocalRecipient {
+                    user: r.user,
+                    device: r.device,
+                    header: r.header,
+                })
+                .collect(),
+            remote: Vec::new(),
+            sender: None,
+            depth_max: self.config.mailbox_depth_max,
+            skip_unknown: true,
+        };
+        match self.store.accept(new).await? {
+            AcceptOutcome::Accepted { delivered } => {
+                self.notify(&delivered);
+                Ok(true)
+            }
+            AcceptOutcome::Duplicate { .. } => Ok(false),
+        }
+    }
+
+    /// The caller's unexpired mailbox entries with `seq > after`, in order,
+    /// at most `limit` (clamped to 1..=`FETCH_LIMIT_MAX`).
+    pub async fn fetch(
+        &self,
+        device: &AuthedDevice,
+        after: u64,
+        limit: u32,
+    ) -> Result<FetchResponse> {
+        let limit = limit.clamp(1, FETCH_LIMIT_MAX as u32);
+        let mut envelopes = self
+            .store
+            .fetch(&device.user, device.device, after, limit + 1, self.now_ms())
+            .await?;
+        let more = envelopes.len() > limit as usize;
+        envelopes.truncate(limit as usize);
+        Ok(FetchResponse { envelopes, more })
+    }
+
+    /// Deletes the caller's entries with these sequence numbers. Unknown or
+    /// already acked numbers are ignored, so acks may repeat and come in any
+    /// order.
+    pub async fn ack(&self, device: &AuthedDevice, seqs: &[u64]) -> Result<AckResponse> {
+        if seqs.len() > ACK_SEQS_MAX {
+            return Err(RelayError::PayloadTooLarge(
+                "too many seqs in one ack".into(),
+            ));
+        }
+        let acked = self.store.ack(&device.user, device.device, seqs).await?;
+        Ok(AckResponse { acked })
+    }
+
+    /// Deletes expired mailbox entries, bodies nobody references, and expired
+    /// auth records. Call periodically.
+    pub async fn purge_expired(&self) -> Result<PurgeReport> {
+        self.store.purge_expired(self.now_ms()).await
+    }
+}

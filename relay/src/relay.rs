@@ -1,0 +1,183 @@
+//! [`Relay`]: configuration, store, clock, randomness and notifications tied
+//! together. The operations live in the modules named for what they touch
+//! (`account`, `auth`, `device`, `directory`, `mailbox`, `outbox`).
+
+use std::sync::{Arc, Mutex};
+
+use courier_protocol::limits::{DEVICES_PER_ACCOUNT_MAX, ONE_TIME_PREKEYS_PER_DEVICE_MAX};
+use courier_protocol::{DeviceId, RelayName, Username};
+use rand_core::CryptoRng;
+
+use crate::clock::Clock;
+use crate::store::Store;
+
+/// Who may create an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// Anyone.
+    Open,
+    /// Only holders of an operator-created invite code (single use, expiring).
+    Invite,
+}
+
+/// Relay settings. Durations end in `_ms`, limits in `_max`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This relay's name (the part after `@` of its users' addresses).
+    pub name: RelayName,
+    /// Who may register.
+    pub registration: Registration,
+    /// Lifetime of an access token.
+    pub access_token_ms: u64,
+    /// Lifetime of a refresh token (each rotation starts a new one).
+    pub refresh_token_ms: u64,
+    /// Lifetime of a login challenge.
+    pub challenge_ms: u64,
+    /// Lifetime of a device link request.
+    pub link_ms: u64,
+    /// Below this many one-time prekeys a device is told to upload more.
+    pub prekeys_low_water: u32,
+    /// Most one-time prekeys one device may hold.
+    pub prekeys_per_device_max: u32,
+    /// Most entries one device mailbox may hold.
+    pub mailbox_depth_max: u32,
+    /// Most devices per account.
+    pub devices_per_account_max: u32,
+    /// How long an outbox entry handed to the federation stays leased before
+    /// it is offered again (covers a crash mid-delivery).
+    pub outbox_lease_ms: u64,
+    /// First retry delay of an outbox entry.
+    pub outbox_backoff_base_ms: u64,
+    /// Longest retry delay of an outbox entry.
+    pub outbox_backoff_max_ms: u64,
+}
+
+impl Config {
+    /// Defaults for a relay called `name`: open registration, 15-minute access
+    /// tokens, 30-day refresh tokens, low water 20, 10 000 entries per mailbox.
+    pub fn new(name: RelayName) -> Self {
+        Config {
+            name,
+            registration: Registration::Open,
+            access_token_ms: 15 * 60 * 1000,
+            refresh_token_ms: 30 * 24 * 3600 * 1000,
+            challenge_ms: 60 * 1000,
+            link_ms: 10 * 60 * 1000,
+            prekeys_low_water: 20,
+            prekeys_per_device_max: ONE_TIME_PREKEYS_PER_DEVICE_MAX as u32,
+            mailbox_depth_max: 10_000,
+            devices_per_account_max: DEVICES_PER_ACCOUNT_MAX as u32,
+            outbox_lease_ms: 30 * 1000,
+            outbox_backoff_base_ms: 1000,
+            outbox_backoff_max_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+/// Told about changes the relay's callers push to clients or peers. Called
+/// after the change is committed; must not block (hand off to a channel).
+///
+/// One process: the gateway implements it to wake WebSocket sessions. Several
+/// processes on one PostgreSQL: the node implements it with `NOTIFY`, and each
+/// instance's listener wakes its own sessions.
+pub trait Notifier: Send + Sync {
+    /// A device mailbox got an entry with sequence number `seq`.
+    fn mailbox(&self, _user: &Username, _device: DeviceId, _seq: u64) {}
+    /// The outbox for `relay` got entries.
+    fn outbox(&self, _relay: &RelayName) {}
+    /// A device's one-time prekey pool fell below the low-water mark.
+    fn prekeys_low(&self, _user: &Username, _device: DeviceId, _remaining: u32) {}
+}
+
+/// A [`Notifier`] that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoNotifier;
+
+impl Notifier for NoNotifier {}
+
+/// The randomness a relay draws tokens, nonces, codes and jitter from.
+pub type Random = Box<dyn CryptoRng + Send>;
+
+/// A device that presented a valid access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthedDevice {
+    /// The account.
+    pub user: Username,
+    /// The device.
+    pub device: DeviceId,
+    /// The login session (for logout).
+    pub session: String,
+    /// `Some(remaining)` when the device's one-time prekey pool is below the
+    /// low-water mark: tell the client (`Courier-Prekeys-Low`).
+    pub prekeys_low: Option<u32>,
+}
+
+/// The relay's logic. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Relay {
+    pub(crate) config: Config,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) rng: Mutex<Random>,
+    pub(crate) notifier: Arc<dyn Notifier>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// A relay over `store`, reading time from `clock` and drawing
+    /// randomness from `rng`, with no notifier.
+    pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>, rng: Random) -> Self {
+        Relay {
+            config,
+            store,
+            clock,
+            rng: Mutex::new(rng),
+            notifier: Arc::new(NoNotifier),
+        }
+    }
+
+    /// Sets the notifier.
+    pub fn with_notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This relay's name.
+    pub fn name(&self) -> &RelayName {
+        &self.config.name
+    }
+
+    /// The store (for callers that need raw access, e.g. the node's admin CLI).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Now, from the injected clock.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub(crate) fn random_bytes<const N: usize>(&self) -> [u8; N] {
+        let mut out = [0u8; N];
+        // A poisoned lock only means another thread panicked mid-draw; the
+        // generator state is still usable.
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        rng.fill_bytes(&mut out);
+        out
+    }
+
+    pub(crate) fn random_u64(&self) -> u64 {
+        u64::from_le_bytes(self.random_bytes::<8>())
+    }
+}

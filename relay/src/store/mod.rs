@@ -1,0 +1,417 @@
+//! Storage behind one async trait, with an in-memory, a SQLite and a
+//! PostgreSQL implementation that pass the same conformance suite.
+//!
+//! The trait is object safe (`Arc<dyn Store>`) because the gateway, the
+//! federation driver and the node hold the store without knowing which one
+//! the operator configured; `async-trait` boxes the futures to make that
+//! possible (native `async fn` in traits is not `dyn`-compatible).
+//!
+//! Each method is one atomic step: a store either does all of it or none
+//! of it, and returns only after it is durable (for the SQL stores: after
+//! COMMIT). Checks that need the stored state under the same lock or
+//! transaction (username free, invite unused, mailbox depth, one-time prekey
+//! hand-out, refresh token reuse) happen inside the store; checks of the
+//! request alone (signatures, sizes) happen in [`crate::Relay`] before.
+
+use async_trait::async_trait;
+use courier_protocol::{DeviceId, EnvelopeId, RelayName, Username};
+
+use crate::error::Result;
+use crate::types::{
+    DeviceKeys, EnvelopeKind, FedRecipient, OneTimePreKey, SignedDeviceList, SignedPreKey,
+};
+use courier_protocol::Bytes;
+
+pub mod memory;
+
+pub use memory::MemoryStore;
+
+/// SHA-256 of a secret token or code; stores never see the secret itself.
+pub type TokenHash = [u8; 32];
+
+/// Row id of an outbox entry.
+pub type OutboxId = i64;
+
+/// An operator-created invite code (hashed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteRecord {
+    /// SHA-256 of the code.
+    pub code_hash: TokenHash,
+    /// After this the code is void.
+    pub expires_ms: u64,
+}
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Owner.
+    pub user: Username,
+    /// Device id.
+    pub device: DeviceId,
+    /// Public identity keys.
+    pub keys: DeviceKeys,
+    /// Current signed prekey, once uploaded.
+    pub signed_prekey: Option<SignedPreKey>,
+    /// One-time prekeys left.
+    pub one_time_count: u32,
+    /// When registered.
+    pub created_ms: u64,
+}
+
+/// A new account with its first device, registered atomically.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// Device 1 of the account (its `user` is the new username).
+    pub device: DeviceRecord,
+    /// The signed device list, version 1.
+    pub device_list: SignedDeviceList,
+    /// Invite to consume in the same step (`None` under the open policy).
+    pub invite: Option<TokenHash>,
+    /// Now (for invite expiry).
+    pub now_ms: u64,
+}
+
+/// A login challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChallengeRecord {
+    /// Random id (base64url).
+    pub id: String,
+    /// Who may answer it.
+    pub user: Username,
+    /// Which device.
+    pub device: DeviceId,
+    /// The nonce to sign.
+    pub nonce: [u8; 32],
+    /// After this it is void.
+    pub expires_ms: u64,
+}
+
+/// A login session: one device, one chain of refresh tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    /// Random session id.
+    pub id: String,
+    /// The account.
+    pub user: Username,
+    /// The device.
+    pub device: DeviceId,
+    /// First token pair.
+    pub tokens: TokenHashes,
+}
+
+/// Hashes and expiries of an access/refresh token pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenHashes {
+    /// SHA-256 of the access token.
+    pub access: TokenHash,
+    /// When the access token expires.
+    pub access_expires_ms: u64,
+    /// SHA-256 of the refresh token.
+    pub refresh: TokenHash,
+    /// When the refresh token expires.
+    pub refresh_expires_ms: u64,
+}
+
+/// What an access token unlocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRecord {
+    /// Its session.
+    pub session: String,
+    /// The account.
+    pub user: Username,
+    /// The device.
+    pub device: DeviceId,
+    /// When it expires.
+    pub expires_ms: u64,
+    /// One-time prekeys the device has left (for the low-water hint).
+    pub one_time_count: u32,
+}
+
+/// Result of presenting a refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The token was current: it is now used and `next` is stored.
+    Rotated {
+        /// The account.
+        user: Username,
+        /// The device.
+        device: DeviceId,
+    },
+    /// The token had been used before: the whole session is revoked.
+    Reused,
+    /// Unknown, expired or of a revoked session.
+    Invalid,
+}
+
+/// A pending device link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRecord {
+    /// The short code.
+    pub code: String,
+    /// SHA-256 of the new device's secret.
+    pub secret_hash: TokenHash,
+    /// The account to join.
+    pub user: Username,
+    /// The new device's keys.
+    pub keys: DeviceKeys,
+    /// After this it is void.
+    pub expires_ms: u64,
+    /// Set once approved.
+    pub approved: Option<DeviceId>,
+}
+
+/// One local mailbox entry of a new message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRecipient {
+    /// The user.
+    pub user: Username,
+    /// The device.
+    pub device: DeviceId,
+    /// Its header.
+    pub header: Bytes,
+}
+
+/// The recipients of a new message on one other relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRecipients {
+    /// The destination relay.
+    pub relay: RelayName,
+    /// The recipients there.
+    pub recipients: Vec<FedRecipient>,
+}
+
+/// A message to store: body once, a mailbox entry per local recipient, an
+/// outbox entry per remote relay. Stored all at once or not at all.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Envelope id (idempotency key).
+    pub id: EnvelopeId,
+    /// Who submitted it (`local:<user>/<device>` or `relay:<name>`): a retry
+    /// must come from the same source to count as a duplicate.
+    pub source: String,
+    /// SHA-256 over body and recipients: a retry must match it.
+    pub digest: [u8; 32],
+    /// Relay that accepted it from its sender.
+    pub origin: RelayName,
+    /// Message or notice.
+    pub kind: EnvelopeKind,
+    /// The shared body.
+    pub body: Bytes,
+    /// When the origin accepted it.
+    pub received_ms: u64,
+    /// When undelivered entries are purged.
+    pub expires_ms: u64,
+    /// Local mailbox entries.
+    pub local: Vec<LocalRecipient>,
+    /// Outbox entries, one per destination relay.
+    pub remote: Vec<RemoteRecipients>,
+    /// The submitting local device, remembered with outbox entries only so a
+    /// delivery-failure notice can reach it.
+    pub sender: Option<(Username, DeviceId)>,
+    /// Mailbox depth limit per device.
+    pub depth_max: u32,
+    /// Skip local recipients that do not exist instead of failing
+    /// (federated delivery: the sender's device list may be stale).
+    pub skip_unknown: bool,
+}
+
+/// A new mailbox entry, to notify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxRef {
+    /// The user.
+    pub user: Username,
+    /// The device.
+    pub device: DeviceId,
+    /// The entry's sequence number.
+    pub seq: u64,
+}
+
+/// Result of [`Store::accept`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcceptOutcome {
+    /// Stored now.
+    Accepted {
+        /// New mailbox entries.
+        delivered: Vec<MailboxRef>,
+    },
+    /// Stored before by the same source with the same content: nothing changed.
+    Duplicate {
+        /// When it was first accepted.
+        accepted_ms: u64,
+    },
+}
+
+/// An outbox entry: one message for all its recipients on one relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Row id.
+    pub id: OutboxId,
+    /// Destination relay.
+    pub relay: RelayName,
+    /// Envelope id.
+    pub envelope: EnvelopeId,
+    /// Message or notice.
+    pub kind: EnvelopeKind,
+    /// Body.
+    pub body: Bytes,
+    /// Recipients on the destination.
+    pub recipients: Vec<FedRecipient>,
+    /// When the origin gives up.
+    pub expires_ms: u64,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// The local device that submitted it, if any.
+    pub sender: Option<(Username, DeviceId)>,
+}
+
+/// Outbox backlog of one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxDestination {
+    /// Destination relay.
+    pub relay: RelayName,
+    /// Entries waiting.
+    pub pending: u64,
+    /// Earliest time one of them may be attempted.
+    pub next_attempt_ms: u64,
+}
+
+/// What a purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Expired mailbox entries deleted.
+    pub mailbox_entries: u64,
+    /// Message records (bodies, dedup keys) deleted.
+    pub messages: u64,
+    /// Expired challenges, links, invites and tokens deleted.
+    pub auth_records: u64,
+}
+
+/// The relay's persistent state. See the module doc for the contract.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- accounts and devices ---
+
+    /// Stores an invite code.
+    async fn create_invite(&self, invite: InviteRecord) -> Result<()>;
+    /// Registers an account and its device 1, consuming the invite if any.
+    /// Errors: `UsernameTaken`, `InvalidInvite` (unknown, used, expired).
+    async fn register(&self, account: NewAccount) -> Result<()>;
+    /// One device, if registered.
+    async fn device(&self, user: &Username, device: DeviceId) -> Result<Option<DeviceRecord>>;
+    /// All devices of an account, by id (empty if no such account).
+    async fn devices(&self, user: &Username) -> Result<Vec<DeviceRecord>>;
+    /// The current signed device list of an account.
+    async fn device_list(&self, user: &Username) -> Result<Option<SignedDeviceList>>;
+
+    // --- login ---
+
+    /// Stores a login challenge.
+    async fn put_challenge(&self, challenge: ChallengeRecord) -> Result<()>;
+    /// Removes and returns a challenge (single use).
+    async fn take_challenge(&self, id: &str) -> Result<Option<ChallengeRecord>>;
+    /// Stores a new session with its first tokens.
+    async fn create_session(&self, session: NewSession) -> Result<()>;
+    /// Looks up an access token.
+    async fn access(&self, token: &TokenHash) -> Result<Option<AccessRecord>>;
+    /// Presents a refresh token: rotates it (storing `next`), or revokes the
+    /// whole session if it was used before.
+    async fn rotate_refresh(
+        &self,
+        token: &TokenHash,
+        now_ms: u64,
+        next: TokenHashes,
+    ) -> Result<RotateOutcome>;
+    /// Deletes a session and all its tokens.
+    async fn revoke_session(&self, session: &str) -> Result<()>;
+
+    // --- device links ---
+
+    /// Stores a link request.
+    async fn put_link(&self, link: LinkRecord) -> Result<()>;
+    /// A link request by code.
+    async fn link(&self, code: &str) -> Result<Option<LinkRecord>>;
+    /// Approves a link: adds the device and replaces the device list, if the
+    /// link is still pending and unexpired (`InvalidLinkCode`), the list's
+    /// version is the current one + 1 (`Conflict`) and the account has room
+    /// (`TooManyDevices`, with `devices_max`).
+    async fn approve_link(
+        &self,
+        code: &str,
+        device: DeviceRecord,
+        list: SignedDeviceList,
+        devices_max: u32,
+        now_ms: u64,
+    ) -> Result<()>;
+
+    // --- key directory ---
+
+    /// Replaces a device's signed prekey.
+    async fn set_signed_prekey(
+        &self,
+        user: &Username,
+        device: DeviceId,
+        key: SignedPreKey,
+    ) -> Result<()>;
+    /// Adds one-time prekeys (an id the device already holds is replaced);
+    /// fails with `TooManyPrekeys` if the pool would exceed `cap`. Returns the
+    /// new pool size.
+    async fn add_one_time_prekeys(
+        &self,
+        user: &Username,
+        device: DeviceId,
+        keys: Vec<OneTimePreKey>,
+        cap: u32,
+    ) -> Result<u32>;
+    /// Removes and returns one one-time prekey (never the same one twice,
+    /// whatever the concurrency), with the pool size left.
+    async fn take_one_time_prekey(
+        &self,
+        user: &Username,
+        device: DeviceId,
+    ) -> Result<(Option<OneTimePreKey>, u32)>;
+
+    // --- mailboxes ---
+
+    /// Stores a message (see [`NewMessage`]). Errors: `UnknownDevice` (a
+    /// local recipient does not exist, unless `skip_unknown`), `MailboxFull`,
+    /// `Conflict` (same id, other source or content).
+    async fn accept(&self, message: NewMessage) -> Result<AcceptOutcome>;
+    /// Unexpired entries of a mailbox with `seq > after`, ascending, at most `limit`.
+    async fn fetch(
+        &self,
+        user: &Username,
+        device: DeviceId,
+        after: u64,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<Vec<crate::types::Envelope>>;
+    /// Deletes the named entries that exist; returns how many did. A body
+    /// goes when the last entry (mailbox or outbox) referencing it does.
+    async fn ack(&self, user: &Username, device: DeviceId, seqs: &[u64]) -> Result<u32>;
+    /// Deletes expired mailbox entries, message records and auth records.
+    async fn purge_expired(&self, now_ms: u64) -> Result<PurgeReport>;
+
+    // --- outbox ---
+
+    /// Up to `max` entries for `relay` due at `now_ms`, oldest first; each is
+    /// leased until `lease_until_ms` (not returned again before then unless
+    /// rescheduled), so a crashed attempt is retried.
+    async fn outbox_take(
+        &self,
+        relay: &RelayName,
+        max: u32,
+        now_ms: u64,
+        lease_until_ms: u64,
+    ) -> Result<Vec<OutboxEntry>>;
+    /// Deletes delivered entries; returns how many existed.
+    async fn outbox_delete(&self, ids: &[OutboxId]) -> Result<u32>;
+    /// Sets an entry's next attempt and counts the attempt.
+    async fn outbox_reschedule(&self, id: OutboxId, next_attempt_ms: u64) -> Result<()>;
+    /// Entries whose expiry has passed.
+    async fn outbox_expired(&self, now_ms: u64, max: u32) -> Result<Vec<OutboxEntry>>;
+    /// Deletes an expired entry and stores the failure notice (if any) in one
+    /// step.
+    async fn outbox_expire(&self, id: OutboxId, notice: Option<NewMessage>) -> Result<()>;
+    /// Destinations with a backlog.
+    async fn outbox_destinations(&self) -> Result<Vec<OutboxDestination>>;
+}
