@@ -7,6 +7,8 @@
 //! them. `vectors_match_committed` recomputes everything and compares;
 //! `cargo test -p courier-crypto --test vectors -- --ignored` rewrites the files.
 
+#![allow(clippy::unwrap_used)] // generator helpers outside #[test] fns
+
 use std::convert::Infallible;
 use std::path::PathBuf;
 
