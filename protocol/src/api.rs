@@ -168,6 +168,9 @@ pub struct DeviceList {
     /// whose version is not greater than the stored one.
     pub version: u64,
     /// 1..=[`DEVICES_PER_ACCOUNT_MAX`] devices, each id once.
+    #[serde(
+        deserialize_with = "crate::validate::capped::<_, _, { crate::limits::DEVICES_PER_ACCOUNT_MAX }>"
+    )]
     pub devices: Vec<DeviceListEntry>,
 }
 
@@ -479,6 +482,9 @@ impl Validate for LinkStatus {
 #[serde(deny_unknown_fields)]
 pub struct UploadOneTimePreKeys {
     /// 1..=[`ONE_TIME_PREKEYS_PER_UPLOAD_MAX`] keys, ids unique.
+    #[serde(
+        deserialize_with = "crate::validate::capped::<_, _, { crate::limits::ONE_TIME_PREKEYS_PER_UPLOAD_MAX }>"
+    )]
     pub prekeys: Vec<OneTimePreKey>,
 }
 
@@ -556,6 +562,9 @@ pub struct KeyBundleResponse {
     /// key against it.
     pub device_list: SignedDeviceList,
     /// One bundle per requested device, at most [`DEVICES_PER_ACCOUNT_MAX`].
+    #[serde(
+        deserialize_with = "crate::validate::capped::<_, _, { crate::limits::DEVICES_PER_ACCOUNT_MAX }>"
+    )]
     pub bundles: Vec<DeviceBundle>,
 }
 
@@ -669,6 +678,9 @@ pub struct DeliveryFailureNotice {
     /// The message that failed.
     pub id: EnvelopeId,
     /// The recipient devices it did not reach, 1..=[`RECIPIENTS_MAX`].
+    #[serde(
+        deserialize_with = "crate::validate::capped::<_, _, { crate::limits::RECIPIENTS_MAX }>"
+    )]
     pub recipients: Vec<FailedRecipient>,
 }
 
@@ -697,6 +709,9 @@ pub struct FailedRecipient {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchResponse {
     /// In sequence order, at most [`FETCH_LIMIT_MAX`].
+    #[serde(
+        deserialize_with = "crate::validate::capped::<_, _, { crate::limits::FETCH_LIMIT_MAX }>"
+    )]
     pub envelopes: Vec<Envelope>,
     /// Whether more envelopes are waiting.
     pub more: bool,
@@ -721,6 +736,7 @@ impl Validate for FetchResponse {
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
     /// 1..=[`ACK_SEQS_MAX`] sequence numbers of this device's mailbox.
+    #[serde(deserialize_with = "crate::validate::capped::<_, _, { crate::limits::ACK_SEQS_MAX }>")]
     pub seqs: Vec<u64>,
 }
 

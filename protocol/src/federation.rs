@@ -41,12 +41,18 @@ pub struct RelayDescriptor {
     /// PeerId encodes.
     pub peer_id: String,
     /// Multiaddrs it listens on, at most [`DESCRIPTOR_ADDRESSES_MAX`].
+    #[serde(
+        deserialize_with = "crate::validate::capped::<_, _, { crate::limits::DESCRIPTOR_ADDRESSES_MAX }>"
+    )]
     pub addresses: Vec<String>,
     /// Base URL of its client API, e.g. `https://relay-a.example`.
     pub http_url: String,
     /// Software version, informational.
     pub version: String,
     /// Feature strings, see [`features`]; at most [`DESCRIPTOR_FEATURES_MAX`].
+    #[serde(
+        deserialize_with = "crate::validate::capped::<_, _, { crate::limits::DESCRIPTOR_FEATURES_MAX }>"
+    )]
     pub features: Vec<String>,
     /// When the relay signed it, Unix milliseconds; a newer descriptor for
     /// the same name and key replaces an older one.
@@ -109,6 +115,9 @@ pub struct Hello {
     pub descriptor: SignedDescriptor,
     /// Descriptors of other relays, at most [`HELLO_KNOWN_MAX`]; each is
     /// verified on its own key by the receiver.
+    #[serde(
+        deserialize_with = "crate::validate::capped::<_, _, { crate::limits::HELLO_KNOWN_MAX }>"
+    )]
     pub known: Vec<SignedDescriptor>,
 }
 
@@ -163,6 +172,15 @@ pub struct FedRecipient {
     pub header: Bytes,
 }
 
+impl Validate for FedRecipient {
+    fn validate(&self) -> Result<(), ErrorCode> {
+        ensure(
+            self.header.len() <= HEADER_BYTES_MAX,
+            ErrorCode::PayloadTooLarge,
+        )
+    }
+}
+
 /// A message for one or more devices on the destination relay: the body
 /// crosses the federation once, however many recipients it has there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +191,9 @@ pub struct FedEnvelope {
     /// Shared ciphertext, at most [`BODY_BYTES_MAX`] bytes.
     pub body: Bytes,
     /// 1..=[`RECIPIENTS_MAX`] devices, none twice.
+    #[serde(
+        deserialize_with = "crate::validate::capped::<_, _, { crate::limits::RECIPIENTS_MAX }>"
+    )]
     pub recipients: Vec<FedRecipient>,
     /// When relays drop it undelivered, Unix milliseconds.
     pub expires_ms: u64,
@@ -191,12 +212,7 @@ impl Validate for FedEnvelope {
             self.recipients.len() <= RECIPIENTS_MAX,
             ErrorCode::TooManyRecipients,
         )?;
-        ensure(
-            self.recipients
-                .iter()
-                .all(|r| r.header.len() <= HEADER_BYTES_MAX),
-            ErrorCode::PayloadTooLarge,
-        )?;
+        self.recipients.validate()?;
         let devices = self
             .recipients
             .iter()
@@ -216,6 +232,9 @@ pub struct DeliveryBatch {
     pub origin: RelayName,
     /// 1..=[`BATCH_ENVELOPES_MAX`] envelopes, ids unique; the encoded batch
     /// is at most [`crate::limits::BATCH_BYTES_MAX`].
+    #[serde(
+        deserialize_with = "crate::validate::capped::<_, _, { crate::limits::BATCH_ENVELOPES_MAX }>"
+    )]
     pub envelopes: Vec<FedEnvelope>,
 }
 
@@ -261,6 +280,9 @@ pub struct EnvelopeAck {
 #[serde(deny_unknown_fields)]
 pub struct DeliveryAcks {
     /// At most [`BATCH_ENVELOPES_MAX`].
+    #[serde(
+        deserialize_with = "crate::validate::capped::<_, _, { crate::limits::BATCH_ENVELOPES_MAX }>"
+    )]
     pub acks: Vec<EnvelopeAck>,
 }
 

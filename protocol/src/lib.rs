@@ -26,6 +26,12 @@ pub mod signing;
 pub mod validate;
 pub mod ws;
 
+#[cfg(any(test, feature = "proptest"))]
+pub mod strategies;
+
+#[cfg(test)]
+mod codec_tests;
+
 pub use address::{Address, AddressError, RelayName, Username};
 pub use api::{
     AckRequest, AckResponse, DeviceBundle, DeviceKeys, DeviceList, DeviceListEntry, Envelope,

@@ -20,6 +20,15 @@ pub struct RecipientEntry {
     pub header: Bytes,
 }
 
+impl crate::Validate for RecipientEntry {
+    fn validate(&self) -> Result<(), ErrorCode> {
+        if self.header.len() > HEADER_BYTES_MAX {
+            return Err(ErrorCode::PayloadTooLarge);
+        }
+        Ok(())
+    }
+}
+
 /// A message as a client submits it to its home relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +38,9 @@ pub struct OutgoingMessage {
     /// Shared ciphertext, stored once, at most [`BODY_BYTES_MAX`] bytes.
     pub body: Bytes,
     /// The recipient devices, 1..=[`RECIPIENTS_MAX`], no device twice.
+    #[serde(
+        deserialize_with = "crate::validate::capped::<_, _, { crate::limits::RECIPIENTS_MAX }>"
+    )]
     pub recipients: Vec<RecipientEntry>,
     /// Seconds the relays keep the message while undelivered,
     /// 1..=[`MESSAGE_TTL_SECS_MAX`].

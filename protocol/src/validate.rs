@@ -78,3 +78,63 @@ pub(crate) fn truncate_message(message: &mut String) {
         message.truncate(cut);
     }
 }
+
+/// Deserializes a list keeping at most `MAX + 1` elements: later elements
+/// are decoded (to advance the input) and dropped at once. Memory stays
+/// bounded by the limit however long the encoded list claims to be, and
+/// [`Validate`] still sees that the list is over its limit and answers with
+/// the precise error code.
+pub(crate) fn capped<'de, D, T, const MAX: usize>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Capped<T, const MAX: usize>(std::marker::PhantomData<T>);
+
+    impl<'de, T: serde::Deserialize<'de>, const MAX: usize> serde::de::Visitor<'de> for Capped<T, MAX> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX} elements")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let keep = MAX.saturating_add(1);
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(keep));
+            while let Some(item) = seq.next_element::<T>()? {
+                if out.len() < keep {
+                    out.push(item);
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    d.deserialize_seq(Capped::<T, MAX>(std::marker::PhantomData))
+}
+
+/// Types whose every decodable value is valid: parsing already enforced
+/// their rules (addresses, ids) or they have no limits of their own.
+macro_rules! always_valid {
+    ($($t:ty),* $(,)?) => {
+        $(impl Validate for $t {
+            fn validate(&self) -> Result<(), ErrorCode> {
+                Ok(())
+            }
+        })*
+    };
+}
+
+always_valid!(
+    crate::Address,
+    crate::Username,
+    crate::RelayName,
+    crate::DeviceId,
+    crate::EnvelopeId,
+    crate::Bytes,
+    crate::ErrorCode,
+    crate::api::EnvelopeKind,
+    crate::api::FailedRecipient,
+    crate::federation::AckStatus,
+    crate::federation::EnvelopeAck,
+);

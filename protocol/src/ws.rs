@@ -14,13 +14,14 @@ use crate::{ApiError, ErrorCode};
 
 /// Declares a frame enum with struct variants whose JSON form is internally
 /// tagged by `type` (snake_case) and whose binary form is externally tagged.
+/// `field: Type => "path"` decodes that field with `deserialize_with = "path"`.
 macro_rules! frame_enum {
     (
         $(#[$meta:meta])*
         pub enum $name:ident [$($json_attr:tt)*] {
             $(
                 $(#[$vmeta:meta])*
-                $variant:ident { $( $(#[$fmeta:meta])* $field:ident : $ty:ty ),+ $(,)? }
+                $variant:ident { $( $(#[$fmeta:meta])* $field:ident : $ty:ty $(=> $de:literal)? ),+ $(,)? }
             ),+ $(,)?
         }
     ) => {
@@ -39,13 +40,17 @@ macro_rules! frame_enum {
 
             #[derive(Deserialize)]
             #[serde(tag = "type", rename_all = "snake_case" $($json_attr)*)]
-            enum JsonOwned { $( $variant { $( $field: $ty ),+ }, )+ }
+            enum JsonOwned {
+                $( $variant { $( $(#[serde(deserialize_with = $de)])? $field: $ty ),+ }, )+
+            }
 
             #[derive(Serialize)]
             enum BinRef<'a> { $( $variant { $( $field: &'a $ty ),+ }, )+ }
 
             #[derive(Deserialize)]
-            enum BinOwned { $( $variant { $( $field: $ty ),+ }, )+ }
+            enum BinOwned {
+                $( $variant { $( $(#[serde(deserialize_with = $de)])? $field: $ty ),+ }, )+
+            }
 
             impl Serialize for $name {
                 fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -118,7 +123,7 @@ frame_enum! {
         /// Deletes delivered envelopes, like `POST /v1/messages/ack`.
         Ack {
             /// 1..=[`crate::limits::ACK_SEQS_MAX`] sequence numbers.
-            seqs: Vec<u64>,
+            seqs: Vec<u64> => "crate::validate::capped::<_, _, { crate::limits::ACK_SEQS_MAX }>",
         },
     }
 }
