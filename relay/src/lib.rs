@@ -12,6 +12,7 @@ pub mod clock;
 pub mod device;
 pub mod directory;
 pub mod error;
+pub mod federation;
 pub mod mailbox;
 pub mod outbox;
 pub mod relay;
