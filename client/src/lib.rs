@@ -1,2 +1,84 @@
 //! The Courier client SDK: registration, login, sessions, sending and receiving
-//! end-to-end encrypted messages through a home relay.
+//! end-to-end encrypted messages through a home relay, groups and device
+//! linking. The `courier-client` command line is a thin layer over it.
+//!
+//! The logic is plain Rust over two traits so it runs anywhere:
+//! [`Transport`] (the relay's client API: [`HttpTransport`] for real relays,
+//! [`MemoryNetwork`] in memory) and [`ClientStore`] (local state:
+//! [`SqliteStore`] in a file, [`MemoryStore`] in memory). Time comes from a
+//! [`Clock`] and randomness from a seedable generator, so simulations are
+//! reproducible.
+//!
+//! What it deliberately does not do: cryptography itself (that is
+//! `courier-crypto`), or any relay-side logic. Message layout and usage are
+//! in `docs/client.md`.
+
+mod client;
+pub mod content;
+mod error;
+pub mod store;
+pub mod transport;
+
+pub use client::{
+    Account, Client, ClientConfig, ClientParts, DeviceInfo, Message, PendingLink,
+    RECEIVERS_PER_DEVICE_MAX, SEND_ATTEMPTS_MAX, SESSIONS_PER_DEVICE_MAX, SendReceipt,
+};
+pub use error::Error;
+pub use store::{ClientStore, MemoryStore, SqliteStore};
+pub use transport::{HttpTransport, MemoryNetwork, MemoryTransport, Transport, TransportError};
+
+use std::collections::BTreeMap;
+
+use courier_protocol::Address;
+use sha2::{Digest, Sha256};
+
+/// Where the time comes from: the system clock, or a simulation's.
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in Unix milliseconds.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A safety number for two accounts: 12 groups of 5 digits from SHA-256 over
+/// both addresses and their pinned device identity keys, in a fixed order so
+/// both sides compute the same number.
+pub fn safety_number(
+    a: &Address,
+    a_devices: &BTreeMap<u32, String>,
+    b: &Address,
+    b_devices: &BTreeMap<u32, String>,
+) -> String {
+    let part = |addr: &Address, devices: &BTreeMap<u32, String>| {
+        let mut s = addr.to_string();
+        for (d, k) in devices {
+            s.push_str(&format!("|{d}:{k}"));
+        }
+        s
+    };
+    let (x, y) = (part(a, a_devices), part(b, b_devices));
+    let (first, second) = if x <= y { (x, y) } else { (y, x) };
+    let mut h = Sha256::new();
+    h.update(b"courier-safety-number-v1");
+    h.update(first.as_bytes());
+    h.update([0]);
+    h.update(second.as_bytes());
+    let digest = h.finalize();
+    digest
+        .chunks(2)
+        .take(12)
+        .map(|c| format!("{:05}", (u32::from(c[0]) << 8 | u32::from(c[1])) % 100_000))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

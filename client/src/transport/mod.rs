@@ -1,0 +1,107 @@
+//! How the SDK talks to its home relay, as a trait: the HTTP + WebSocket
+//! implementation ([`HttpTransport`]) for real relays, and an in-memory one
+//! ([`MemoryNetwork`]) so simulations and tests drive real client crypto
+//! without sockets.
+//!
+//! Authenticated calls take the access token; getting and refreshing it is
+//! the SDK's job (see `Client`), not the transport's.
+
+mod http;
+mod memory;
+
+pub use http::HttpTransport;
+pub use memory::{MemoryNetwork, MemoryTransport};
+
+use async_trait::async_trait;
+use courier_protocol::api::{
+    AckResponse, ApproveLinkRequest, ApproveLinkResponse, ChallengeRequest, ChallengeResponse,
+    FetchResponse, KeyBundleResponse, LinkInfo, LinkRequest, LinkResponse, LinkStatus,
+    LoginRequest, PreKeyCount, RefreshRequest, RegisterRequest, RegisterResponse, SendResponse,
+    SignedDeviceList, SignedPreKey, TokenResponse, UploadOneTimePreKeys,
+};
+use courier_protocol::ws::ServerFrame;
+use courier_protocol::{Address, ApiError, DeviceId, OutgoingMessage, Username};
+
+/// Why a transport call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    /// The relay answered with an error body.
+    #[error("{0}")]
+    Api(ApiError),
+    /// The relay could not be reached (connection refused, timeout, closed).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The relay answered with something that does not decode.
+    #[error("{0}")]
+    BadResponse(String),
+}
+
+/// A live push connection (the WebSocket): envelopes and notices in, acks out.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next frame; `Ok(None)` when the relay closed the connection.
+    async fn next(&mut self) -> Result<Option<ServerFrame>, TransportError>;
+    /// Acknowledges envelopes by mailbox sequence number.
+    async fn ack(&mut self, seqs: &[u64]) -> Result<(), TransportError>;
+}
+
+/// The client API of a home relay (`docs/api-outline.md`).
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// The relay's name, as it appears in its users' addresses, if known
+    /// before registering (the HTTP transport learns it from registration).
+    fn relay_name(&self) -> Option<String>;
+    /// `POST /v1/accounts`.
+    async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, TransportError>;
+    /// `POST /v1/auth/challenge`.
+    async fn challenge(&self, req: &ChallengeRequest) -> Result<ChallengeResponse, TransportError>;
+    /// `POST /v1/auth/login`.
+    async fn login(&self, req: &LoginRequest) -> Result<TokenResponse, TransportError>;
+    /// `POST /v1/auth/refresh`.
+    async fn refresh(&self, req: &RefreshRequest) -> Result<TokenResponse, TransportError>;
+    /// `GET /v1/devices/{username}` (a user of this relay).
+    async fn device_list(&self, username: &Username) -> Result<SignedDeviceList, TransportError>;
+    /// `POST /v1/links`.
+    async fn create_link(&self, req: &LinkRequest) -> Result<LinkResponse, TransportError>;
+    /// `GET /v1/links/{code}/status?secret=`.
+    async fn link_status(&self, code: &str, secret: &str) -> Result<LinkStatus, TransportError>;
+    /// `GET /v1/links/{code}` (auth).
+    async fn link_info(&self, token: &str, code: &str) -> Result<LinkInfo, TransportError>;
+    /// `POST /v1/links/{code}/approve` (auth).
+    async fn approve_link(
+        &self,
+        token: &str,
+        code: &str,
+        req: &ApproveLinkRequest,
+    ) -> Result<ApproveLinkResponse, TransportError>;
+    /// `PUT /v1/keys/signed-prekey` (auth).
+    async fn put_signed_prekey(&self, token: &str, key: &SignedPreKey) -> Result<(), TransportError>;
+    /// `POST /v1/keys/one-time` (auth).
+    async fn upload_one_time_prekeys(
+        &self,
+        token: &str,
+        req: &UploadOneTimePreKeys,
+    ) -> Result<PreKeyCount, TransportError>;
+    /// `GET /v1/keys/count` (auth).
+    async fn prekey_count(&self, token: &str) -> Result<PreKeyCount, TransportError>;
+    /// `GET /v1/keys/{address}?device=` (auth): local or over federation.
+    async fn key_bundle(
+        &self,
+        token: &str,
+        address: &Address,
+        device: Option<DeviceId>,
+    ) -> Result<KeyBundleResponse, TransportError>;
+    /// `POST /v1/messages` (auth): returns once the relay stored the message.
+    async fn send(&self, token: &str, message: &OutgoingMessage) -> Result<SendResponse, TransportError>;
+    /// `GET /v1/messages?after=&limit=` (auth).
+    async fn fetch(
+        &self,
+        token: &str,
+        after: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<FetchResponse, TransportError>;
+    /// `POST /v1/messages/ack` (auth).
+    async fn ack(&self, token: &str, seqs: &[u64]) -> Result<AckResponse, TransportError>;
+    /// Opens the push connection (`/v1/ws`).
+    async fn subscribe(&self, token: &str) -> Result<Box<dyn Subscription>, TransportError>;
+}
