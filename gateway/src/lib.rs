@@ -1,2 +1,349 @@
 //! The client-facing HTTP and WebSocket API of a Courier relay, on axum, over
 //! `courier-relay`.
+//!
+//! Routes: `/v1/...` (JSON, base64url binary fields; see `docs/api.md`),
+//! `/v1/ws` (push), `/v1/openapi.json`, `/healthz`, `/readyz`, `/metrics`.
+//! Every error is `{"error": {"code", "message"}}` with a stable code from
+//! `courier-protocol`.
+//!
+//! This crate holds no relay rules (the relay does) and opens no store or
+//! listener of its own choosing: the node hands it a [`courier_relay::Relay`],
+//! a [`PushHub`] wired as the relay's notifier, and a bound listener.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod hub;
+pub mod metrics;
+pub mod middleware;
+pub mod ratelimit;
+pub mod state;
+pub mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Router, middleware as mw};
+use courier_protocol::{Address, ApiError, DeviceId, ErrorCode, Username};
+use courier_relay::Relay;
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use config::GatewayConfig;
+pub use error::Error;
+pub use hub::PushHub;
+pub use state::AppState;
+
+/// The wire types the handlers speak.
+pub(crate) mod wire {
+    pub use courier_protocol::api::*;
+}
+
+/// Fetches key bundles of addresses on other relays; the federation
+/// implements it. Without one, such requests get `unknown_relay`.
+pub trait RemoteBundles: Send + Sync {
+    /// The bundle of `address` (all devices, or only `device`) from its
+    /// home relay.
+    fn fetch_bundle(
+        &self,
+        address: Address,
+        device: Option<DeviceId>,
+    ) -> BoxFuture<'static, Result<wire::KeyBundleResponse, ApiError>>;
+}
+
+impl courier_relay::Notifier for PushHub {
+    fn mailbox(&self, user: &Username, device: DeviceId, _seq: u64) {
+        PushHub::notify(self, user, device);
+    }
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Courier relay API", description = "Client API of a Courier relay. Binary fields are unpadded base64url; times are Unix milliseconds. Errors are `{\"error\": {\"code\", \"message\"}}`; see docs/api.md."),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_default()
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
+}
+
+/// The HTTP/WebSocket front of one relay.
+pub struct Gateway {
+    state: AppState,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl Gateway {
+    /// A gateway over `relay`. `hub` must be the notifier the relay was
+    /// built with (`Relay::with_notifier(Arc::new(hub.clone()))`), or
+    /// WebSockets only see envelopes that were there when they connected.
+    pub fn new(relay: Arc<Relay>, hub: PushHub, config: GatewayConfig) -> Self {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let rate = &config.rate_limit;
+        let state = AppState {
+            relay,
+            hub,
+            ip_limiter: Arc::new(ratelimit::RateLimiter::new(
+                rate.ip_per_second,
+                rate.ip_burst,
+            )),
+            account_limiter: Arc::new(ratelimit::RateLimiter::new(
+                rate.account_per_second,
+                rate.account_burst,
+            )),
+            request_timeout: Duration::from_millis(config.http.request_timeout_ms.max(1)),
+            config: Arc::new(config),
+            metrics: None,
+            remote: None,
+            shutdown: shutdown_rx,
+            connections: state::Tracker::default(),
+        };
+        Gateway { state, shutdown }
+    }
+
+    /// Serves `GET /metrics` from this Prometheus handle.
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.state.metrics = Some(handle);
+        self
+    }
+
+    /// Answers key-bundle requests for other relays' addresses through
+    /// `remote` (the federation).
+    pub fn with_remote_bundles(mut self, remote: Arc<dyn RemoteBundles>) -> Self {
+        self.state.remote = Some(remote);
+        self
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The full router with every middleware. Serve it with
+    /// `into_make_service_with_connect_info::<SocketAddr>()` so per-IP
+    /// limits see the client address.
+    pub fn router(&self) -> Router {
+        let (router, openapi) = api_router(self.state.clone()).split_for_parts();
+        let openapi = Arc::new(openapi);
+        let config = &self.state.config;
+        let router = router
+            .route(
+                "/v1/openapi.json",
+                get(move || {
+                    let doc = openapi.clone();
+                    async move { axum::Json(doc.as_ref().clone()) }
+                }),
+            )
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text))
+            .fallback(middleware::not_found)
+            .layer(mw::from_fn(middleware::json_method_not_allowed))
+            .layer(axum::extract::DefaultBodyLimit::max(
+                config.http.body_bytes_max,
+            ))
+            .layer(mw::from_fn_with_state(
+                self.state.clone(),
+                middleware::observe,
+            ))
+            .with_state(self.state.clone());
+        let router = router
+            .layer(CompressionLayer::new())
+            .layer(cors(&config.http.cors_origins));
+        security_headers(router)
+    }
+
+    /// Serves on `listener` until `shutdown` resolves; then stops
+    /// accepting, lets in-flight requests finish (up to `grace`), closes
+    /// every WebSocket with a close frame and waits for them.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        grace: Duration,
+    ) -> std::io::Result<()> {
+        let router = self.router();
+        let (stop_http, stop_http_rx) = watch::channel(false);
+        let tx = self.shutdown;
+        let connections = self.state.connections.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing websockets, finishing requests");
+            let _ = tx.send(true);
+            let _ = stop_http.send(true);
+        });
+        let mut stop = stop_http_rx.clone();
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        let mut stop = stop_http_rx;
+        let served = tokio::spawn(async move { server.await });
+        let _ = stop.wait_for(|s| *s).await;
+        let drained = async {
+            connections.wait_idle().await;
+            served.await
+        };
+        match tokio::time::timeout(grace, drained).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(std::io::Error::other(join)),
+            Err(_) => {
+                tracing::warn!(?grace, "shutdown grace period over; dropping connections");
+                Ok(())
+            }
+        }
+    }
+
+    /// The OpenAPI document (what `/v1/openapi.json` serves).
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        api_router(self.state.clone()).split_for_parts().1
+    }
+}
+
+fn api_router(state: AppState) -> OpenApiRouter<AppState> {
+    let public = OpenApiRouter::new()
+        .routes(routes!(api::register))
+        .routes(routes!(api::challenge))
+        .routes(routes!(api::login))
+        .routes(routes!(api::refresh))
+        .routes(routes!(api::device_list))
+        .routes(routes!(api::open_link))
+        .routes(routes!(api::link_status));
+    let authed = OpenApiRouter::new()
+        .routes(routes!(api::logout))
+        .routes(routes!(api::link_info))
+        .routes(routes!(api::approve_link))
+        .routes(routes!(api::put_signed_prekey))
+        .routes(routes!(api::upload_one_time))
+        .routes(routes!(api::prekey_count))
+        .routes(routes!(api::key_bundle))
+        .routes(routes!(api::send, api::fetch))
+        .routes(routes!(api::ack))
+        .routes(routes!(ws::upgrade))
+        .route_layer(mw::from_fn_with_state(state, extract::require_auth));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(public)
+        .merge(authed)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::PUT,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([
+            middleware::REQUEST_ID.clone(),
+            HeaderName::from_static(courier_protocol::api::PREKEYS_LOW_HEADER),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+fn security_headers(router: Router) -> Router {
+    let headers: [(HeaderName, &'static str); 5] = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    headers.into_iter().fold(router, |router, (name, value)| {
+        router.layer(SetResponseHeaderLayer::if_not_present(
+            name,
+            HeaderValue::from_static(value),
+        ))
+    })
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the store answers a query (which also means its migrations
+/// ran: stores migrate before they are handed to the relay).
+async fn readyz(State(state): State<AppState>) -> Response {
+    if *state.shutdown.borrow() {
+        return Error::with_message(ErrorCode::Unavailable, "shutting down").into_response();
+    }
+    match state.relay.store().outbox_destinations().await {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Error::with_message(ErrorCode::Unavailable, "the store is unreachable").into_response()
+        }
+    }
+}
+
+/// Prometheus text exposition.
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return Error::with_message(ErrorCode::NotFound, "metrics are disabled").into_response();
+    };
+    if let Ok(destinations) = state.relay.store().outbox_destinations().await {
+        let depth: u64 = destinations.iter().map(|d| d.pending).sum();
+        ::metrics::gauge!(metrics::OUTBOX_DEPTH).set(depth as f64);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,107 @@
+//! Extractors whose failures are JSON errors with stable codes, and the
+//! authentication layer.
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use courier_protocol::ErrorCode;
+use courier_relay::AuthedDevice;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::state::AppState;
+
+/// A JSON body; decoding failures are `malformed` (400) and oversized
+/// bodies `payload_too_large` (413).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(Json(value))
+    }
+}
+
+/// A query string; decoding failures are `malformed` (400).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Query(value))
+    }
+}
+
+/// The authenticated device of a request behind [`require_auth`].
+#[derive(Debug, Clone)]
+pub struct Authed(pub AuthedDevice);
+
+impl<S: Send + Sync> FromRequestParts<S> for Authed {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
+        parts
+            .extensions
+            .get::<AuthedDevice>()
+            .cloned()
+            .map(Authed)
+            .ok_or_else(|| Error::code(ErrorCode::Unauthenticated))
+    }
+}
+
+/// The access token of a request: `Authorization: Bearer …`, or for
+/// browsers' WebSockets (which cannot set headers) `?access_token=…`.
+fn access_token(req: &Request) -> Option<String> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        let text = value.to_str().ok()?;
+        let (scheme, token) = text.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    let query = req.uri().query()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "access_token").then(|| v.to_owned())
+    })
+}
+
+/// Authenticates the request, applies the per-account rate limit, and adds
+/// `Courier-Prekeys-Low` to the response when the device's one-time prekey
+/// pool is low.
+pub async fn require_auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let Some(token) = access_token(&req) else {
+        return Error::with_message(ErrorCode::Unauthenticated, "missing bearer access token")
+            .into_response();
+    };
+    let device = match state.relay.authenticate(&token).await {
+        Ok(device) => device,
+        Err(e) => return Error::from(e.to_api_error()).into_response(),
+    };
+    if let Err(wait) = state
+        .account_limiter
+        .check(&device.user, std::time::Instant::now())
+    {
+        return Error::rate_limited(wait).into_response();
+    }
+    let low = device.prekeys_low;
+    tracing::Span::current().record("user", device.user.as_str());
+    req.extensions_mut().insert(device);
+    let mut response = next.run(req).await;
+    if let Some(remaining) = low {
+        response.headers_mut().insert(
+            courier_protocol::api::PREKEYS_LOW_HEADER,
+            HeaderValue::from(remaining),
+        );
+    }
+    response
+}

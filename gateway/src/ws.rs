@@ -1,0 +1,285 @@
+//! `/v1/ws`: pushes a device's mailbox, in order, as it fills.
+//!
+//! One task per connection, no per-connection queue: the mailbox in the
+//! store is the queue. The task sends at most `in_flight_max` unacked
+//! envelopes, reads more from the store only when the [`crate::PushHub`]
+//! says the mailbox grew or acks free room, and awaits each write, so a slow
+//! reader holds at most a window of envelopes in memory and loses nothing:
+//! whatever it did not ack stays in the mailbox and is sent again on the
+//! next connection.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::response::{IntoResponse, Response};
+use courier_protocol::ws::ClientFrame;
+use courier_protocol::{ApiError, ErrorCode};
+use courier_relay::AuthedDevice;
+use futures::SinkExt;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::extract::Authed;
+use crate::state::AppState;
+
+/// Most envelopes read from the store in one go.
+const FETCH_BATCH_MAX: u32 = 100;
+
+/// A server frame, encoded exactly like `courier_protocol::ws::ServerFrame`
+/// in JSON (a test pins that) but borrowing the envelope it sends.
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ServerFrame<'a> {
+    Envelope { envelope: &'a crate::wire::Envelope },
+    PrekeysLow { remaining: u32 },
+    Error { error: &'a ApiError },
+}
+
+/// Opens the push channel. Auth: `Authorization: Bearer …` or
+/// `?access_token=…`.
+#[utoipa::path(get, path = "/v1/ws", tag = "messages",
+    security(("bearer" = [])),
+    params(("access_token" = Option<String>, Query, description = "instead of the Authorization header")),
+    responses(
+        (status = 101, description = "WebSocket: server sends `ServerFrame` JSON text frames, client sends `ClientFrame` (`{\"type\":\"ack\",\"seqs\":[…]}`)"),
+        (status = 400, description = "`bad_request`: not a WebSocket upgrade", body = Object),
+        (status = 401, description = "`unauthenticated`, `token_expired`", body = Object),
+    ))]
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Authed(device): Authed,
+    ws: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return Error::with_message(ErrorCode::BadRequest, rejection.body_text())
+                .into_response();
+        }
+    };
+    let config = &state.config.websocket;
+    ws.max_frame_size(config.frame_bytes_max)
+        .max_message_size(config.frame_bytes_max)
+        .read_buffer_size(config.read_buffer_bytes)
+        .write_buffer_size(config.write_buffer_bytes)
+        .max_write_buffer_size(config.frame_bytes_max.saturating_mul(2))
+        .on_upgrade(move |socket| async move {
+            let _live = state.connections.track();
+            metrics::gauge!(crate::metrics::WS_CONNECTIONS).increment(1.0);
+            metrics::counter!(crate::metrics::WS_CONNECTIONS_TOTAL).increment(1);
+            let user = device.user.clone();
+            if let Err(reason) = Connection::new(&state, device, socket).run().await {
+                tracing::debug!(%user, %reason, "websocket closed");
+            }
+            metrics::gauge!(crate::metrics::WS_CONNECTIONS).decrement(1.0);
+        })
+}
+
+/// Acks `seqs` for `device` (HTTP and WebSocket share this).
+pub async fn ack(state: &AppState, device: &AuthedDevice, seqs: &[u64]) -> Result<u32> {
+    if seqs.is_empty() {
+        return Err(Error::with_message(ErrorCode::BadRequest, "no seqs to ack"));
+    }
+    if seqs.len() > courier_protocol::limits::ACK_SEQS_MAX {
+        return Err(Error::with_message(
+            ErrorCode::PayloadTooLarge,
+            "too many seqs in one ack",
+        ));
+    }
+    let response = state
+        .relay
+        .ack(device, seqs)
+        .await
+        .map_err(|e| Error::from(e.to_api_error()))?;
+    metrics::counter!(crate::metrics::ENVELOPES_ACKED).increment(u64::from(response.acked));
+    Ok(response.acked)
+}
+
+struct Connection<'a> {
+    state: &'a AppState,
+    device: AuthedDevice,
+    socket: WebSocket,
+    /// Highest seq sent on this connection; the next read starts after it.
+    sent_upto: u64,
+    /// Sent, not yet acked.
+    in_flight: BTreeSet<u64>,
+    /// The store may hold envelopes after `sent_upto`.
+    maybe_more: bool,
+    last_heard: Instant,
+}
+
+impl<'a> Connection<'a> {
+    fn new(state: &'a AppState, device: AuthedDevice, socket: WebSocket) -> Self {
+        Connection {
+            state,
+            device,
+            socket,
+            sent_upto: 0,
+            in_flight: BTreeSet::new(),
+            maybe_more: true,
+            last_heard: Instant::now(),
+        }
+    }
+
+    async fn run(mut self) -> std::result::Result<(), String> {
+        let config = &self.state.config.websocket;
+        let in_flight_max = config.in_flight_max.max(1);
+        let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + Duration::from_millis(config.ping_interval_ms),
+            Duration::from_millis(config.ping_interval_ms.max(1)),
+        );
+        let subscription = self
+            .state
+            .hub
+            .subscribe(self.device.user.clone(), self.device.device);
+        let mut shutdown = self.state.shutdown.clone();
+        if *shutdown.borrow() {
+            return self.close(close_code::AWAY, "relay shutting down").await;
+        }
+
+        if let Some(remaining) = self.device.prekeys_low {
+            self.send(&ServerFrame::PrekeysLow { remaining }).await?;
+            self.socket.flush().await.map_err(|e| e.to_string())?;
+        }
+
+        loop {
+            // Registered before reading the store, so an enqueue that lands
+            // after the read still wakes us.
+            let notified = subscription.notify().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            if self.maybe_more && self.in_flight.len() < in_flight_max {
+                self.push_pending(in_flight_max).await?;
+                continue;
+            }
+
+            tokio::select! {
+                () = &mut notified, if !self.maybe_more => {
+                    self.maybe_more = true;
+                }
+                message = self.socket.recv() => {
+                    self.last_heard = Instant::now();
+                    match message {
+                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await?,
+                        Some(Ok(Message::Binary(_))) => {
+                            self.send_error(ApiError::with_message(
+                                ErrorCode::Malformed,
+                                "frames are JSON text",
+                            ))
+                            .await?;
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Close(_))) | None => return Ok(()),
+                        Some(Err(e)) => return Err(e.to_string()),
+                    }
+                }
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() >= idle_timeout {
+                        return self.close(close_code::AWAY, "idle timeout").await;
+                    }
+                    self.socket
+                        .send(Message::Ping(Default::default()))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                _ = shutdown.changed() => {
+                    return self.close(close_code::AWAY, "relay shutting down").await;
+                }
+            }
+        }
+    }
+
+    /// Sends the next envelopes after `sent_upto`, up to the window.
+    async fn push_pending(&mut self, in_flight_max: usize) -> std::result::Result<(), String> {
+        let room = (in_flight_max - self.in_flight.len()).min(FETCH_BATCH_MAX as usize) as u32;
+        let batch = self
+            .state
+            .relay
+            .fetch(&self.device, self.sent_upto, room)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.maybe_more = batch.more;
+        let count = batch.envelopes.len();
+        for envelope in batch.envelopes {
+            let seq = envelope.seq;
+            self.send(&ServerFrame::Envelope {
+                envelope: &envelope,
+            })
+            .await?;
+            self.sent_upto = self.sent_upto.max(seq);
+            self.in_flight.insert(seq);
+        }
+        if count > 0 {
+            self.socket.flush().await.map_err(|e| e.to_string())?;
+            metrics::counter!(crate::metrics::ENVELOPES_DELIVERED).increment(count as u64);
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, text: &str) -> std::result::Result<(), String> {
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                return self
+                    .send_error(ApiError::with_message(ErrorCode::Malformed, e.to_string()))
+                    .await;
+            }
+        };
+        match frame {
+            ClientFrame::Ack { seqs } => match ack(self.state, &self.device, &seqs).await {
+                Ok(_) => {
+                    let before = self.in_flight.len();
+                    for seq in &seqs {
+                        self.in_flight.remove(seq);
+                    }
+                    // Room opened in the window: the store may hold more.
+                    if self.in_flight.len() < before {
+                        self.maybe_more = true;
+                    }
+                    Ok(())
+                }
+                Err(e) => self.send_error(e.error).await,
+            },
+        }
+    }
+
+    async fn send(&mut self, frame: &ServerFrame<'_>) -> std::result::Result<(), String> {
+        let text = serde_json::to_string(frame).map_err(|e| e.to_string())?;
+        self.socket
+            .feed(Message::Text(Utf8Bytes::from(text)))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn send_error(&mut self, error: ApiError) -> std::result::Result<(), String> {
+        self.send(&ServerFrame::Error { error: &error }).await?;
+        self.socket.flush().await.map_err(|e| e.to_string())
+    }
+
+    async fn close(mut self, code: u16, reason: &'static str) -> std::result::Result<(), String> {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        self.socket
+            .send(Message::Close(Some(frame)))
+            .await
+            .map_err(|e| e.to_string())?;
+        // Give the peer a moment to answer the close, without waiting on a
+        // reader that never reads.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(message)) = self.socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        Ok(())
+    }
+}
