@@ -23,4 +23,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{RelayError, Result};
 pub use mailbox::Accepted;
 pub use relay::{AuthedDevice, Config, NoNotifier, Notifier, Random, Registration, Relay};
-pub use store::{MemoryStore, Store};
+#[cfg(feature = "sqlite")]
+pub use store::{Durability, SqliteOptions, SqliteStore};
+pub use store::{MemoryStore, Store, StoreStats};
+#[cfg(feature = "postgres")]
+pub use store::{PostgresOptions, PostgresStore};

@@ -10,7 +10,7 @@ use courier_protocol::{Bytes, DeviceId, EnvelopeId, RelayName, Username};
 use super::{
     AcceptOutcome, AccessRecord, ChallengeRecord, DeviceRecord, InviteRecord, LinkRecord,
     MailboxRef, NewAccount, NewMessage, NewSession, OutboxDestination, OutboxEntry, OutboxId,
-    PurgeReport, RotateOutcome, Store, TokenHash, TokenHashes,
+    PurgeReport, RotateOutcome, Store, StoreStats, TokenHash, TokenHashes,
 };
 use crate::error::{RelayError, Result};
 use crate::types::{Envelope, EnvelopeKind, OneTimePreKey, SignedDeviceList, SignedPreKey};
@@ -661,5 +661,20 @@ impl Store for MemoryStore {
             d.next_attempt_ms = d.next_attempt_ms.min(o.next_attempt_ms);
         }
         Ok(by.into_values().collect())
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        let s = self.lock();
+        Ok(StoreStats {
+            messages: s.messages.len() as u64,
+            bodies: s.messages.values().filter(|m| m.body.is_some()).count() as u64,
+            mailbox_entries: s
+                .accounts
+                .values()
+                .flat_map(|a| a.devices.values())
+                .map(|d| d.mailbox.len() as u64)
+                .sum(),
+            outbox_entries: s.outbox.len() as u64,
+        })
     }
 }

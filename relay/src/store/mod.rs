@@ -23,8 +23,16 @@ use crate::types::{
 use courier_protocol::Bytes;
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 /// SHA-256 of a secret token or code; stores never see the secret itself.
 pub type TokenHash = [u8; 32];
@@ -286,6 +294,19 @@ pub struct PurgeReport {
     pub auth_records: u64,
 }
 
+/// Counts of stored things (metrics and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Message records (dedup keys), with or without body.
+    pub messages: u64,
+    /// Stored bodies.
+    pub bodies: u64,
+    /// Mailbox entries.
+    pub mailbox_entries: u64,
+    /// Outbox entries.
+    pub outbox_entries: u64,
+}
+
 /// The relay's persistent state. See the module doc for the contract.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -414,4 +435,9 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_expire(&self, id: OutboxId, notice: Option<NewMessage>) -> Result<()>;
     /// Destinations with a backlog.
     async fn outbox_destinations(&self) -> Result<Vec<OutboxDestination>>;
+
+    // --- observation ---
+
+    /// Counts of stored things.
+    async fn stats(&self) -> Result<StoreStats>;
 }

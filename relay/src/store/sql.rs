@@ -1,0 +1,1193 @@
+// Shared by the SQLite and PostgreSQL stores: `include!`d by `sqlite.rs` and
+// `postgres.rs` inside a module that defines `Db`, `Conn`, `Pool`, `Row` and
+// `PG` (true for PostgreSQL). Queries are written with `?` placeholders and
+// rewritten to `$1…` for PostgreSQL once per query text.
+//
+// Every write goes through one writer task per store (see `run_writer`):
+// it gathers waiting operations into one transaction (group commit), runs
+// each under a savepoint so one failing operation does not undo the others,
+// commits, and only then answers each caller.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, OnceLock};
+
+use async_trait::async_trait;
+use courier_protocol::{Bytes, DeviceId, EnvelopeId, RelayName, Username};
+use sqlx::Row as _;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{RelayError, Result};
+use crate::store::{
+    AcceptOutcome, AccessRecord, ChallengeRecord, DeviceRecord, InviteRecord, LinkRecord,
+    MailboxRef, NewAccount, NewMessage, NewSession, OutboxDestination, OutboxEntry, OutboxId,
+    PurgeReport, RotateOutcome, Store, StoreStats, TokenHash, TokenHashes,
+};
+use crate::types::{
+    DeviceKeys, Envelope, FedRecipient, OneTimePreKey, SignedDeviceList, SignedPreKey,
+    kind_code, kind_from_code,
+};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Most operations committed in one transaction.
+const BATCH_MAX: usize = 512;
+/// Depth of the queue in front of the writer; callers wait when it is full.
+const QUEUE_MAX: usize = 4096;
+
+// ---------------------------------------------------------------- queries
+
+fn dialect(sql: &'static str) -> &'static str {
+    if !PG {
+        return sql;
+    }
+    static CACHE: OnceLock<Mutex<HashMap<usize, &'static str>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    cache.entry(sql.as_ptr() as usize).or_insert_with(|| {
+        let mut out = String::with_capacity(sql.len() + 16);
+        let mut n = 0;
+        for ch in sql.chars() {
+            if ch == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(ch);
+            }
+        }
+        // Bounded: one entry per distinct query text in this file.
+        Box::leak(out.into_boxed_str())
+    })
+}
+
+fn q(sql: &'static str) -> sqlx::query::Query<'static, Db, <Db as sqlx::Database>::Arguments> {
+    sqlx::query(dialect(sql))
+}
+
+fn i(v: u64) -> i64 {
+    // Values above i64::MAX (e.g. u64::MAX "never") are clamped.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn corrupt(what: &str) -> RelayError {
+    RelayError::Store(format!("corrupt row: {what}"))
+}
+
+fn username(text: String) -> Result<Username> {
+    Username::parse(&text).map_err(|_| corrupt("username"))
+}
+
+fn relay_name(text: String) -> Result<RelayName> {
+    RelayName::parse(&text).map_err(|_| corrupt("relay name"))
+}
+
+fn envelope_id(bytes: Vec<u8>) -> Result<EnvelopeId> {
+    let b: [u8; 16] = bytes.try_into().map_err(|_| corrupt("envelope id"))?;
+    Ok(EnvelopeId(b))
+}
+
+fn device_id(v: i64) -> Result<DeviceId> {
+    u32::try_from(v).map(DeviceId).map_err(|_| corrupt("device id"))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    postcard::to_allocvec(v).map_err(|e| RelayError::Store(format!("encode: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T> {
+    postcard::from_bytes(b).map_err(|_| corrupt("encoded value"))
+}
+
+// ---------------------------------------------------------------- writer
+
+trait WriteJob: Send {
+    /// Runs the operation; true if it succeeded (its writes are kept).
+    fn run<'c>(&'c mut self, conn: &'c mut Conn) -> BoxFuture<'c, bool>;
+    /// Answers the caller once the transaction's fate is known.
+    fn finish(self: Box<Self>, committed: Result<()>);
+}
+
+struct Typed<T, F> {
+    op: Option<F>,
+    result: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> WriteJob for Typed<T, F>
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T>> + Send + 'static,
+{
+    fn run<'c>(&'c mut self, conn: &'c mut Conn) -> BoxFuture<'c, bool> {
+        Box::pin(async move {
+            let Some(op) = self.op.take() else {
+                return false;
+            };
+            let result = op(conn).await;
+            let ok = result.is_ok();
+            self.result = Some(result);
+            ok
+        })
+    }
+
+    fn finish(self: Box<Self>, committed: Result<()>) {
+        let answer = match (self.result, committed) {
+            (None, Err(e)) => Err(e),
+            (None, Ok(())) => Err(RelayError::Store("operation did not run".into())),
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(v)), Ok(())) => Ok(v),
+            (Some(Ok(_)), Err(e)) => Err(e),
+        };
+        // The caller may have gone away; the data is committed regardless.
+        let _ = self.reply.send(answer);
+    }
+}
+
+type Job = Box<dyn WriteJob>;
+
+async fn exec(conn: &mut Conn, sql: &'static str) -> Result<()> {
+    sqlx::raw_sql(sql).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Runs one batch in one transaction; returns the commit result.
+async fn run_batch(conn: &mut Conn, jobs: &mut [Job]) -> Result<()> {
+    let single = jobs.len() == 1;
+    exec(conn, if PG { "BEGIN" } else { "BEGIN IMMEDIATE" }).await?;
+    let mut failed_infra = None;
+    for job in jobs.iter_mut() {
+        // A lone operation needs no savepoint: if it fails the whole
+        // transaction is rolled back below.
+        if !single && let Err(e) = exec(conn, "SAVEPOINT op").await {
+            failed_infra = Some(e);
+            break;
+        }
+        let ok = job.run(conn).await;
+        if single {
+            if !ok {
+                let _ = exec(conn, "ROLLBACK").await;
+                return Ok(());
+            }
+            continue;
+        }
+        let step = if ok {
+            // SQLite: COMMIT releases every savepoint at once; PostgreSQL
+            // keeps a subtransaction per open savepoint, so release each.
+            if PG { exec(conn, "RELEASE SAVEPOINT op").await } else { Ok(()) }
+        } else {
+            match exec(conn, "ROLLBACK TO SAVEPOINT op").await {
+                Ok(()) => exec(conn, "RELEASE SAVEPOINT op").await,
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = step {
+            failed_infra = Some(e);
+            break;
+        }
+    }
+    if let Some(e) = failed_infra {
+        let _ = exec(conn, "ROLLBACK").await;
+        return Err(e);
+    }
+    if let Err(e) = exec(conn, "COMMIT").await {
+        let _ = exec(conn, "ROLLBACK").await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn run_writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(batch_max);
+    while let Some(first) = rx.recv().await {
+        jobs.push(first);
+        while jobs.len() < batch_max {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let committed = match pool.acquire().await {
+            Ok(mut conn) => {
+                let r = run_batch(&mut conn, &mut jobs).await;
+                if r.is_err() {
+                    // The connection may be broken; let the pool replace it.
+                    conn.close_on_drop();
+                }
+                r
+            }
+            Err(e) => Err(e.into()),
+        };
+        for job in jobs.drain(..) {
+            job.finish(committed.clone());
+        }
+    }
+}
+
+/// The state both SQL stores share.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    read: Pool,
+    write: Pool,
+    writer: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for dyn WriteJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteJob")
+    }
+}
+
+impl SqlStore {
+    pub(super) fn start(read: Pool, write: Pool, group_commit: bool) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_MAX);
+        let batch_max = if group_commit { BATCH_MAX } else { 1 };
+        tokio::spawn(run_writer(write.clone(), rx, batch_max));
+        SqlStore {
+            read,
+            write,
+            writer: tx,
+        }
+    }
+
+    async fn write<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(Typed {
+            op: Some(op),
+            result: None,
+            reply,
+        });
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| RelayError::Store("writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| RelayError::Store("writer stopped".into()))?
+    }
+
+    /// Waits for queued writes and closes the connections.
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+}
+
+// ---------------------------------------------------------------- operations
+
+async fn device_pk(c: &mut Conn, user: &Username, device: DeviceId) -> Result<Option<i64>> {
+    let row = q("SELECT pk FROM devices WHERE username = ? AND device = ?")
+        .bind(user.as_str())
+        .bind(i64::from(device.0))
+        .fetch_optional(&mut *c)
+        .await?;
+    Ok(match row {
+        Some(r) => Some(r.try_get::<i64, _>(0)?),
+        None => None,
+    })
+}
+
+const DEVICE_COLUMNS: &str = "username, device, identity_key, dh_key, dh_key_signature, spk_id, spk_public, spk_signature, spk_created_ms, otk_count, created_ms";
+
+fn device_row(r: &Row) -> Result<DeviceRecord> {
+    let spk_id: Option<i64> = r.try_get(5)?;
+    let signed_prekey = match spk_id {
+        Some(id) => Some(SignedPreKey {
+            id: u32::try_from(id).map_err(|_| corrupt("prekey id"))?,
+            public: Bytes(r.try_get::<Option<Vec<u8>>, _>(6)?.unwrap_or_default()),
+            signature: Bytes(r.try_get::<Option<Vec<u8>>, _>(7)?.unwrap_or_default()),
+            created_ms: u(r.try_get::<Option<i64>, _>(8)?.unwrap_or(0)),
+        }),
+        None => None,
+    };
+    Ok(DeviceRecord {
+        user: username(r.try_get(0)?)?,
+        device: device_id(r.try_get(1)?)?,
+        keys: DeviceKeys {
+            identity_key: Bytes(r.try_get(2)?),
+            dh_key: Bytes(r.try_get(3)?),
+            dh_key_signature: Bytes(r.try_get(4)?),
+        },
+        signed_prekey,
+        one_time_count: u32::try_from(r.try_get::<i64, _>(9)?).unwrap_or(0),
+        created_ms: u(r.try_get(10)?),
+    })
+}
+
+async fn insert_device(c: &mut Conn, d: &DeviceRecord) -> Result<()> {
+    q("INSERT INTO devices (username, device, identity_key, dh_key, dh_key_signature, otk_count, next_seq, depth, created_ms) VALUES (?, ?, ?, ?, ?, 0, 1, 0, ?)")
+        .bind(d.user.as_str())
+        .bind(i64::from(d.device.0))
+        .bind(d.keys.identity_key.as_slice())
+        .bind(d.keys.dh_key.as_slice())
+        .bind(d.keys.dh_key_signature.as_slice())
+        .bind(i(d.created_ms))
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+/// One fewer reference to a message; its body goes with the last one.
+async fn release(c: &mut Conn, id: &[u8]) -> Result<()> {
+    q("UPDATE messages SET refs = refs - 1, body = CASE WHEN refs <= 1 THEN NULL ELSE body END WHERE id = ?")
+        .bind(id)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+async fn revoke(c: &mut Conn, session: &str) -> Result<()> {
+    q("DELETE FROM access_tokens WHERE session_id = ?")
+        .bind(session)
+        .execute(&mut *c)
+        .await?;
+    q("DELETE FROM refresh_tokens WHERE session_id = ?")
+        .bind(session)
+        .execute(&mut *c)
+        .await?;
+    q("DELETE FROM sessions WHERE id = ?")
+        .bind(session)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+async fn accept_in(c: &mut Conn, m: NewMessage) -> Result<AcceptOutcome> {
+    let id = m.id.as_bytes().to_vec();
+    let inserted = q("INSERT INTO messages (id, digest, origin, kind, body, refs, received_ms, expires_ms) VALUES (?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT (id) DO NOTHING")
+        .bind(&id[..])
+        .bind(&m.digest[..])
+        .bind(m.origin.as_str())
+        .bind(kind_code(m.kind))
+        .bind(m.body.as_slice())
+        .bind(i(m.received_ms))
+        .bind(i(m.expires_ms))
+        .execute(&mut *c)
+        .await?
+        .rows_affected();
+    if inserted == 0 {
+        let row = q("SELECT digest, received_ms FROM messages WHERE id = ?")
+            .bind(&id[..])
+            .fetch_one(&mut *c)
+            .await?;
+        let digest: Vec<u8> = row.try_get(0)?;
+        return if digest == m.digest {
+            Ok(AcceptOutcome::Duplicate {
+                accepted_ms: u(row.try_get(1)?),
+            })
+        } else {
+            Err(RelayError::Conflict("envelope id already used"))
+        };
+    }
+    let mut delivered = Vec::with_capacity(m.local.len());
+    for r in m.local {
+        // One statement claims the sequence number and checks the depth.
+        let row = q("UPDATE devices SET next_seq = next_seq + 1, depth = depth + 1 WHERE username = ? AND device = ? AND depth < ? RETURNING pk, next_seq - 1")
+            .bind(r.user.as_str())
+            .bind(i64::from(r.device.0))
+            .bind(i64::from(m.depth_max))
+            .fetch_optional(&mut *c)
+            .await?;
+        let Some(row) = row else {
+            if device_pk(c, &r.user, r.device).await?.is_some() {
+                return Err(RelayError::MailboxFull);
+            }
+            if m.skip_unknown {
+                continue;
+            }
+            let account = q("SELECT 1 FROM accounts WHERE username = ?")
+                .bind(r.user.as_str())
+                .fetch_optional(&mut *c)
+                .await?;
+            return Err(if account.is_some() {
+                RelayError::UnknownDevice
+            } else {
+                RelayError::UnknownUser
+            });
+        };
+        let pk: i64 = row.try_get(0)?;
+        let seq: i64 = row.try_get(1)?;
+        q("INSERT INTO mailbox (device_pk, seq, message_id, header, expires_ms) VALUES (?, ?, ?, ?, ?)")
+            .bind(pk)
+            .bind(seq)
+            .bind(&id[..])
+            .bind(r.header.as_slice())
+            .bind(i(m.expires_ms))
+            .execute(&mut *c)
+            .await?;
+        delivered.push(MailboxRef {
+            user: r.user,
+            device: r.device,
+            seq: u(seq),
+        });
+    }
+    if delivered.is_empty() && m.remote.is_empty() {
+        return Err(RelayError::UnknownDevice);
+    }
+    for remote in &m.remote {
+        q("INSERT INTO outbox (relay, message_id, recipients, sender_user, sender_device, attempts, next_attempt_ms, expires_ms) VALUES (?, ?, ?, ?, ?, 0, 0, ?)")
+            .bind(remote.relay.as_str())
+            .bind(&id[..])
+            .bind(encode(&remote.recipients)?)
+            .bind(m.sender.as_ref().map(|(u, _)| u.as_str().to_owned()))
+            .bind(m.sender.as_ref().map(|(_, d)| i64::from(d.0)))
+            .bind(i(m.expires_ms))
+            .execute(&mut *c)
+            .await?;
+    }
+    let refs = (delivered.len() + m.remote.len()) as i64;
+    q("UPDATE messages SET refs = ? WHERE id = ?")
+        .bind(refs)
+        .bind(&id[..])
+        .execute(&mut *c)
+        .await?;
+    Ok(AcceptOutcome::Accepted { delivered })
+}
+
+const OUTBOX_SELECT: &str = "SELECT o.id, o.relay, o.message_id, g.kind, g.body, o.recipients, o.expires_ms, o.attempts, o.sender_user, o.sender_device FROM outbox o JOIN messages g ON g.id = o.message_id";
+
+fn outbox_row(r: &Row) -> Result<OutboxEntry> {
+    let sender_user: Option<String> = r.try_get(8)?;
+    let sender_device: Option<i64> = r.try_get(9)?;
+    let sender = match (sender_user, sender_device) {
+        (Some(u), Some(d)) => Some((username(u)?, device_id(d)?)),
+        _ => None,
+    };
+    let recipients: Vec<u8> = r.try_get(5)?;
+    Ok(OutboxEntry {
+        id: r.try_get(0)?,
+        relay: relay_name(r.try_get(1)?)?,
+        envelope: envelope_id(r.try_get(2)?)?,
+        kind: kind_from_code(r.try_get(3)?),
+        body: Bytes(r.try_get::<Option<Vec<u8>>, _>(4)?.unwrap_or_default()),
+        recipients: decode::<Vec<FedRecipient>>(&recipients)?,
+        expires_ms: u(r.try_get(6)?),
+        attempts: u32::try_from(r.try_get::<i64, _>(7)?).unwrap_or(u32::MAX),
+        sender,
+    })
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn create_invite(&self, invite: InviteRecord) -> Result<()> {
+        self.write(move |c| {
+            Box::pin(async move {
+                q("INSERT INTO invites (code_hash, expires_ms, used) VALUES (?, ?, 0)")
+                    .bind(&invite.code_hash[..])
+                    .bind(i(invite.expires_ms))
+                    .execute(&mut *c)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn register(&self, account: NewAccount) -> Result<()> {
+        let list = encode(&account.device_list)?;
+        self.write(move |c| {
+            Box::pin(async move {
+                let user = account.device.user.as_str();
+                let inserted = q("INSERT INTO accounts (username, created_ms, list_version, device_list) VALUES (?, ?, ?, ?) ON CONFLICT (username) DO NOTHING")
+                    .bind(user)
+                    .bind(i(account.now_ms))
+                    .bind(i(account.device_list.list.version))
+                    .bind(&list[..])
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                if inserted == 0 {
+                    return Err(RelayError::UsernameTaken);
+                }
+                if let Some(code) = account.invite {
+                    let used = q("UPDATE invites SET used = 1 WHERE code_hash = ? AND used = 0 AND expires_ms > ?")
+                        .bind(&code[..])
+                        .bind(i(account.now_ms))
+                        .execute(&mut *c)
+                        .await?
+                        .rows_affected();
+                    if used == 0 {
+                        return Err(RelayError::InvalidInvite);
+                    }
+                }
+                insert_device(c, &account.device).await
+            })
+        })
+        .await
+    }
+
+    async fn device(&self, user: &Username, device: DeviceId) -> Result<Option<DeviceRecord>> {
+        static SQL: OnceLock<String> = OnceLock::new();
+        let sql = SQL.get_or_init(|| format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE username = ? AND device = ?"));
+        let row = q(sql.as_str())
+            .bind(user.as_str())
+            .bind(i64::from(device.0))
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(device_row).transpose()
+    }
+
+    async fn devices(&self, user: &Username) -> Result<Vec<DeviceRecord>> {
+        static SQL: OnceLock<String> = OnceLock::new();
+        let sql = SQL.get_or_init(|| format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE username = ? ORDER BY device"));
+        let rows = q(sql.as_str())
+            .bind(user.as_str())
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(device_row).collect()
+    }
+
+    async fn device_list(&self, user: &Username) -> Result<Option<SignedDeviceList>> {
+        let row = q("SELECT device_list FROM accounts WHERE username = ?")
+            .bind(user.as_str())
+            .fetch_optional(&self.read)
+            .await?;
+        match row {
+            Some(r) => Ok(Some(decode(&r.try_get::<Vec<u8>, _>(0)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_challenge(&self, ch: ChallengeRecord) -> Result<()> {
+        self.write(move |c| {
+            Box::pin(async move {
+                q("INSERT INTO challenges (id, username, device, nonce, expires_ms) VALUES (?, ?, ?, ?, ?)")
+                    .bind(ch.id.as_str())
+                    .bind(ch.user.as_str())
+                    .bind(i64::from(ch.device.0))
+                    .bind(&ch.nonce[..])
+                    .bind(i(ch.expires_ms))
+                    .execute(&mut *c)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn take_challenge(&self, id: &str) -> Result<Option<ChallengeRecord>> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            Box::pin(async move {
+                let row = q("DELETE FROM challenges WHERE id = ? RETURNING id, username, device, nonce, expires_ms")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *c)
+                    .await?;
+                let Some(r) = row else { return Ok(None) };
+                let nonce: Vec<u8> = r.try_get(3)?;
+                Ok(Some(ChallengeRecord {
+                    id: r.try_get(0)?,
+                    user: username(r.try_get(1)?)?,
+                    device: device_id(r.try_get(2)?)?,
+                    nonce: nonce.try_into().map_err(|_| corrupt("nonce"))?,
+                    expires_ms: u(r.try_get(4)?),
+                }))
+            })
+        })
+        .await
+    }
+
+    async fn create_session(&self, s: NewSession) -> Result<()> {
+        self.write(move |c| {
+            Box::pin(async move {
+                q("INSERT INTO sessions (id, username, device) VALUES (?, ?, ?)")
+                    .bind(s.id.as_str())
+                    .bind(s.user.as_str())
+                    .bind(i64::from(s.device.0))
+                    .execute(&mut *c)
+                    .await?;
+                insert_tokens(c, &s.id, &s.tokens).await
+            })
+        })
+        .await
+    }
+
+    async fn access(&self, token: &TokenHash) -> Result<Option<AccessRecord>> {
+        let row = q("SELECT a.session_id, s.username, s.device, a.expires_ms, COALESCE(d.otk_count, 0) FROM access_tokens a JOIN sessions s ON s.id = a.session_id LEFT JOIN devices d ON d.username = s.username AND d.device = s.device WHERE a.hash = ?")
+            .bind(&token[..])
+            .fetch_optional(&self.read)
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(AccessRecord {
+            session: r.try_get(0)?,
+            user: username(r.try_get(1)?)?,
+            device: device_id(r.try_get(2)?)?,
+            expires_ms: u(r.try_get(3)?),
+            one_time_count: u32::try_from(r.try_get::<i64, _>(4)?).unwrap_or(0),
+        }))
+    }
+
+    async fn rotate_refresh(
+        &self,
+        token: &TokenHash,
+        now_ms: u64,
+        next: TokenHashes,
+    ) -> Result<RotateOutcome> {
+        let token = *token;
+        self.write(move |c| {
+            Box::pin(async move {
+                let row = q("SELECT session_id, expires_ms, used FROM refresh_tokens WHERE hash = ?")
+                    .bind(&token[..])
+                    .fetch_optional(&mut *c)
+                    .await?;
+                let Some(r) = row else { return Ok(RotateOutcome::Invalid) };
+                let session: String = r.try_get(0)?;
+                let expires_ms = u(r.try_get(1)?);
+                let used: i64 = r.try_get(2)?;
+                if used != 0 {
+                    revoke(c, &session).await?;
+                    return Ok(RotateOutcome::Reused);
+                }
+                if expires_ms <= now_ms {
+                    return Ok(RotateOutcome::Invalid);
+                }
+                // Conditional on `used = 0`, so of two concurrent
+                // presentations (PostgreSQL, several processes) one wins and
+                // the other is seen as reuse.
+                let marked = q("UPDATE refresh_tokens SET used = 1 WHERE hash = ? AND used = 0")
+                    .bind(&token[..])
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                if marked == 0 {
+                    revoke(c, &session).await?;
+                    return Ok(RotateOutcome::Reused);
+                }
+                let row = q("SELECT username, device FROM sessions WHERE id = ?")
+                    .bind(session.as_str())
+                    .fetch_optional(&mut *c)
+                    .await?;
+                let Some(s) = row else { return Ok(RotateOutcome::Invalid) };
+                q("DELETE FROM access_tokens WHERE session_id = ?")
+                    .bind(session.as_str())
+                    .execute(&mut *c)
+                    .await?;
+                insert_tokens(c, &session, &next).await?;
+                Ok(RotateOutcome::Rotated {
+                    user: username(s.try_get(0)?)?,
+                    device: device_id(s.try_get(1)?)?,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn revoke_session(&self, session: &str) -> Result<()> {
+        let session = session.to_owned();
+        self.write(move |c| Box::pin(async move { revoke(c, &session).await }))
+            .await
+    }
+
+    async fn put_link(&self, l: LinkRecord) -> Result<()> {
+        self.write(move |c| {
+            Box::pin(async move {
+                let inserted = q("INSERT INTO links (code, secret_hash, username, identity_key, dh_key, dh_key_signature, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (code) DO NOTHING")
+                    .bind(l.code.as_str())
+                    .bind(&l.secret_hash[..])
+                    .bind(l.user.as_str())
+                    .bind(l.keys.identity_key.as_slice())
+                    .bind(l.keys.dh_key.as_slice())
+                    .bind(l.keys.dh_key_signature.as_slice())
+                    .bind(i(l.expires_ms))
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                if inserted == 0 {
+                    return Err(RelayError::Conflict("link code in use"));
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn link(&self, code: &str) -> Result<Option<LinkRecord>> {
+        let row = q("SELECT code, secret_hash, username, identity_key, dh_key, dh_key_signature, expires_ms, approved_device FROM links WHERE code = ?")
+            .bind(code)
+            .fetch_optional(&self.read)
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let secret: Vec<u8> = r.try_get(1)?;
+        Ok(Some(LinkRecord {
+            code: r.try_get(0)?,
+            secret_hash: secret.try_into().map_err(|_| corrupt("secret hash"))?,
+            user: username(r.try_get(2)?)?,
+            keys: DeviceKeys {
+                identity_key: Bytes(r.try_get(3)?),
+                dh_key: Bytes(r.try_get(4)?),
+                dh_key_signature: Bytes(r.try_get(5)?),
+            },
+            expires_ms: u(r.try_get(6)?),
+            approved: r
+                .try_get::<Option<i64>, _>(7)?
+                .map(device_id)
+                .transpose()?,
+        }))
+    }
+
+    async fn approve_link(
+        &self,
+        code: &str,
+        device: DeviceRecord,
+        list: SignedDeviceList,
+        devices_max: u32,
+        now_ms: u64,
+    ) -> Result<()> {
+        let code = code.to_owned();
+        let encoded = encode(&list)?;
+        self.write(move |c| {
+            Box::pin(async move {
+                let row = q("SELECT approved_device, expires_ms FROM links WHERE code = ?")
+                    .bind(code.as_str())
+                    .fetch_optional(&mut *c)
+                    .await?;
+                let pending = match &row {
+                    Some(r) => {
+                        r.try_get::<Option<i64>, _>(0)?.is_none()
+                            && u(r.try_get(1)?) > now_ms
+                    }
+                    None => false,
+                };
+                if !pending {
+                    return Err(RelayError::InvalidLinkCode);
+                }
+                let user = device.user.as_str();
+                let row = q("SELECT list_version, (SELECT COUNT(*) FROM devices WHERE username = ?) FROM accounts WHERE username = ?")
+                    .bind(user)
+                    .bind(user)
+                    .fetch_optional(&mut *c)
+                    .await?
+                    .ok_or(RelayError::UnknownUser)?;
+                let version = u(row.try_get(0)?);
+                let count = u(row.try_get(1)?);
+                if count >= u64::from(devices_max) {
+                    return Err(RelayError::TooManyDevices);
+                }
+                if list.list.version != version + 1 {
+                    return Err(RelayError::Conflict("device list changed meanwhile"));
+                }
+                if device_pk(c, &device.user, device.device).await?.is_some() {
+                    return Err(RelayError::Conflict("device list changed meanwhile"));
+                }
+                insert_device(c, &device).await?;
+                q("UPDATE accounts SET list_version = ?, device_list = ? WHERE username = ?")
+                    .bind(i(list.list.version))
+                    .bind(&encoded[..])
+                    .bind(user)
+                    .execute(&mut *c)
+                    .await?;
+                q("UPDATE links SET approved_device = ? WHERE code = ?")
+                    .bind(i64::from(device.device.0))
+                    .bind(code.as_str())
+                    .execute(&mut *c)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn set_signed_prekey(
+        &self,
+        user: &Username,
+        device: DeviceId,
+        key: SignedPreKey,
+    ) -> Result<()> {
+        let user = user.clone();
+        self.write(move |c| {
+            Box::pin(async move {
+                let n = q("UPDATE devices SET spk_id = ?, spk_public = ?, spk_signature = ?, spk_created_ms = ? WHERE username = ? AND device = ?")
+                    .bind(i64::from(key.id))
+                    .bind(key.public.as_slice())
+                    .bind(key.signature.as_slice())
+                    .bind(i(key.created_ms))
+                    .bind(user.as_str())
+                    .bind(i64::from(device.0))
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                if n == 0 {
+                    return Err(RelayError::UnknownDevice);
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn add_one_time_prekeys(
+        &self,
+        user: &Username,
+        device: DeviceId,
+        keys: Vec<OneTimePreKey>,
+        cap: u32,
+    ) -> Result<u32> {
+        let user = user.clone();
+        self.write(move |c| {
+            Box::pin(async move {
+                let pk = device_pk(c, &user, device)
+                    .await?
+                    .ok_or(RelayError::UnknownDevice)?;
+                for k in &keys {
+                    q("INSERT INTO one_time_prekeys (device_pk, key_id, public) VALUES (?, ?, ?) ON CONFLICT (device_pk, key_id) DO UPDATE SET public = excluded.public")
+                        .bind(pk)
+                        .bind(i64::from(k.id))
+                        .bind(k.public.as_slice())
+                        .execute(&mut *c)
+                        .await?;
+                }
+                let count: i64 = q("SELECT COUNT(*) FROM one_time_prekeys WHERE device_pk = ?")
+                    .bind(pk)
+                    .fetch_one(&mut *c)
+                    .await?
+                    .try_get(0)?;
+                if count > i64::from(cap) {
+                    // The savepoint rolls the inserts back.
+                    return Err(RelayError::TooManyPrekeys);
+                }
+                q("UPDATE devices SET otk_count = ? WHERE pk = ?")
+                    .bind(count)
+                    .bind(pk)
+                    .execute(&mut *c)
+                    .await?;
+                Ok(u32::try_from(count).unwrap_or(u32::MAX))
+            })
+        })
+        .await
+    }
+
+    async fn take_one_time_prekey(
+        &self,
+        user: &Username,
+        device: DeviceId,
+    ) -> Result<(Option<OneTimePreKey>, u32)> {
+        let user = user.clone();
+        self.write(move |c| {
+            Box::pin(async move {
+                let pk = device_pk(c, &user, device)
+                    .await?
+                    .ok_or(RelayError::UnknownDevice)?;
+                // Delete-and-return in one statement: the key is gone the
+                // moment anyone sees it. SKIP LOCKED lets concurrent
+                // PostgreSQL transactions take different keys.
+                let sql = if PG {
+                    "DELETE FROM one_time_prekeys WHERE id = (SELECT id FROM one_time_prekeys WHERE device_pk = ? ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING key_id, public"
+                } else {
+                    "DELETE FROM one_time_prekeys WHERE id = (SELECT id FROM one_time_prekeys WHERE device_pk = ? ORDER BY id LIMIT 1) RETURNING key_id, public"
+                };
+                let row = q(sql).bind(pk).fetch_optional(&mut *c).await?;
+                let key = match row {
+                    Some(r) => Some(OneTimePreKey {
+                        id: u32::try_from(r.try_get::<i64, _>(0)?)
+                            .map_err(|_| corrupt("prekey id"))?,
+                        public: Bytes(r.try_get(1)?),
+                    }),
+                    None => None,
+                };
+                let delta: i64 = if key.is_some() { 1 } else { 0 };
+                let left: i64 = q("UPDATE devices SET otk_count = otk_count - ? WHERE pk = ? RETURNING otk_count")
+                    .bind(delta)
+                    .bind(pk)
+                    .fetch_one(&mut *c)
+                    .await?
+                    .try_get(0)?;
+                Ok((key, u32::try_from(left).unwrap_or(0)))
+            })
+        })
+        .await
+    }
+
+    async fn accept(&self, message: NewMessage) -> Result<AcceptOutcome> {
+        self.write(move |c| Box::pin(accept_in(c, message))).await
+    }
+
+    async fn fetch(
+        &self,
+        user: &Username,
+        device: DeviceId,
+        after: u64,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<Vec<Envelope>> {
+        let rows = q("SELECT m.seq, m.message_id, g.origin, m.header, g.body, g.received_ms, m.expires_ms, g.kind FROM mailbox m JOIN messages g ON g.id = m.message_id WHERE m.device_pk = (SELECT pk FROM devices WHERE username = ? AND device = ?) AND m.seq > ? AND m.expires_ms > ? ORDER BY m.seq LIMIT ?")
+            .bind(user.as_str())
+            .bind(i64::from(device.0))
+            .bind(i(after))
+            .bind(i(now_ms))
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Envelope {
+                    seq: u(r.try_get(0)?),
+                    id: envelope_id(r.try_get(1)?)?,
+                    origin: relay_name(r.try_get(2)?)?,
+                    header: Bytes(r.try_get(3)?),
+                    body: Bytes(r.try_get::<Option<Vec<u8>>, _>(4)?.unwrap_or_default()),
+                    received_ms: u(r.try_get(5)?),
+                    expires_ms: u(r.try_get(6)?),
+                    kind: kind_from_code(r.try_get(7)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn ack(&self, user: &Username, device: DeviceId, seqs: &[u64]) -> Result<u32> {
+        let user = user.clone();
+        let seqs = seqs.to_vec();
+        self.write(move |c| {
+            Box::pin(async move {
+                let Some(pk) = device_pk(c, &user, device).await? else {
+                    return Ok(0);
+                };
+                let mut acked = 0u32;
+                for seq in seqs {
+                    let row = q("DELETE FROM mailbox WHERE device_pk = ? AND seq = ? RETURNING message_id")
+                        .bind(pk)
+                        .bind(i(seq))
+                        .fetch_optional(&mut *c)
+                        .await?;
+                    if let Some(r) = row {
+                        let id: Vec<u8> = r.try_get(0)?;
+                        release(c, &id).await?;
+                        acked += 1;
+                    }
+                }
+                if acked > 0 {
+                    q("UPDATE devices SET depth = depth - ? WHERE pk = ?")
+                        .bind(i64::from(acked))
+                        .bind(pk)
+                        .execute(&mut *c)
+                        .await?;
+                }
+                Ok(acked)
+            })
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now_ms: u64) -> Result<PurgeReport> {
+        let now = i(now_ms);
+        let mut report = PurgeReport::default();
+        // Mailbox entries in bounded steps, so one purge never holds the
+        // writer for long.
+        loop {
+            let n = self
+                .write(move |c| {
+                    Box::pin(async move {
+                        let rows = q("DELETE FROM mailbox WHERE (device_pk, seq) IN (SELECT device_pk, seq FROM mailbox WHERE expires_ms <= ? LIMIT 500) RETURNING device_pk, message_id")
+                            .bind(now)
+                            .fetch_all(&mut *c)
+                            .await?;
+                        for r in &rows {
+                            let pk: i64 = r.try_get(0)?;
+                            let id: Vec<u8> = r.try_get(1)?;
+                            release(c, &id).await?;
+                            q("UPDATE devices SET depth = depth - 1 WHERE pk = ?")
+                                .bind(pk)
+                                .execute(&mut *c)
+                                .await?;
+                        }
+                        Ok(rows.len() as u64)
+                    })
+                })
+                .await?;
+            report.mailbox_entries += n;
+            if n < 500 {
+                break;
+            }
+        }
+        let (messages, auth) = self
+            .write(move |c| {
+                Box::pin(async move {
+                    let messages = q("DELETE FROM messages WHERE expires_ms <= ? AND refs <= 0")
+                        .bind(now)
+                        .execute(&mut *c)
+                        .await?
+                        .rows_affected();
+                    let mut auth = 0;
+                    for sql in [
+                        "DELETE FROM challenges WHERE expires_ms <= ?",
+                        "DELETE FROM links WHERE expires_ms <= ?",
+                        "DELETE FROM invites WHERE expires_ms <= ? OR used = 1",
+                        "DELETE FROM access_tokens WHERE expires_ms <= ?",
+                        "DELETE FROM refresh_tokens WHERE expires_ms <= ?",
+                    ] {
+                        auth += q(sql).bind(now).execute(&mut *c).await?.rows_affected();
+                    }
+                    q("DELETE FROM sessions WHERE NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.session_id = sessions.id)")
+                        .execute(&mut *c)
+                        .await?;
+                    Ok((messages, auth))
+                })
+            })
+            .await?;
+        report.messages = messages;
+        report.auth_records = auth;
+        Ok(report)
+    }
+
+    async fn outbox_take(
+        &self,
+        relay: &RelayName,
+        max: u32,
+        now_ms: u64,
+        lease_until_ms: u64,
+    ) -> Result<Vec<OutboxEntry>> {
+        let relay = relay.clone();
+        self.write(move |c| {
+            Box::pin(async move {
+                static SQL: OnceLock<String> = OnceLock::new();
+                let sql = SQL.get_or_init(|| {
+                    format!(
+                        "{OUTBOX_SELECT} WHERE o.relay = ? AND o.next_attempt_ms <= ? AND o.expires_ms > ? ORDER BY o.id LIMIT ?{}",
+                        if PG { " FOR UPDATE OF o SKIP LOCKED" } else { "" }
+                    )
+                });
+                let rows = q(sql.as_str())
+                    .bind(relay.as_str())
+                    .bind(i(now_ms))
+                    .bind(i(now_ms))
+                    .bind(i64::from(max))
+                    .fetch_all(&mut *c)
+                    .await?;
+                let entries = rows.iter().map(outbox_row).collect::<Result<Vec<_>>>()?;
+                for e in &entries {
+                    q("UPDATE outbox SET next_attempt_ms = ? WHERE id = ?")
+                        .bind(i(lease_until_ms))
+                        .bind(e.id)
+                        .execute(&mut *c)
+                        .await?;
+                }
+                Ok(entries)
+            })
+        })
+        .await
+    }
+
+    async fn outbox_delete(&self, ids: &[OutboxId]) -> Result<u32> {
+        let ids = ids.to_vec();
+        self.write(move |c| {
+            Box::pin(async move {
+                let mut n = 0;
+                for id in ids {
+                    if delete_outbox(c, id).await? {
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+        })
+        .await
+    }
+
+    async fn outbox_reschedule(&self, id: OutboxId, next_attempt_ms: u64) -> Result<()> {
+        self.write(move |c| {
+            Box::pin(async move {
+                q("UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ? WHERE id = ?")
+                    .bind(i(next_attempt_ms))
+                    .bind(id)
+                    .execute(&mut *c)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn outbox_expired(&self, now_ms: u64, max: u32) -> Result<Vec<OutboxEntry>> {
+        static SQL: OnceLock<String> = OnceLock::new();
+        let sql = SQL.get_or_init(|| {
+            format!("{OUTBOX_SELECT} WHERE o.expires_ms <= ? ORDER BY o.id LIMIT ?")
+        });
+        let rows = q(sql.as_str())
+            .bind(i(now_ms))
+            .bind(i64::from(max))
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(outbox_row).collect()
+    }
+
+    async fn outbox_expire(&self, id: OutboxId, notice: Option<NewMessage>) -> Result<()> {
+        self.write(move |c| {
+            Box::pin(async move {
+                if !delete_outbox(c, id).await? {
+                    return Ok(());
+                }
+                if let Some(notice) = notice {
+                    accept_in(c, notice).await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn outbox_destinations(&self) -> Result<Vec<OutboxDestination>> {
+        let rows = q("SELECT relay, COUNT(*), MIN(next_attempt_ms) FROM outbox GROUP BY relay ORDER BY relay")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxDestination {
+                    relay: relay_name(r.try_get(0)?)?,
+                    pending: u(r.try_get(1)?),
+                    next_attempt_ms: u(r.try_get(2)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        let r = q("SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM messages WHERE body IS NOT NULL), (SELECT COUNT(*) FROM mailbox), (SELECT COUNT(*) FROM outbox)")
+            .fetch_one(&self.read)
+            .await?;
+        Ok(StoreStats {
+            messages: u(r.try_get(0)?),
+            bodies: u(r.try_get(1)?),
+            mailbox_entries: u(r.try_get(2)?),
+            outbox_entries: u(r.try_get(3)?),
+        })
+    }
+}
+
+async fn insert_tokens(c: &mut Conn, session: &str, t: &TokenHashes) -> Result<()> {
+    q("INSERT INTO access_tokens (hash, session_id, expires_ms) VALUES (?, ?, ?)")
+        .bind(&t.access[..])
+        .bind(session)
+        .bind(i(t.access_expires_ms))
+        .execute(&mut *c)
+        .await?;
+    q("INSERT INTO refresh_tokens (hash, session_id, expires_ms, used) VALUES (?, ?, ?, 0)")
+        .bind(&t.refresh[..])
+        .bind(session)
+        .bind(i(t.refresh_expires_ms))
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+async fn delete_outbox(c: &mut Conn, id: OutboxId) -> Result<bool> {
+    let row = q("DELETE FROM outbox WHERE id = ? RETURNING message_id")
+        .bind(id)
+        .fetch_optional(&mut *c)
+        .await?;
+    match row {
+        Some(r) => {
+            let message: Vec<u8> = r.try_get(0)?;
+            release(c, &message).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}

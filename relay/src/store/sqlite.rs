@@ -1,0 +1,85 @@
+//! SQLite store: one file, WAL journal, one writer task with group commit,
+//! a pool of readers. See `docs/storage.md` for the durability argument.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::error::Result;
+
+mod imp {
+    use sqlx::sqlite::{
+        Sqlite as Db, SqliteConnection as Conn, SqlitePool as Pool, SqliteRow as Row,
+    };
+    const PG: bool = false;
+    include!("sql.rs");
+}
+
+/// The SQLite store. Every write is committed (and, with
+/// [`Durability::Full`], fsynced) before the call returns.
+pub type SqliteStore = imp::SqlStore;
+
+/// When a commit reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous = FULL`: the WAL is fsynced at every commit; an accepted
+    /// message survives a process crash and a power loss. The default.
+    #[default]
+    Full,
+    /// `synchronous = NORMAL`: survives a process crash, but the last
+    /// commits before a power loss or OS crash may be lost. Only for
+    /// operators who accept that explicitly.
+    Normal,
+}
+
+/// How to open a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Gather concurrent writes into one transaction (default true).
+    pub group_commit: bool,
+    /// When commits reach the disk.
+    pub durability: Durability,
+    /// Reader connections (default 4).
+    pub readers: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            group_commit: true,
+            durability: Durability::Full,
+            readers: 4,
+        }
+    }
+}
+
+impl imp::SqlStore {
+    /// Opens (creating if missing) the database file at `path` and applies
+    /// the embedded migrations. Must be called inside a Tokio runtime: it
+    /// spawns the writer task.
+    pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        let synchronous = match options.durability {
+            Durability::Full => SqliteSynchronous::Full,
+            Durability::Normal => SqliteSynchronous::Normal,
+        };
+        let base = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path.as_ref())
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(base.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(options.readers.max(1))
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(Self::start(read, write, options.group_commit))
+    }
+}

@@ -1,0 +1,1157 @@
+//! One conformance suite, run against every store: in-memory, SQLite (a
+//! file in a tempdir) and PostgreSQL (when `COURIER_TEST_DATABASE_URL` is
+//! set; each test in its own schema, dropped afterwards).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use common::*;
+use courier_protocol::api::{
+    ApproveLinkRequest, DeviceList, DeviceListEntry, EnvelopeKind, LinkRequest, LoginRequest,
+    OneTimePreKey, UploadOneTimePreKeys,
+};
+use courier_protocol::federation::{AckStatus, FedEnvelope, FedRecipient};
+use courier_protocol::{
+    Address, Bytes, DeviceId, EnvelopeId, ErrorCode, OutgoingMessage, RecipientEntry, RelayName,
+    Username,
+};
+use courier_relay::{Registration, RelayError, StoreStats};
+use ed25519_dalek::Signer;
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Kind::Memory).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Kind::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Kind::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    usernames_are_case_folded_and_unique,
+    invite_policy_requires_a_valid_single_use_code,
+    forged_device_list_or_dh_key_signature_is_rejected_at_registration,
+    login_needs_the_device_signature_and_a_fresh_challenge,
+    refresh_token_rotates_and_reuse_revokes_the_session,
+    access_tokens_expire_and_logout_revokes_immediately,
+    linking_a_device_needs_approval_signed_by_an_existing_device,
+    forged_signed_prekey_is_rejected,
+    one_time_prekeys_are_capped_handed_out_once_and_low_water_is_reported,
+    concurrent_bundle_fetches_hand_out_each_one_time_prekey_once,
+    message_for_five_devices_stores_the_body_once,
+    retried_send_with_the_same_envelope_id_stores_nothing_new,
+    fetch_returns_entries_in_order_from_a_cursor,
+    acking_out_of_order_and_twice_is_safe_and_frees_the_body,
+    expired_entries_are_purged,
+    a_full_mailbox_refuses_the_whole_message,
+    unknown_recipient_refuses_the_whole_message,
+    remote_recipients_go_to_the_outbox_once_per_relay,
+    outbox_expiry_sends_a_failure_notice_to_the_sender_device,
+    federated_envelopes_are_deduplicated_and_checked,
+);
+
+fn id(n: u8) -> EnvelopeId {
+    EnvelopeId::new(T0, [n; 10])
+}
+
+fn message(id: EnvelopeId, to: &[(Address, DeviceId)], body: &[u8]) -> OutgoingMessage {
+    OutgoingMessage {
+        id,
+        body: Bytes(body.to_vec()),
+        recipients: to
+            .iter()
+            .map(|(a, d)| RecipientEntry {
+                to: a.clone(),
+                device: *d,
+                header: Bytes(vec![d.0 as u8; 8]),
+            })
+            .collect(),
+        ttl_secs: 3600,
+    }
+}
+
+fn remote(user: &str, relay: &str) -> Address {
+    Address::new(
+        Username::parse(user).unwrap(),
+        RelayName::parse(relay).unwrap(),
+    )
+}
+
+async fn stats(h: &Harness) -> StoreStats {
+    h.store.stats().await.unwrap()
+}
+
+async fn usernames_are_case_folded_and_unique(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let r = h
+        .relay
+        .register(register_request("Alice", &signing_key(1), None))
+        .await
+        .unwrap();
+    assert_eq!(r.address.to_string(), "alice@relay-a.example");
+    assert_eq!(r.device, DeviceId(1));
+    let again = h
+        .relay
+        .register(register_request("alice", &signing_key(2), None))
+        .await;
+    assert_eq!(again, Err(RelayError::UsernameTaken));
+    // The first account is untouched.
+    let list = h
+        .relay
+        .device_list(&Username::parse("alice").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        list.list.devices[0].identity_key,
+        device_keys(&signing_key(1)).identity_key
+    );
+}
+
+async fn invite_policy_requires_a_valid_single_use_code(kind: Kind) {
+    let Some(h) = Harness::with(kind, |c| c.registration = Registration::Invite).await else {
+        return;
+    };
+    let r = h
+        .relay
+        .register(register_request("bob", &signing_key(1), None))
+        .await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::InviteRequired);
+    let r = h
+        .relay
+        .register(register_request(
+            "bob",
+            &signing_key(1),
+            Some("nope".into()),
+        ))
+        .await;
+    assert_eq!(r, Err(RelayError::InvalidInvite));
+    let code = h.relay.create_invite(60_000).await.unwrap();
+    h.relay
+        .register(register_request("bob", &signing_key(1), Some(code.clone())))
+        .await
+        .unwrap();
+    let r = h
+        .relay
+        .register(register_request("carol", &signing_key(2), Some(code)))
+        .await;
+    assert_eq!(r, Err(RelayError::InvalidInvite), "single use");
+    // A taken username does not burn a valid invite.
+    let code = h.relay.create_invite(60_000).await.unwrap();
+    let r = h
+        .relay
+        .register(register_request("bob", &signing_key(3), Some(code.clone())))
+        .await;
+    assert_eq!(r, Err(RelayError::UsernameTaken));
+    h.clock.advance(60_001);
+    let r = h
+        .relay
+        .register(register_request("dave", &signing_key(4), Some(code)))
+        .await;
+    assert_eq!(r, Err(RelayError::InvalidInvite), "expired");
+}
+
+async fn forged_device_list_or_dh_key_signature_is_rejected_at_registration(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let sk = signing_key(1);
+    let mut req = register_request("eve", &sk, None);
+    // The list signed by some other key.
+    req.device_list = sign_list(&signing_key(9), req.device_list.list.clone(), DeviceId(1));
+    let r = h.relay.register(req).await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::InvalidSignature);
+    let mut req = register_request("eve", &sk, None);
+    req.device.dh_key = Bytes(vec![0xaa; 32]);
+    let r = h.relay.register(req).await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::InvalidSignature);
+    assert!(
+        h.relay
+            .device_list(&Username::parse("eve").unwrap())
+            .await
+            .is_err(),
+        "nothing was registered"
+    );
+}
+
+async fn login_needs_the_device_signature_and_a_fresh_challenge(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let d = user(&h, "alice", 1).await;
+    let ch = h.relay.challenge(&d.user, d.device).await.unwrap();
+    assert_eq!(ch.nonce.len(), 32);
+    let bytes = courier_protocol::login_signing_bytes(
+        &relay_name(),
+        &d.user,
+        d.device,
+        ch.nonce.as_slice(),
+    );
+    // Signed by another key.
+    let forged = Bytes(signing_key(2).sign(&bytes).to_bytes().to_vec());
+    let r = h
+        .relay
+        .login(LoginRequest {
+            challenge_id: ch.challenge_id.clone(),
+            signature: forged,
+        })
+        .await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::InvalidSignature);
+    // The challenge was spent by the failed attempt.
+    let good = Bytes(d.sk.sign(&bytes).to_bytes().to_vec());
+    let r = h
+        .relay
+        .login(LoginRequest {
+            challenge_id: ch.challenge_id,
+            signature: good,
+        })
+        .await;
+    assert_eq!(r, Err(RelayError::InvalidChallenge));
+    // An expired challenge.
+    let ch = h.relay.challenge(&d.user, d.device).await.unwrap();
+    h.clock.advance(h.relay.config().challenge_ms);
+    let bytes = courier_protocol::login_signing_bytes(
+        &relay_name(),
+        &d.user,
+        d.device,
+        ch.nonce.as_slice(),
+    );
+    let r = h
+        .relay
+        .login(LoginRequest {
+            challenge_id: ch.challenge_id,
+            signature: Bytes(d.sk.sign(&bytes).to_bytes().to_vec()),
+        })
+        .await;
+    assert_eq!(r, Err(RelayError::InvalidChallenge));
+    // Unknown device.
+    let r = h.relay.challenge(&d.user, DeviceId(9)).await;
+    assert_eq!(r, Err(RelayError::UnknownDevice));
+    assert_eq!(
+        h.relay.authenticate("not-a-token").await,
+        Err(RelayError::Unauthenticated)
+    );
+}
+
+async fn refresh_token_rotates_and_reuse_revokes_the_session(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let mut d = user(&h, "alice", 1).await;
+    let first = d.tokens.clone().unwrap();
+    let second = h.relay.refresh(&first.refresh_token).await.unwrap();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert_ne!(second.access_token, first.access_token);
+    let a = h.relay.authenticate(&second.access_token).await.unwrap();
+    assert_eq!((a.user.as_str(), a.device), ("alice", DeviceId(1)));
+    // The first token is reused: a thief and the owner both hold the chain.
+    let r = h.relay.refresh(&first.refresh_token).await;
+    assert_eq!(r, Err(RelayError::InvalidRefreshToken));
+    // The whole session is gone: current access and refresh tokens too.
+    assert_eq!(
+        h.relay.authenticate(&second.access_token).await,
+        Err(RelayError::Unauthenticated)
+    );
+    assert_eq!(
+        h.relay.refresh(&second.refresh_token).await,
+        Err(RelayError::InvalidRefreshToken)
+    );
+    // Another session of the same device is unaffected.
+    d.login(&h).await;
+    assert!(
+        h.relay
+            .authenticate(&d.tokens.as_ref().unwrap().access_token)
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        h.relay.refresh("garbage").await,
+        Err(RelayError::InvalidRefreshToken)
+    );
+}
+
+async fn access_tokens_expire_and_logout_revokes_immediately(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let d = user(&h, "alice", 1).await;
+    let t = d.tokens.clone().unwrap();
+    h.clock.advance(h.relay.config().access_token_ms);
+    assert_eq!(
+        h.relay.authenticate(&t.access_token).await,
+        Err(RelayError::TokenExpired)
+    );
+    let t = h.relay.refresh(&t.refresh_token).await.unwrap();
+    let authed = h.relay.authenticate(&t.access_token).await.unwrap();
+    h.relay.logout(&authed).await.unwrap();
+    assert_eq!(
+        h.relay.authenticate(&t.access_token).await,
+        Err(RelayError::Unauthenticated)
+    );
+    assert_eq!(
+        h.relay.refresh(&t.refresh_token).await,
+        Err(RelayError::InvalidRefreshToken)
+    );
+}
+
+async fn linking_a_device_needs_approval_signed_by_an_existing_device(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let alice = user(&h, "alice", 1).await;
+    let bob = user(&h, "bob", 2).await;
+    let new_sk = signing_key(3);
+    let new_keys = device_keys(&new_sk);
+    let link = h
+        .relay
+        .open_link(LinkRequest {
+            username: alice.user.clone(),
+            device: new_keys.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(link.code.len(), 8);
+    let status = h.relay.link_status(&link.code, &link.secret).await.unwrap();
+    assert!(!status.approved);
+    assert_eq!(
+        h.relay.link_status(&link.code, "wrong").await,
+        Err(RelayError::InvalidLinkCode)
+    );
+    // Another account cannot see or approve it.
+    assert_eq!(
+        h.relay.link_info(bob.authed(), &link.code).await,
+        Err(RelayError::InvalidLinkCode)
+    );
+    let info = h.relay.link_info(alice.authed(), &link.code).await.unwrap();
+    assert_eq!(info.device, new_keys);
+    let list = DeviceList {
+        address: alice.address(),
+        version: 2,
+        devices: vec![
+            DeviceListEntry {
+                device: DeviceId(1),
+                identity_key: alice.keys.identity_key.clone(),
+            },
+            DeviceListEntry {
+                device: DeviceId(2),
+                identity_key: new_keys.identity_key.clone(),
+            },
+        ],
+    };
+    // A list the relay (or anyone without device 1's key) signed.
+    let forged = sign_list(&signing_key(9), list.clone(), DeviceId(1));
+    let r = h
+        .relay
+        .approve_link(
+            alice.authed(),
+            &link.code,
+            ApproveLinkRequest {
+                device_list: forged,
+            },
+        )
+        .await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::InvalidSignature);
+    // Wrong version.
+    let mut stale = list.clone();
+    stale.version = 1;
+    let r = h
+        .relay
+        .approve_link(
+            alice.authed(),
+            &link.code,
+            ApproveLinkRequest {
+                device_list: sign_list(&alice.sk, stale, DeviceId(1)),
+            },
+        )
+        .await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::Conflict);
+    assert_eq!(h.store.devices(&alice.user).await.unwrap().len(), 1);
+    let signed = sign_list(&alice.sk, list, DeviceId(1));
+    let r = h
+        .relay
+        .approve_link(
+            alice.authed(),
+            &link.code.to_lowercase(),
+            ApproveLinkRequest {
+                device_list: signed.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.device, DeviceId(2));
+    let status = h.relay.link_status(&link.code, &link.secret).await.unwrap();
+    assert_eq!(status.device, Some(DeviceId(2)));
+    assert_eq!(h.relay.device_list(&alice.user).await.unwrap(), signed);
+    // Approved once only.
+    let r = h
+        .relay
+        .approve_link(
+            alice.authed(),
+            &link.code,
+            ApproveLinkRequest {
+                device_list: signed,
+            },
+        )
+        .await;
+    assert_eq!(r, Err(RelayError::InvalidLinkCode));
+    // The new device logs in with its own key.
+    let mut second = TestDevice {
+        sk: new_sk,
+        keys: new_keys,
+        user: alice.user.clone(),
+        device: DeviceId(2),
+        tokens: None,
+        authed: None,
+    };
+    second.login(&h).await;
+    assert_eq!(second.authed().device, DeviceId(2));
+    // Expired link codes are refused.
+    let link = h
+        .relay
+        .open_link(LinkRequest {
+            username: alice.user.clone(),
+            device: device_keys(&signing_key(4)),
+        })
+        .await
+        .unwrap();
+    h.clock.advance(h.relay.config().link_ms);
+    assert_eq!(
+        h.relay.link_info(alice.authed(), &link.code).await,
+        Err(RelayError::InvalidLinkCode)
+    );
+}
+
+async fn forged_signed_prekey_is_rejected(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let d = user(&h, "alice", 1).await;
+    let forged = signed_prekey(&signing_key(9), 2);
+    let r = h.relay.set_signed_prekey(d.authed(), forged).await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::InvalidSignature);
+    let mut tampered = signed_prekey(&d.sk, 2);
+    tampered.created_ms += 1;
+    let r = h.relay.set_signed_prekey(d.authed(), tampered).await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::InvalidSignature);
+    let bundle = h.relay.key_bundle(&d.address(), None).await.unwrap();
+    assert_eq!(bundle.bundles[0].signed_prekey.id, 1, "unchanged");
+    h.relay
+        .set_signed_prekey(d.authed(), signed_prekey(&d.sk, 2))
+        .await
+        .unwrap();
+    let bundle = h.relay.key_bundle(&d.address(), None).await.unwrap();
+    assert_eq!(bundle.bundles[0].signed_prekey.id, 2, "replaced");
+}
+
+fn otks(range: std::ops::Range<u32>) -> UploadOneTimePreKeys {
+    UploadOneTimePreKeys {
+        prekeys: range
+            .map(|id| OneTimePreKey {
+                id,
+                public: Bytes(vec![(id % 251) as u8; 32]),
+            })
+            .collect(),
+    }
+}
+
+async fn one_time_prekeys_are_capped_handed_out_once_and_low_water_is_reported(kind: Kind) {
+    let Some(h) = Harness::with(kind, |c| {
+        c.prekeys_per_device_max = 30;
+        c.prekeys_low_water = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut d = user(&h, "alice", 1).await;
+    assert_eq!(d.authed().prekeys_low, Some(0));
+    let count = h
+        .relay
+        .upload_one_time_prekeys(d.authed(), otks(0..5))
+        .await
+        .unwrap();
+    assert_eq!((count.one_time, count.low_water), (5, 3));
+    let r = h
+        .relay
+        .upload_one_time_prekeys(d.authed(), otks(100..126))
+        .await;
+    assert_eq!(r, Err(RelayError::TooManyPrekeys));
+    assert_eq!(
+        h.relay.prekey_count(d.authed()).await.unwrap().one_time,
+        5,
+        "a refused upload adds nothing"
+    );
+    let r = h
+        .relay
+        .upload_one_time_prekeys(d.authed(), otks(0..0))
+        .await;
+    assert!(r.is_err(), "empty upload is refused");
+    d.login(&h).await;
+    assert_eq!(d.authed().prekeys_low, None);
+    let mut seen = HashSet::new();
+    for _ in 0..5 {
+        let b = h.relay.key_bundle(&d.address(), None).await.unwrap();
+        let k = b.bundles[0].one_time_prekey.clone().unwrap();
+        assert!(seen.insert(k.id), "handed out twice");
+    }
+    let b = h.relay.key_bundle(&d.address(), None).await.unwrap();
+    assert_eq!(
+        b.bundles[0].one_time_prekey, None,
+        "pool empty: signed prekey only"
+    );
+    assert_eq!(b.bundles[0].signed_prekey.id, 1);
+    // Told on its next request.
+    d.login(&h).await;
+    assert_eq!(d.authed().prekeys_low, Some(0));
+    assert_eq!(
+        h.relay.key_bundle(&d.address(), Some(DeviceId(7))).await,
+        Err(RelayError::UnknownDevice)
+    );
+    assert_eq!(
+        h.relay.key_bundle(&h.address("nobody"), None).await,
+        Err(RelayError::UnknownUser)
+    );
+    assert_eq!(
+        h.relay
+            .key_bundle(&remote("x", "relay-b.example"), None)
+            .await,
+        Err(RelayError::NotLocal)
+    );
+}
+
+async fn concurrent_bundle_fetches_hand_out_each_one_time_prekey_once(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let d = user(&h, "alice", 1).await;
+    h.relay
+        .upload_one_time_prekeys(d.authed(), otks(0..10))
+        .await
+        .unwrap();
+    let address = d.address();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let relay = Arc::clone(&h.relay);
+        let address = address.clone();
+        tasks.push(tokio::spawn(async move {
+            relay
+                .key_bundle(&address, Some(DeviceId(1)))
+                .await
+                .unwrap()
+                .bundles[0]
+                .one_time_prekey
+                .clone()
+        }));
+    }
+    let mut handed = Vec::new();
+    for t in tasks {
+        if let Some(k) = t.await.unwrap() {
+            handed.push(k.id);
+        }
+    }
+    assert_eq!(handed.len(), 10);
+    assert_eq!(handed.iter().collect::<HashSet<_>>().len(), 10);
+    assert_eq!(h.relay.prekey_count(d.authed()).await.unwrap().one_time, 0);
+}
+
+async fn message_for_five_devices_stores_the_body_once(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let sender = user(&h, "sender", 1).await;
+    let mut to = Vec::new();
+    let mut devices = Vec::new();
+    for (i, name) in ["r1", "r2", "r3", "r4", "r5"].iter().enumerate() {
+        let d = user(&h, name, 10 + i as u8).await;
+        to.push((d.address(), d.device));
+        devices.push(d);
+    }
+    let accepted = h
+        .relay
+        .accept_message(sender.authed(), message(id(1), &to, b"shared body"))
+        .await
+        .unwrap();
+    assert!(!accepted.duplicate);
+    assert_eq!(accepted.delivered.len(), 5);
+    assert_eq!(accepted.accepted_ms, T0);
+    assert_eq!(
+        stats(&h).await,
+        StoreStats {
+            messages: 1,
+            bodies: 1,
+            mailbox_entries: 5,
+            outbox_entries: 0
+        }
+    );
+    for d in &devices {
+        let f = h.relay.fetch(d.authed(), 0, 10).await.unwrap();
+        assert_eq!(f.envelopes.len(), 1);
+        let e = &f.envelopes[0];
+        assert_eq!(e.body.as_slice(), b"shared body");
+        assert_eq!(e.header.as_slice(), &[1u8; 8]);
+        assert_eq!(e.id, id(1));
+        assert_eq!(e.origin, relay_name());
+        assert_eq!(e.kind, EnvelopeKind::Message);
+        assert_eq!(e.expires_ms, T0 + 3600 * 1000);
+    }
+}
+
+async fn retried_send_with_the_same_envelope_id_stores_nothing_new(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    let to = [(b.address(), b.device)];
+    let first = h
+        .relay
+        .accept_message(a.authed(), message(id(1), &to, b"hi"))
+        .await
+        .unwrap();
+    let before = stats(&h).await;
+    h.clock.advance(5);
+    let retry = h
+        .relay
+        .accept_message(a.authed(), message(id(1), &to, b"hi"))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        retry.accepted_ms, first.accepted_ms,
+        "reports the original result"
+    );
+    assert!(retry.delivered.is_empty());
+    assert_eq!(stats(&h).await, before);
+    // Same id, other content or other sender: refused, nothing changes.
+    let r = h
+        .relay
+        .accept_message(a.authed(), message(id(1), &to, b"other"))
+        .await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::Conflict);
+    let r = h
+        .relay
+        .accept_message(b.authed(), message(id(1), &to, b"hi"))
+        .await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::Conflict);
+    assert_eq!(stats(&h).await, before);
+    // Even after the entry was acked, a retry is still a duplicate.
+    let f = h.relay.fetch(b.authed(), 0, 10).await.unwrap();
+    h.relay
+        .ack(b.authed(), &[f.envelopes[0].seq])
+        .await
+        .unwrap();
+    let retry = h
+        .relay
+        .accept_message(a.authed(), message(id(1), &to, b"hi"))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        h.relay
+            .fetch(b.authed(), 0, 10)
+            .await
+            .unwrap()
+            .envelopes
+            .len(),
+        0
+    );
+}
+
+async fn fetch_returns_entries_in_order_from_a_cursor(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    for n in 0..7u8 {
+        h.relay
+            .accept_message(a.authed(), message(id(n), &[(b.address(), b.device)], &[n]))
+            .await
+            .unwrap();
+    }
+    let page = h.relay.fetch(b.authed(), 0, 3).await.unwrap();
+    assert!(page.more);
+    let bodies: Vec<u8> = page.envelopes.iter().map(|e| e.body.0[0]).collect();
+    assert_eq!(bodies, [0, 1, 2]);
+    let seqs: Vec<u64> = page.envelopes.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    let page2 = h.relay.fetch(b.authed(), seqs[2], 10).await.unwrap();
+    assert!(!page2.more);
+    let bodies: Vec<u8> = page2.envelopes.iter().map(|e| e.body.0[0]).collect();
+    assert_eq!(bodies, [3, 4, 5, 6]);
+    // Other mailboxes are separate.
+    assert!(
+        h.relay
+            .fetch(a.authed(), 0, 10)
+            .await
+            .unwrap()
+            .envelopes
+            .is_empty()
+    );
+}
+
+async fn acking_out_of_order_and_twice_is_safe_and_frees_the_body(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    let c = user(&h, "carol", 3).await;
+    for n in 0..3u8 {
+        h.relay
+            .accept_message(
+                a.authed(),
+                message(
+                    id(n),
+                    &[(b.address(), b.device), (c.address(), c.device)],
+                    &[n],
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    let seqs: Vec<u64> = h
+        .relay
+        .fetch(b.authed(), 0, 10)
+        .await
+        .unwrap()
+        .envelopes
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(
+        h.relay
+            .ack(b.authed(), &[seqs[2], seqs[0]])
+            .await
+            .unwrap()
+            .acked,
+        2
+    );
+    assert_eq!(
+        h.relay
+            .ack(b.authed(), &[seqs[0], seqs[2]])
+            .await
+            .unwrap()
+            .acked,
+        0
+    );
+    assert_eq!(h.relay.ack(b.authed(), &[9999]).await.unwrap().acked, 0);
+    let left = h.relay.fetch(b.authed(), 0, 10).await.unwrap();
+    assert_eq!(left.envelopes.len(), 1);
+    assert_eq!(left.envelopes[0].seq, seqs[1]);
+    // Carol still has all three; bodies stay until her acks.
+    assert_eq!(stats(&h).await.bodies, 3);
+    let cseqs: Vec<u64> = h
+        .relay
+        .fetch(c.authed(), 0, 10)
+        .await
+        .unwrap()
+        .envelopes
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(cseqs.len(), 3);
+    // Acking someone else's seq does nothing to them.
+    h.relay.ack(a.authed(), &cseqs).await.unwrap();
+    assert_eq!(
+        h.relay
+            .fetch(c.authed(), 0, 10)
+            .await
+            .unwrap()
+            .envelopes
+            .len(),
+        3
+    );
+    h.relay.ack(c.authed(), &cseqs).await.unwrap();
+    h.relay.ack(b.authed(), &[seqs[1]]).await.unwrap();
+    let s = stats(&h).await;
+    assert_eq!((s.bodies, s.mailbox_entries), (0, 0));
+    // New mail gets a fresh seq, never a reused one.
+    h.relay
+        .accept_message(a.authed(), message(id(9), &[(b.address(), b.device)], b"x"))
+        .await
+        .unwrap();
+    let f = h.relay.fetch(b.authed(), 0, 10).await.unwrap();
+    assert!(f.envelopes[0].seq > seqs[2]);
+}
+
+async fn expired_entries_are_purged(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    let mut m = message(id(1), &[(b.address(), b.device)], b"short");
+    m.ttl_secs = 10;
+    h.relay.accept_message(a.authed(), m).await.unwrap();
+    h.relay
+        .accept_message(
+            a.authed(),
+            message(id(2), &[(b.address(), b.device)], b"long"),
+        )
+        .await
+        .unwrap();
+    h.clock.advance(10_000);
+    let f = h.relay.fetch(b.authed(), 0, 10).await.unwrap();
+    assert_eq!(f.envelopes.len(), 1, "expired entries are not delivered");
+    assert_eq!(f.envelopes[0].body.as_slice(), b"long");
+    let report = h.relay.purge_expired().await.unwrap();
+    assert_eq!(report.mailbox_entries, 1);
+    assert_eq!(report.messages, 1);
+    let s = stats(&h).await;
+    assert_eq!((s.messages, s.bodies, s.mailbox_entries), (1, 1, 1));
+    h.clock.advance(3600 * 1000);
+    h.relay.purge_expired().await.unwrap();
+    assert_eq!(stats(&h).await, StoreStats::default());
+    // A purge frees depth: the mailbox takes new mail.
+    h.relay
+        .accept_message(
+            a.authed(),
+            message(id(3), &[(b.address(), b.device)], b"new"),
+        )
+        .await
+        .unwrap();
+}
+
+async fn a_full_mailbox_refuses_the_whole_message(kind: Kind) {
+    let Some(h) = Harness::with(kind, |c| c.mailbox_depth_max = 2).await else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    let c = user(&h, "carol", 3).await;
+    for n in 0..2 {
+        h.relay
+            .accept_message(a.authed(), message(id(n), &[(b.address(), b.device)], b"x"))
+            .await
+            .unwrap();
+    }
+    let before = stats(&h).await;
+    let r = h
+        .relay
+        .accept_message(
+            a.authed(),
+            message(
+                id(7),
+                &[(c.address(), c.device), (b.address(), b.device)],
+                b"y",
+            ),
+        )
+        .await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::MailboxFull);
+    assert_eq!(
+        stats(&h).await,
+        before,
+        "nothing stored, not even for carol"
+    );
+    let f = h.relay.fetch(b.authed(), 0, 10).await.unwrap();
+    h.relay
+        .ack(b.authed(), &[f.envelopes[0].seq])
+        .await
+        .unwrap();
+    h.relay
+        .accept_message(
+            a.authed(),
+            message(
+                id(7),
+                &[(c.address(), c.device), (b.address(), b.device)],
+                b"y",
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+async fn unknown_recipient_refuses_the_whole_message(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    let r = h
+        .relay
+        .accept_message(
+            a.authed(),
+            message(
+                id(1),
+                &[(b.address(), b.device), (b.address(), DeviceId(5))],
+                b"x",
+            ),
+        )
+        .await;
+    assert_eq!(r, Err(RelayError::UnknownDevice));
+    let r = h
+        .relay
+        .accept_message(
+            a.authed(),
+            message(
+                id(1),
+                &[(b.address(), b.device), (h.address("nobody"), DeviceId(1))],
+                b"x",
+            ),
+        )
+        .await;
+    assert_eq!(r, Err(RelayError::UnknownUser));
+    assert_eq!(stats(&h).await, StoreStats::default());
+    // Malformed: no recipients, oversized body, duplicate recipient, bad ttl.
+    let mut m = message(id(2), &[], b"x");
+    assert!(h.relay.accept_message(a.authed(), m.clone()).await.is_err());
+    m = message(id(2), &[(b.address(), b.device)], &vec![0; 300 * 1024]);
+    assert_eq!(
+        h.relay
+            .accept_message(a.authed(), m)
+            .await
+            .unwrap_err()
+            .code(),
+        ErrorCode::PayloadTooLarge
+    );
+    m = message(
+        id(2),
+        &[(b.address(), b.device), (b.address(), b.device)],
+        b"x",
+    );
+    assert!(h.relay.accept_message(a.authed(), m).await.is_err());
+    m = message(id(2), &[(b.address(), b.device)], b"x");
+    m.ttl_secs = 0;
+    assert!(h.relay.accept_message(a.authed(), m).await.is_err());
+    assert_eq!(stats(&h).await, StoreStats::default());
+}
+
+async fn remote_recipients_go_to_the_outbox_once_per_relay(kind: Kind) {
+    let Some(h) = Harness::with(kind, |c| {
+        c.outbox_lease_ms = 1000;
+        c.outbox_backoff_base_ms = 1000;
+    })
+    .await
+    else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    let to = [
+        (b.address(), b.device),
+        (remote("x", "relay-b.example"), DeviceId(1)),
+        (remote("x", "relay-b.example"), DeviceId(2)),
+        (remote("y", "relay-b.example"), DeviceId(1)),
+        (remote("z", "relay-c.example"), DeviceId(1)),
+    ];
+    let acc = h
+        .relay
+        .accept_message(a.authed(), message(id(1), &to, b"group"))
+        .await
+        .unwrap();
+    assert_eq!(acc.delivered.len(), 1);
+    assert_eq!(acc.remote.len(), 2);
+    let s = stats(&h).await;
+    assert_eq!((s.bodies, s.mailbox_entries, s.outbox_entries), (1, 1, 2));
+    let dests = h.relay.outbox_destinations().await.unwrap();
+    assert_eq!(
+        dests
+            .iter()
+            .map(|d| (d.relay.as_str(), d.pending))
+            .collect::<Vec<_>>(),
+        [("relay-b.example", 1), ("relay-c.example", 1)]
+    );
+    let rb = RelayName::parse("relay-b.example").unwrap();
+    let batch = h.relay.outbox_take_batch(&rb, 10).await.unwrap();
+    assert_eq!(batch.len(), 1);
+    let e = &batch[0];
+    assert_eq!(e.body.as_slice(), b"group");
+    assert_eq!(e.recipients.len(), 3);
+    assert_eq!(e.envelope, id(1));
+    assert_eq!(e.attempts, 0);
+    let fed = e.to_fed_envelope();
+    assert_eq!(fed.recipients[0].header.as_slice(), &[1u8; 8]);
+    // Leased: not offered again until the lease ends.
+    assert!(h.relay.outbox_take_batch(&rb, 10).await.unwrap().is_empty());
+    h.clock.advance(1000);
+    let again = h.relay.outbox_take_batch(&rb, 10).await.unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "a crashed attempt is retried after the lease"
+    );
+    let next = h.relay.outbox_reschedule(&again[0]).await.unwrap();
+    let now = h.relay.now_ms();
+    assert!(next > now && next <= now + 1000, "base backoff with jitter");
+    assert!(h.relay.outbox_take_batch(&rb, 10).await.unwrap().is_empty());
+    h.clock.set(next);
+    let third = h.relay.outbox_take_batch(&rb, 10).await.unwrap();
+    assert_eq!(third[0].attempts, 1);
+    let later = h.relay.outbox_reschedule(&third[0]).await.unwrap();
+    assert!(later > next + 1000 - 1 && later <= next + 2000, "doubles");
+    assert_eq!(
+        h.relay.outbox_mark_delivered(&[third[0].id]).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        h.relay.outbox_mark_delivered(&[third[0].id]).await.unwrap(),
+        0
+    );
+    // Body stays: bob and relay-c still reference it.
+    assert_eq!(stats(&h).await.bodies, 1);
+    let rc = RelayName::parse("relay-c.example").unwrap();
+    let c = h.relay.outbox_take_batch(&rc, 10).await.unwrap();
+    h.relay.outbox_mark_delivered(&[c[0].id]).await.unwrap();
+    let f = h.relay.fetch(b.authed(), 0, 10).await.unwrap();
+    h.relay
+        .ack(b.authed(), &[f.envelopes[0].seq])
+        .await
+        .unwrap();
+    let s = stats(&h).await;
+    assert_eq!((s.bodies, s.mailbox_entries, s.outbox_entries), (0, 0, 0));
+    assert!(h.relay.outbox_destinations().await.unwrap().is_empty());
+}
+
+async fn outbox_expiry_sends_a_failure_notice_to_the_sender_device(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let mut m = message(
+        id(1),
+        &[(remote("x", "relay-b.example"), DeviceId(3))],
+        b"lost",
+    );
+    m.ttl_secs = 60;
+    h.relay.accept_message(a.authed(), m).await.unwrap();
+    assert_eq!(h.relay.outbox_expire().await.unwrap(), 0, "not yet");
+    h.clock.advance(60_000);
+    let rb = RelayName::parse("relay-b.example").unwrap();
+    assert!(
+        h.relay.outbox_take_batch(&rb, 10).await.unwrap().is_empty(),
+        "expired entries are not delivered"
+    );
+    assert_eq!(h.relay.outbox_expire().await.unwrap(), 1);
+    let f = h.relay.fetch(a.authed(), 0, 10).await.unwrap();
+    assert_eq!(f.envelopes.len(), 1);
+    let notice = &f.envelopes[0];
+    assert_eq!(notice.kind, EnvelopeKind::DeliveryFailure);
+    let body: courier_protocol::api::DeliveryFailureNotice =
+        serde_json::from_slice(notice.body.as_slice()).unwrap();
+    assert_eq!(body.id, id(1));
+    assert_eq!(body.recipients.len(), 1);
+    assert_eq!(body.recipients[0].to, remote("x", "relay-b.example"));
+    assert_eq!(body.recipients[0].device, DeviceId(3));
+    assert_eq!(body.recipients[0].code, ErrorCode::Expired);
+    let s = stats(&h).await;
+    assert_eq!(s.outbox_entries, 0);
+    assert_eq!(h.relay.outbox_expire().await.unwrap(), 0);
+    // A permanent rejection gives a notice at once.
+    let m = message(
+        id(2),
+        &[(remote("x", "relay-b.example"), DeviceId(3))],
+        b"no",
+    );
+    h.relay.accept_message(a.authed(), m).await.unwrap();
+    let batch = h.relay.outbox_take_batch(&rb, 10).await.unwrap();
+    h.relay
+        .outbox_fail(&batch[0], ErrorCode::UnknownDevice)
+        .await
+        .unwrap();
+    let f = h.relay.fetch(a.authed(), notice.seq, 10).await.unwrap();
+    assert_eq!(f.envelopes.len(), 1);
+    assert_eq!(stats(&h).await.outbox_entries, 0);
+}
+
+async fn federated_envelopes_are_deduplicated_and_checked(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let b = user(&h, "bob", 2).await;
+    let origin = RelayName::parse("relay-b.example").unwrap();
+    let env = |n: u8, to: Vec<(Username, DeviceId)>| FedEnvelope {
+        id: id(n),
+        body: Bytes(vec![n; 4]),
+        recipients: to
+            .into_iter()
+            .map(|(user, device)| FedRecipient {
+                user,
+                device,
+                header: Bytes(vec![9; 4]),
+            })
+            .collect(),
+        expires_ms: T0 + 60_000,
+        kind: EnvelopeKind::Message,
+    };
+    let acks = h
+        .relay
+        .accept_federated(
+            &origin,
+            vec![
+                env(
+                    1,
+                    vec![(b.user.clone(), b.device), (b.user.clone(), DeviceId(9))],
+                ),
+                env(
+                    1,
+                    vec![(b.user.clone(), b.device), (b.user.clone(), DeviceId(9))],
+                ),
+                env(2, vec![(Username::parse("nobody").unwrap(), DeviceId(1))]),
+                FedEnvelope {
+                    expires_ms: T0,
+                    ..env(3, vec![(b.user.clone(), b.device)])
+                },
+            ],
+        )
+        .await;
+    let statuses: Vec<AckStatus> = acks.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            AckStatus::Accepted,
+            AckStatus::Duplicate,
+            AckStatus::Rejected(ErrorCode::UnknownDevice),
+            AckStatus::Rejected(ErrorCode::BadRequest),
+        ]
+    );
+    let f = h.relay.fetch(b.authed(), 0, 10).await.unwrap();
+    assert_eq!(
+        f.envelopes.len(),
+        1,
+        "delivered once, to the device that exists"
+    );
+    assert_eq!(f.envelopes[0].origin, origin);
+    assert_eq!(f.envelopes[0].body.as_slice(), &[1u8; 4]);
+    // The same id from another relay is not a duplicate of this one.
+    let other = RelayName::parse("relay-c.example").unwrap();
+    let acks = h
+        .relay
+        .accept_federated(&other, vec![env(1, vec![(b.user.clone(), b.device)])])
+        .await;
+    assert_eq!(acks[0].status, AckStatus::Rejected(ErrorCode::Conflict));
+    // An envelope claiming to come from ourselves is refused.
+    let acks = h
+        .relay
+        .accept_federated(
+            &relay_name(),
+            vec![env(5, vec![(b.user.clone(), b.device)])],
+        )
+        .await;
+    assert_eq!(acks[0].status, AckStatus::Rejected(ErrorCode::Forbidden));
+}
