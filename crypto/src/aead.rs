@@ -1,6 +1,6 @@
 //! AES-256-GCM with a key and nonce taken from 44 derived bytes.
 
-use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
+use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Nonce, Payload};
 use aes_gcm::{Aes256Gcm, Key};
 
 use crate::Error;
@@ -18,19 +18,17 @@ fn cipher(keys: &[u8; 44]) -> (Aes256Gcm, Nonce<Aes256Gcm>) {
     (Aes256Gcm::new(&key_arr), nonce.into())
 }
 
-/// Encrypts `plaintext`; the output is ciphertext followed by the 16-byte tag.
-pub(crate) fn seal(keys: &[u8; 44], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+/// Appends `plaintext` to `out` and encrypts it there in place, then
+/// appends the tag: no intermediate buffer.
+pub(crate) fn seal_append(keys: &[u8; 44], plaintext: &[u8], aad: &[u8], out: &mut Vec<u8>) {
     let (c, nonce) = cipher(keys);
-    // AES-GCM encryption fails only for plaintexts above 2^36 bytes, which
-    // no caller can hold in memory; return an empty (undecryptable) output then.
-    c.encrypt(
-        &nonce,
-        Payload {
-            msg: plaintext,
-            aad,
-        },
-    )
-    .unwrap_or_default()
+    let start = out.len();
+    out.extend_from_slice(plaintext);
+    match c.encrypt_inout_detached(&nonce, aad, (&mut out[start..]).into()) {
+        Ok(tag) => out.extend_from_slice(&tag),
+        // Only for plaintexts above 2^36 bytes: leave an undecryptable stub.
+        Err(_) => out.truncate(start),
+    }
 }
 
 /// Decrypts and authenticates ciphertext||tag.

@@ -12,8 +12,9 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 use crate::Error;
 use crate::wire::Reader;
 
-/// Prefix of the message the Ed25519 key signs to certify the X25519 key.
-pub const IDENTITY_DH_SIGNATURE_CONTEXT: &[u8] = b"Courier_IdentityDH_v1";
+/// Prefix of the message the Ed25519 key signs to certify the X25519 key
+/// (the `dh_key_signature` of `DeviceKeys` in `docs/api-outline.md`).
+pub const IDENTITY_DH_SIGNATURE_CONTEXT: &[u8] = b"courier-dh-key-v1";
 
 /// Length of [`PublicIdentity::to_bytes`].
 pub const PUBLIC_IDENTITY_LEN: usize = 128;
@@ -154,10 +155,24 @@ impl PublicIdentity {
         Ok(id)
     }
 
+    /// Builds and verifies an identity from its three parts, as carried in
+    /// the key directory (`DeviceKeys { identity_key, dh_key, dh_key_signature }`).
+    pub fn from_parts(
+        signing_key: &[u8; 32],
+        dh_key: &[u8; 32],
+        dh_key_signature: &[u8; 64],
+    ) -> Result<Self, Error> {
+        Self::verified(*signing_key, *dh_key, *dh_key_signature)
+    }
+
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, Error> {
         let signing: [u8; 32] = r.array()?;
         let dh: [u8; 32] = r.array()?;
         let sig: [u8; 64] = r.array()?;
+        Self::verified(signing, dh, sig)
+    }
+
+    fn verified(signing: [u8; 32], dh: [u8; 32], sig: [u8; 64]) -> Result<Self, Error> {
         let signing_key =
             VerifyingKey::from_bytes(&signing).map_err(|_| Error::InvalidSigningKey)?;
         let signature = Signature::from_bytes(&sig);
@@ -197,6 +212,11 @@ impl PublicIdentity {
     /// The X25519 public key bytes.
     pub fn dh_key(&self) -> [u8; 32] {
         self.dh_key.to_bytes()
+    }
+
+    /// The Ed25519 signature over [`IDENTITY_DH_SIGNATURE_CONTEXT`] || X25519 key.
+    pub fn dh_key_signature(&self) -> [u8; 64] {
+        self.signature.to_bytes()
     }
 
     /// A short hex fingerprint (first 8 bytes of the Ed25519 key) for logs.

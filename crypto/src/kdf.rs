@@ -55,8 +55,8 @@ pub(crate) fn message_keys(message_key: &[u8; 32], info: &[u8]) -> MessageKeys {
 pub(crate) struct MessageKeys([u8; MESSAGE_KEYS_LEN]);
 
 impl MessageKeys {
-    pub(crate) fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-        crate::aead::seal(&self.0, plaintext, aad)
+    pub(crate) fn seal_append(&self, plaintext: &[u8], aad: &[u8], out: &mut Vec<u8>) {
+        crate::aead::seal_append(&self.0, plaintext, aad, out);
     }
 
     pub(crate) fn open(&self, ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, crate::Error> {

@@ -35,7 +35,7 @@
 //!
 //! // Bob publishes his identity, a signed prekey and one-time prekeys.
 //! let bob = Identity::generate(&mut rng);
-//! let bob_spk = SignedPreKey::generate(&bob, 1, 1_700_000_000, &mut rng);
+//! let bob_spk = SignedPreKey::generate(&bob, 1, 1_700_000_000_000, &mut rng);
 //! let bob_opks = OneTimePreKey::generate_batch(100, 10, &mut rng);
 //! let bundle = PreKeyBundle::new(
 //!     bob.public().clone(),

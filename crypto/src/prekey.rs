@@ -11,8 +11,10 @@ use crate::Error;
 use crate::identity::{Identity, PublicIdentity};
 use crate::wire::{self, Reader, kind};
 
-/// Prefix of the message an identity signs to certify a signed prekey.
-pub const SIGNED_PREKEY_SIGNATURE_CONTEXT: &[u8] = b"Courier_SignedPreKey_v1";
+/// Prefix of the message an identity signs to certify a signed prekey; the
+/// message is `context || id u32 || public(32) || created_ms u64` (as in
+/// `docs/api-outline.md`).
+pub const SIGNED_PREKEY_SIGNATURE_CONTEXT: &[u8] = b"courier-signed-prekey-v1";
 
 /// Length of [`SignedPreKeyPublic::to_bytes`].
 pub const SIGNED_PREKEY_PUBLIC_LEN: usize = 108;
@@ -33,8 +35,8 @@ fn spk_signature_message(id: u32, timestamp: u64, key: &[u8; 32]) -> Vec<u8> {
     let mut m = Vec::with_capacity(SIGNED_PREKEY_SIGNATURE_CONTEXT.len() + 44);
     m.extend_from_slice(SIGNED_PREKEY_SIGNATURE_CONTEXT);
     m.extend_from_slice(&id.to_be_bytes());
-    m.extend_from_slice(&timestamp.to_be_bytes());
     m.extend_from_slice(key);
+    m.extend_from_slice(&timestamp.to_be_bytes());
     m
 }
 
@@ -46,7 +48,7 @@ pub struct SignedPreKey {
 
 impl SignedPreKey {
     /// Generates a signed prekey with the given id and creation time
-    /// (seconds since the Unix epoch, passed in by the caller). Draws 32
+    /// (`created_ms`: Unix milliseconds, passed in by the caller). Draws 32
     /// random bytes for the X25519 secret.
     pub fn generate(
         identity: &Identity,
@@ -169,12 +171,29 @@ pub struct SignedPreKeyPublic {
 }
 
 impl SignedPreKeyPublic {
+    /// Builds the public half from its parts as carried in the key directory
+    /// (`SignedPreKey { id, public, signature, created_ms }`); not verified
+    /// until placed in a [`PreKeyBundle`] (or [`Self::verify`]).
+    pub fn from_parts(id: u32, key: [u8; 32], signature: [u8; 64], created_ms: u64) -> Self {
+        Self {
+            id,
+            timestamp: created_ms,
+            key: PublicKey::from(key),
+            signature,
+        }
+    }
+
+    /// The Ed25519 signature by the owner's identity.
+    pub fn signature(&self) -> [u8; 64] {
+        self.signature
+    }
+
     /// Key id.
     pub fn id(&self) -> u32 {
         self.id
     }
 
-    /// Creation time as given to [`SignedPreKey::generate`].
+    /// Creation time (Unix milliseconds) as given to [`SignedPreKey::generate`].
     pub fn timestamp(&self) -> u64 {
         self.timestamp
     }
@@ -314,6 +333,14 @@ pub struct OneTimePreKeyPublic {
 }
 
 impl OneTimePreKeyPublic {
+    /// Builds the public half from its parts.
+    pub fn from_parts(id: u32, key: [u8; 32]) -> Self {
+        Self {
+            id,
+            key: PublicKey::from(key),
+        }
+    }
+
     /// Key id.
     pub fn id(&self) -> u32 {
         self.id

@@ -113,10 +113,9 @@ pub fn seal_with_ephemeral(
     inner.extend_from_slice(content);
 
     let aad = envelope_aad(&ephemeral, recipient);
-    let ciphertext = crate::aead::seal(&keys, &inner, &aad);
-    let mut out = Vec::with_capacity(34 + ciphertext.len());
+    let mut out = Vec::with_capacity(34 + inner.len() + crate::aead::TAG_LEN);
     out.extend_from_slice(&aad[..34]);
-    out.extend_from_slice(&ciphertext);
+    crate::aead::seal_append(&keys, &inner, &aad, &mut out);
     Ok(out)
 }
 

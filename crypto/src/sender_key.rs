@@ -90,8 +90,9 @@ impl SenderKey {
         out.extend_from_slice(&self.chain_id.to_be_bytes());
         out.extend_from_slice(&mk.index.to_be_bytes());
         let keys = kdf::message_keys(&mk.key, SENDER_KEY_MESSAGE_KEYS_INFO);
-        let ciphertext = keys.seal(plaintext, &out);
-        out.extend_from_slice(&ciphertext);
+        let mut header = [0u8; GROUP_HEADER_LEN];
+        header.copy_from_slice(&out);
+        keys.seal_append(plaintext, &header, &mut out);
         let signature = self.signing.sign(&out);
         out.extend_from_slice(&signature.to_bytes());
         Ok(out)

@@ -105,6 +105,13 @@ fn regenerate_corpus() {
     let seeds: Vec<(&str, Vec<Vec<u8>>)> = vec![
         ("public_identity", vec![alice.public().to_bytes().to_vec()]),
         (
+            "prekey_public",
+            vec![
+                spk.public().to_bytes().to_vec(),
+                opk.public().to_bytes().to_vec(),
+            ],
+        ),
+        (
             "prekey_bundle",
             vec![with_opk.to_bytes(), without.to_bytes()],
         ),

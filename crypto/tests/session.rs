@@ -434,3 +434,32 @@ fn debug_output_hides_secrets() {
     assert!(!debug.contains(&root_hex));
     assert!(!debug.contains("root_key"));
 }
+
+#[test]
+fn keys_rebuilt_from_directory_parts_verify() {
+    use courier_crypto::{OneTimePreKeyPublic, PublicIdentity, SignedPreKeyPublic};
+    let mut rng = rng(21);
+    let bob = Device::new(&mut rng);
+    let id = bob.identity.public();
+    let rebuilt =
+        PublicIdentity::from_parts(&id.signing_key(), &id.dh_key(), &id.dh_key_signature())
+            .unwrap();
+    assert_eq!(&rebuilt, id);
+    let mut bad_sig = id.dh_key_signature();
+    bad_sig[0] ^= 1;
+    assert!(PublicIdentity::from_parts(&id.signing_key(), &id.dh_key(), &bad_sig).is_err());
+
+    let spk = bob.signed_prekey.public();
+    let spk2 =
+        SignedPreKeyPublic::from_parts(spk.id(), spk.key(), spk.signature(), spk.timestamp());
+    let opk = bob.one_time_prekeys[0].public();
+    let opk2 = OneTimePreKeyPublic::from_parts(opk.id(), opk.key());
+    let bundle = PreKeyBundle::new(rebuilt.clone(), spk2, Some(opk2)).unwrap();
+    assert_eq!(bundle, bob.bundle(true));
+    let stale =
+        SignedPreKeyPublic::from_parts(spk.id(), spk.key(), spk.signature(), spk.timestamp() + 1);
+    assert!(matches!(
+        PreKeyBundle::new(rebuilt, stale, None),
+        Err(Error::BadSignature(_))
+    ));
+}

@@ -90,7 +90,7 @@ fn party(name: &str) -> (Identity, Value) {
 fn bob_prekeys(identity: &Identity) -> (Keys, Value) {
     // Prekeys come from an RNG so the test uses the public constructors.
     let mut rng = VectorRng::new("bob/prekeys");
-    let spk = SignedPreKey::generate(identity, 7, 1_700_000_000, &mut rng);
+    let spk = SignedPreKey::generate(identity, 7, 1_700_000_000_000, &mut rng);
     let opk = OneTimePreKey::generate_batch(42, 1, &mut rng).remove(0);
     let v = json!({
         "rng_label": "bob/prekeys",

@@ -17,6 +17,7 @@ use courier_crypto::{
 /// Names of all targets, also the corpus directory names.
 pub const TARGETS: &[&str] = &[
     "public_identity",
+    "prekey_public",
     "prekey_bundle",
     "prekey_message",
     "session_decrypt",
@@ -30,6 +31,7 @@ pub const TARGETS: &[&str] = &[
 pub fn run(name: &str, data: &[u8]) {
     match name {
         "public_identity" => public_identity(data),
+        "prekey_public" => prekey_public(data),
         "prekey_bundle" => prekey_bundle(data),
         "prekey_message" => prekey_message(data),
         "session_decrypt" => session_decrypt(data),
@@ -119,6 +121,17 @@ pub fn fixture() -> &'static Fixture {
 pub fn public_identity(data: &[u8]) {
     if let Ok(id) = PublicIdentity::from_bytes(data) {
         assert_eq!(id.to_bytes().as_slice(), data);
+    }
+}
+
+pub fn prekey_public(data: &[u8]) {
+    if let Ok(spk) = courier_crypto::SignedPreKeyPublic::from_bytes(data) {
+        assert_eq!(spk.to_bytes().as_slice(), data);
+        let bob = Identity::from_pickle(&fixture().bob).expect("fixture");
+        let _ = spk.verify(bob.public());
+    }
+    if let Ok(opk) = courier_crypto::OneTimePreKeyPublic::from_bytes(data) {
+        assert_eq!(opk.to_bytes().as_slice(), data);
     }
 }
 

@@ -206,10 +206,9 @@ impl DoubleRatchet {
         .encode();
         let keys = kdf::message_keys(&mk.key, MESSAGE_KEYS_INFO);
         let aad = concat(ad, &header);
-        let ciphertext = keys.seal(plaintext, &aad);
-        let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
+        let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + crate::aead::TAG_LEN);
         out.extend_from_slice(&header);
-        out.extend_from_slice(&ciphertext);
+        keys.seal_append(plaintext, &aad, &mut out);
         Ok(out)
     }
 

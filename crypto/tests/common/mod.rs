@@ -18,7 +18,7 @@ pub struct Device {
 impl Device {
     pub fn new(rng: &mut ChaCha20Rng) -> Self {
         let identity = Identity::generate(rng);
-        let signed_prekey = SignedPreKey::generate(&identity, 1, 1_700_000_000, rng);
+        let signed_prekey = SignedPreKey::generate(&identity, 1, 1_700_000_000_000, rng);
         let one_time_prekeys = OneTimePreKey::generate_batch(1, 4, rng);
         Self {
             identity,
