@@ -137,6 +137,11 @@ pub struct DeliveryStats {
     /// Copies delivered out of send order where order is not promised
     /// (sender and recipient on different relays).
     pub reordered_remote: u64,
+    /// Delivery-failure notices clients received (expired or refused
+    /// envelopes).
+    pub failure_notices: u64,
+    /// Sends the home relay refused for good.
+    pub rejected_sends: u64,
 }
 
 /// The ledger and the invariants.
@@ -271,6 +276,17 @@ impl Checker {
         let e = self.last_seq.entry(key).or_insert(seq);
         *e = (*e).max(seq);
         first.then(|| r.at_ms.saturating_sub(m.started_ms))
+    }
+
+    /// Records a copy of an already processed mailbox entry (fetched again
+    /// after a lost ack or a late reply); the client skips it.
+    pub fn note_refetch(&mut self) {
+        self.stats.refetches += 1;
+    }
+
+    /// Records an envelope that names no message the simulation sent.
+    pub fn note_unknown_receipt(&mut self) {
+        self.unknown_receipts += 1;
     }
 
     /// Records that a relay store was scanned; `found` describes any

@@ -10,6 +10,8 @@
 //! them — links, clocks, crashes.
 
 pub mod checker;
+pub mod deterministic;
+pub mod loopback;
 pub mod net;
 pub mod plot;
 pub mod queue;
