@@ -154,10 +154,10 @@ async fn every_accepted_message_survives_sigkill() {
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(id) = line.strip_prefix("ACCEPTED ") {
-                if lines_tx.send(id.to_owned()).is_err() {
-                    break;
-                }
+            if let Some(id) = line.strip_prefix("ACCEPTED ")
+                && lines_tx.send(id.to_owned()).is_err()
+            {
+                break;
             }
         }
     });
