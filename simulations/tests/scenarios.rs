@@ -1,6 +1,9 @@
 //! Small end-to-end runs of deterministic mode: one per fault kind, replay
 //! from a seed, and a deliberately broken relay that the checker must catch.
 
+// Helpers shared by the tests panic on setup errors like the tests do.
+#![allow(clippy::unwrap_used)]
+
 use courier_simulations::deterministic::{self, Options, Sabotage};
 use courier_simulations::report::Report;
 use courier_simulations::scenario::Scenario;
