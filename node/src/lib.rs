@@ -1,2 +1,15 @@
-//! The `courier` relay daemon: configuration, storage, the federation swarm and
-//! the wiring that runs a relay.
+//! The `courier` relay daemon: configuration, the relay key, logging, the
+//! wiring that runs a relay (`serve`) and the admin commands.
+//!
+//! It does not hold relay logic (that is `courier-relay`) nor the HTTP API
+//! (that is `courier-gateway`); it reads configuration, opens the store,
+//! builds the relay, the gateway and the federation swarm, and shuts them
+//! down in order.
+
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod identity;
+pub mod logging;
+pub mod serve;
+pub mod store;

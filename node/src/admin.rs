@@ -1,0 +1,173 @@
+//! `init`, `id`, `invite` and `status`: admin commands that work on the data
+//! directory directly.
+//!
+//! `invite` and `status` open the relay's store themselves rather than
+//! talking to a running relay: they work whether or not it runs, need no
+//! admin endpoint (nothing to secure on the HTTP port), and SQLite in WAL
+//! mode and PostgreSQL both allow a second process.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::config::{CONFIG_FILE, Config};
+use crate::identity;
+
+/// What `init` created.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    /// The relay's PeerId.
+    pub peer_id: String,
+    /// Full multiaddrs, ending in `/p2p/<PeerId>`.
+    pub multiaddrs: Vec<String>,
+}
+
+/// Creates the data directory (mode 0700) and writes `courier.toml` with the
+/// effective settings if it has none. Used by `init` and on first `serve`.
+pub fn ensure_data_dir(data_dir: &Path, config: &Config) -> anyhow::Result<bool> {
+    if !data_dir.exists() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder
+            .create(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    }
+    let path = data_dir.join(CONFIG_FILE);
+    if path.exists() {
+        return Ok(false);
+    }
+    let text = format!(
+        "# Courier relay configuration; every setting is described in docs/operator.md.\n\
+         # Flags and COURIER_* environment variables override these values.\n\n{}",
+        config.to_toml()
+    );
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(true)
+}
+
+/// The federation addresses to advertise: external addresses if set, else
+/// the listen address.
+pub fn p2p_addresses(config: &Config) -> Vec<String> {
+    if config.federation.external_addresses.is_empty() {
+        vec![config.federation.p2p.clone()]
+    } else {
+        config.federation.external_addresses.clone()
+    }
+}
+
+/// `courier init`: a new data directory with config and key.
+pub fn init(data_dir: &Path, config: &Config) -> anyhow::Result<InitReport> {
+    if data_dir.join(CONFIG_FILE).exists() {
+        anyhow::bail!(
+            "{} already exists; edit it or use another --data-dir",
+            data_dir.join(CONFIG_FILE).display()
+        );
+    }
+    ensure_data_dir(data_dir, config)?;
+    let (key, _) = identity::load_or_create(data_dir)?;
+    let peer = identity::peer_id(&key);
+    Ok(InitReport {
+        peer_id: peer.to_string(),
+        multiaddrs: identity::full_multiaddrs(&p2p_addresses(config), &peer),
+    })
+}
+
+/// The config of an existing data directory (file, then environment).
+pub fn existing_config(data_dir: &Path) -> anyhow::Result<Config> {
+    let path = data_dir.join(CONFIG_FILE);
+    if !path.exists() {
+        anyhow::bail!(
+            "no relay in {} (run `courier init` or `courier serve` first)",
+            data_dir.display()
+        );
+    }
+    let mut config = Config::load(&path, true)?;
+    config.apply_env(std::env::vars())?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// `courier invite`: a one-time registration code valid for `valid_hours`.
+pub async fn invite(data_dir: &Path, config: &Config, valid_hours: u64) -> anyhow::Result<String> {
+    let store = crate::store::open(data_dir, config).await?;
+    let relay = crate::serve::relay(config, store, &courier_gateway::PushHub::new())?;
+    let code = relay
+        .create_invite(valid_hours.saturating_mul(3600 * 1000))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot store the invite: {e}"))?;
+    Ok(code)
+}
+
+/// What `courier status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Relay name.
+    pub name: String,
+    /// PeerId.
+    pub peer_id: String,
+    /// Address of the running relay's HTTP API, if one wrote it.
+    pub http: Option<String>,
+    /// Envelopes waiting in the federation outbox, per destination relay.
+    pub outbox: Vec<OutboxStatus>,
+    /// Sum of `outbox`.
+    pub outbox_depth: u64,
+}
+
+/// Outbox backlog towards one relay.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxStatus {
+    /// Destination relay.
+    pub relay: String,
+    /// Envelopes waiting.
+    pub pending: u64,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "name:          {}", self.name)?;
+        writeln!(f, "peer id:       {}", self.peer_id)?;
+        writeln!(
+            f,
+            "http:          {}",
+            self.http.as_deref().unwrap_or("(not running)")
+        )?;
+        writeln!(f, "outbox depth:  {}", self.outbox_depth)?;
+        for o in &self.outbox {
+            writeln!(f, "  {:<24} {}", o.relay, o.pending)?;
+        }
+        Ok(())
+    }
+}
+
+/// `courier status`.
+pub async fn status(data_dir: &Path, config: &Config) -> anyhow::Result<Status> {
+    let key = identity::load(data_dir)?;
+    let store = crate::store::open(data_dir, config).await?;
+    let destinations = store
+        .outbox_destinations()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the outbox: {e}"))?;
+    let http = std::fs::read_to_string(data_dir.join(crate::serve::HTTP_ADDR_FILE))
+        .ok()
+        .map(|s| s.trim().to_owned());
+    Ok(Status {
+        name: config.name.clone(),
+        peer_id: identity::peer_id(&key).to_string(),
+        http,
+        outbox_depth: destinations.iter().map(|d| d.pending).sum(),
+        outbox: destinations
+            .into_iter()
+            .map(|d| OutboxStatus {
+                relay: d.relay.to_string(),
+                pending: d.pending,
+            })
+            .collect(),
+    })
+}

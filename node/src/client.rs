@@ -1,0 +1,407 @@
+//! A minimal client of the relay's HTTP/WebSocket API, for `courier-load`
+//! and the end-to-end tests. It signs with raw Ed25519 keys and sends
+//! opaque bytes; real clients use `courier-client`, which encrypts.
+
+use std::time::Duration;
+
+use courier_protocol::api::{
+    AckRequest, AckResponse, ChallengeRequest, ChallengeResponse, DeviceKeys, DeviceList,
+    DeviceListEntry, FetchResponse, KeyBundleResponse, LoginRequest, OneTimePreKey, PreKeyCount,
+    RegisterRequest, RegisterResponse, SendResponse, SignedDeviceList, SignedPreKey, TokenResponse,
+    UploadOneTimePreKeys,
+};
+use courier_protocol::ws::{ClientFrame, ServerFrame};
+use courier_protocol::{
+    Address, ApiError, Bytes, DeviceId, EnvelopeId, ErrorBody, OutgoingMessage, RecipientEntry,
+    RelayName, Username, signing,
+};
+use ed25519_dalek::{Signer as _, SigningKey};
+use futures::{SinkExt as _, StreamExt as _};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A failed API call: the relay's error body and HTTP status, or a transport
+/// failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The relay answered with an error.
+    #[error("HTTP {status}: {error}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The decoded error body.
+        error: ApiError,
+    },
+    /// Connection, decoding or protocol failure.
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl ClientError {
+    fn transport(e: impl std::fmt::Display) -> Self {
+        ClientError::Transport(e.to_string())
+    }
+}
+
+/// One device of one account.
+pub struct Device {
+    http: reqwest::Client,
+    /// Base URL, e.g. `http://127.0.0.1:8080`.
+    pub base: String,
+    /// The account.
+    pub address: Address,
+    /// This device's id.
+    pub device: DeviceId,
+    /// Its identity key.
+    pub key: SigningKey,
+    /// Current tokens, after login.
+    pub tokens: Option<TokenResponse>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("address", &self.address)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Random Ed25519 identity key.
+pub fn new_key() -> SigningKey {
+    SigningKey::from_bytes(&rand::random::<[u8; 32]>())
+}
+
+/// Device keys signed by `key` (the DH key is random bytes: relays only
+/// check its length and signature).
+pub fn device_keys(key: &SigningKey) -> DeviceKeys {
+    let dh_key = rand::random::<[u8; 32]>().to_vec();
+    let signature = key.sign(&signing::dh_key_signing_bytes(&dh_key));
+    DeviceKeys {
+        identity_key: Bytes(key.verifying_key().to_bytes().to_vec()),
+        dh_key: Bytes(dh_key),
+        dh_key_signature: Bytes(signature.to_bytes().to_vec()),
+    }
+}
+
+/// `list` signed by `signer`'s `key`.
+pub fn sign_list(list: DeviceList, signer: DeviceId, key: &SigningKey) -> SignedDeviceList {
+    let signature = key.sign(&list.signing_bytes());
+    SignedDeviceList {
+        list,
+        signer,
+        signature: Bytes(signature.to_bytes().to_vec()),
+    }
+}
+
+/// A shared HTTP client (connection pool) for many devices.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap_or_default()
+}
+
+/// Decodes a response: the body on success, the error body otherwise.
+pub async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(ClientError::transport)?;
+    if status.is_success() {
+        serde_json::from_slice(&bytes).map_err(ClientError::transport)
+    } else {
+        let body: ErrorBody = serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::Transport(format!(
+                "HTTP {status} without an error body ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            ))
+        })?;
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            error: body.error,
+        })
+    }
+}
+
+impl Device {
+    /// A device that is already registered (e.g. linked), not logged in.
+    pub fn from_parts(
+        http: reqwest::Client,
+        base: &str,
+        address: Address,
+        device: DeviceId,
+        key: SigningKey,
+    ) -> Device {
+        Device {
+            http,
+            base: base.to_owned(),
+            address,
+            device,
+            key,
+            tokens: None,
+        }
+    }
+
+    /// Registers `username` on the relay at `base` (named `relay`), as
+    /// device 1.
+    pub async fn register(
+        http: &reqwest::Client,
+        base: &str,
+        relay: &RelayName,
+        username: &str,
+        invite: Option<String>,
+    ) -> Result<Device, ClientError> {
+        let key = new_key();
+        let user = Username::parse(username).map_err(ClientError::transport)?;
+        let address = Address::new(user.clone(), relay.clone());
+        let keys = device_keys(&key);
+        let list = DeviceList {
+            address: address.clone(),
+            version: 1,
+            devices: vec![DeviceListEntry {
+                device: DeviceId(1),
+                identity_key: keys.identity_key.clone(),
+            }],
+        };
+        let request = RegisterRequest {
+            username: user,
+            invite,
+            device: keys,
+            device_list: sign_list(list, DeviceId(1), &key),
+        };
+        let response: RegisterResponse = decode(
+            http.post(format!("{base}/v1/accounts"))
+                .json(&request)
+                .send()
+                .await
+                .map_err(ClientError::transport)?,
+        )
+        .await?;
+        Ok(Device {
+            http: http.clone(),
+            base: base.to_owned(),
+            address: response.address,
+            device: response.device,
+            key,
+            tokens: None,
+        })
+    }
+
+    /// A new challenge for this device.
+    pub async fn challenge(&self) -> Result<ChallengeResponse, ClientError> {
+        self.post(
+            "/v1/auth/challenge",
+            &ChallengeRequest {
+                username: self.address.user.clone(),
+                device: self.device,
+            },
+        )
+        .await
+    }
+
+    /// The login request answering `challenge`.
+    pub fn answer(&self, challenge: &ChallengeResponse) -> LoginRequest {
+        let bytes = signing::login_signing_bytes(
+            &self.address.relay,
+            &self.address.user,
+            self.device,
+            challenge.nonce.as_slice(),
+        );
+        LoginRequest {
+            challenge_id: challenge.challenge_id.clone(),
+            signature: Bytes(self.key.sign(&bytes).to_bytes().to_vec()),
+        }
+    }
+
+    /// Challenge, sign, login; keeps the tokens.
+    pub async fn login(&mut self) -> Result<(), ClientError> {
+        let challenge = self.challenge().await?;
+        let tokens: TokenResponse = self
+            .post("/v1/auth/login", &self.answer(&challenge))
+            .await?;
+        self.tokens = Some(tokens);
+        Ok(())
+    }
+
+    /// The current access token ("" before login).
+    pub fn access_token(&self) -> &str {
+        self.tokens.as_ref().map_or("", |t| t.access_token.as_str())
+    }
+
+    /// Uploads a signed prekey and `one_time` one-time prekeys.
+    pub async fn upload_keys(&self, one_time: u32) -> Result<PreKeyCount, ClientError> {
+        let public = rand::random::<[u8; 32]>().to_vec();
+        let created_ms = 1_700_000_000_000;
+        let signature = self.key.sign(&signing::signed_prekey_signing_bytes(
+            1, &public, created_ms,
+        ));
+        let prekey = SignedPreKey {
+            id: 1,
+            public: Bytes(public),
+            signature: Bytes(signature.to_bytes().to_vec()),
+            created_ms,
+        };
+        let response = self
+            .http
+            .put(format!("{}/v1/keys/signed-prekey", self.base))
+            .bearer_auth(self.access_token())
+            .json(&prekey)
+            .send()
+            .await
+            .map_err(ClientError::transport)?;
+        if !response.status().is_success() {
+            return decode::<()>(response).await.map(|_| PreKeyCount {
+                one_time: 0,
+                low_water: 0,
+            });
+        }
+        let prekeys = (0..one_time)
+            .map(|id| OneTimePreKey {
+                id,
+                public: Bytes(rand::random::<[u8; 32]>().to_vec()),
+            })
+            .collect();
+        self.post("/v1/keys/one-time", &UploadOneTimePreKeys { prekeys })
+            .await
+    }
+
+    /// The key bundle of `address`.
+    pub async fn bundle(&self, address: &Address) -> Result<KeyBundleResponse, ClientError> {
+        self.get(&format!("/v1/keys/{address}")).await
+    }
+
+    /// Sends `body` to each `(address, device)` with a small header.
+    pub async fn send(
+        &self,
+        id: EnvelopeId,
+        body: Vec<u8>,
+        to: &[(Address, DeviceId)],
+    ) -> Result<SendResponse, ClientError> {
+        let message = OutgoingMessage {
+            id,
+            body: Bytes(body),
+            recipients: to
+                .iter()
+                .map(|(address, device)| RecipientEntry {
+                    to: address.clone(),
+                    device: *device,
+                    header: Bytes(vec![0xaa; 16]),
+                })
+                .collect(),
+            ttl_secs: 3600,
+        };
+        self.post("/v1/messages", &message).await
+    }
+
+    /// `GET /v1/messages?after=&limit=`.
+    pub async fn fetch(&self, after: u64, limit: u32) -> Result<FetchResponse, ClientError> {
+        self.get(&format!("/v1/messages?after={after}&limit={limit}"))
+            .await
+    }
+
+    /// `POST /v1/messages/ack`.
+    pub async fn ack(&self, seqs: Vec<u64>) -> Result<AckResponse, ClientError> {
+        self.post("/v1/messages/ack", &AckRequest { seqs }).await
+    }
+
+    /// POSTs JSON with the access token (if any) and decodes the answer.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
+        if self.tokens.is_some() {
+            request = request.bearer_auth(self.access_token());
+        }
+        decode(request.send().await.map_err(ClientError::transport)?).await
+    }
+
+    /// GETs with the access token and decodes the answer.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let request = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(self.access_token());
+        decode(request.send().await.map_err(ClientError::transport)?).await
+    }
+
+    /// Opens the push WebSocket.
+    pub async fn connect(&self) -> Result<Socket, ClientError> {
+        let url = format!(
+            "{}/v1/ws?access_token={}",
+            self.base.replacen("http", "ws", 1),
+            self.access_token()
+        );
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(ClientError::transport)?;
+        Ok(Socket { stream })
+    }
+}
+
+/// The client end of `/v1/ws`.
+pub struct Socket {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Socket")
+    }
+}
+
+impl Socket {
+    /// The next server frame; `None` once the server closed the connection.
+    pub async fn next(&mut self) -> Result<Option<ServerFrame>, ClientError> {
+        while let Some(message) = self.stream.next().await {
+            match message.map_err(ClientError::transport)? {
+                Message::Text(text) => {
+                    return serde_json::from_str(text.as_str())
+                        .map(Some)
+                        .map_err(ClientError::transport);
+                }
+                Message::Close(_) => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next frame within `wait`, `Ok(None)` on timeout or close.
+    pub async fn next_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<ServerFrame>, ClientError> {
+        match tokio::time::timeout(wait, self.next()).await {
+            Ok(result) => result,
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Sends an ack frame.
+    pub async fn ack(&mut self, seqs: Vec<u64>) -> Result<(), ClientError> {
+        let text =
+            serde_json::to_string(&ClientFrame::Ack { seqs }).map_err(ClientError::transport)?;
+        self.stream
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(ClientError::transport)
+    }
+
+    /// Sends a raw text frame (tests of bad input).
+    pub async fn send_text(&mut self, text: &str) -> Result<(), ClientError> {
+        self.stream
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .map_err(ClientError::transport)
+    }
+
+    /// Closes the connection.
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}

@@ -1,0 +1,181 @@
+//! Spawns real `courier serve` processes on free ports for end-to-end tests.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use courier_node::client::{self, Device};
+use courier_protocol::RelayName;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_courier");
+
+/// A running relay process and its data directory.
+pub struct Relay {
+    pub child: Child,
+    pub url: String,
+    pub name: RelayName,
+    pub data_dir: PathBuf,
+    pub http: reqwest::Client,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Relay {
+    /// `courier serve` on a fresh data dir with `args` and `envs`.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Relay {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        let mut relay = Relay::spawn_in(
+            &data_dir,
+            args.iter().map(|s| s.to_string()).collect(),
+            envs.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        relay._tmp = Some(tmp);
+        relay
+    }
+
+    fn spawn_in(data_dir: &Path, args: Vec<String>, envs: Vec<(String, String)>) -> Relay {
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--p2p",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+            ])
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in &envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn courier serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("listening http=") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("relay printed its address");
+        let name = args
+            .iter()
+            .position(|a| a == "--name")
+            .map(|i| args[i + 1].clone())
+            .unwrap_or_else(|| "localhost".to_owned());
+        Relay {
+            child,
+            url: format!("http://{addr}"),
+            name: RelayName::parse(&name).unwrap(),
+            data_dir: data_dir.to_owned(),
+            http: client::http_client(),
+            args,
+            envs,
+            _tmp: None,
+        }
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A new process on the same data dir (after `kill9` or `terminate`).
+    pub fn restart(&mut self) {
+        let tmp = self._tmp.take();
+        let mut next = Relay::spawn_in(&self.data_dir, self.args.clone(), self.envs.clone());
+        next._tmp = tmp;
+        let old = std::mem::replace(self, next);
+        drop(old);
+    }
+
+    /// Registers `name` (open registration) and logs in.
+    pub async fn user(&self, name: &str) -> Device {
+        let mut device = Device::register(&self.http, &self.url, &self.name, name, None)
+            .await
+            .unwrap();
+        device.login().await.unwrap();
+        device
+    }
+
+    /// Runs `courier ARGS --data-dir <this relay's dir>`.
+    pub fn admin(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .unwrap()
+    }
+
+    /// Raw request helper.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.url))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts an error response's status and code; returns the body.
+pub async fn expect_error(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
+    let got = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(got, status, "status for {body}");
+    assert_eq!(body["error"]["code"], code, "code in {body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    body
+}
+
+/// A fresh envelope id.
+pub fn envelope_id() -> courier_protocol::EnvelopeId {
+    courier_protocol::EnvelopeId::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        rand::random(),
+    )
+}

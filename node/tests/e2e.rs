@@ -1,0 +1,688 @@
+//! End-to-end: a real `courier serve` process on a free port, real HTTP and
+//! WebSocket clients.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Relay, envelope_id, expect_error};
+use courier_node::client::{self, Device};
+use courier_protocol::api::{
+    ApproveLinkResponse, DeviceList, DeviceListEntry, LinkInfo, LinkResponse, LinkStatus,
+    SignedDeviceList,
+};
+use courier_protocol::ws::ServerFrame;
+use courier_protocol::{Address, DeviceId};
+use reqwest::Method;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Links a second device to `first`'s account; returns it logged in.
+async fn link_second_device(relay: &Relay, first: &Device) -> Device {
+    let key = client::new_key();
+    let keys = client::device_keys(&key);
+    let link: LinkResponse = client::decode(
+        relay
+            .req(Method::POST, "/v1/links")
+            .json(&json!({"username": first.address.user, "device": keys}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let info: LinkInfo = first
+        .get(&format!("/v1/links/{}", link.code))
+        .await
+        .unwrap();
+    assert_eq!(info.device, keys);
+    let current: SignedDeviceList = first
+        .get(&format!("/v1/devices/{}", first.address.user))
+        .await
+        .unwrap();
+    let mut devices = current.list.devices.clone();
+    devices.push(DeviceListEntry {
+        device: DeviceId(2),
+        identity_key: keys.identity_key.clone(),
+    });
+    let list = DeviceList {
+        address: first.address.clone(),
+        version: current.list.version + 1,
+        devices,
+    };
+    let approved: ApproveLinkResponse = first
+        .post(
+            &format!("/v1/links/{}/approve", link.code),
+            &json!({"device_list": client::sign_list(list, first.device, &first.key)}),
+        )
+        .await
+        .unwrap();
+    let status: LinkStatus = client::decode(
+        relay
+            .req(
+                Method::GET,
+                &format!("/v1/links/{}/status?secret={}", link.code, link.secret),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(status.approved);
+    assert_eq!(status.device, Some(approved.device));
+    let mut second = client::Device::from_parts(
+        relay.http.clone(),
+        &relay.url,
+        first.address.clone(),
+        approved.device,
+        key,
+    );
+    second.login().await.unwrap();
+    second
+}
+
+async fn next_envelope(socket: &mut client::Socket) -> courier_protocol::api::Envelope {
+    loop {
+        match socket.next_within(WAIT).await.unwrap() {
+            Some(ServerFrame::Envelope { envelope }) => return envelope,
+            Some(ServerFrame::PrekeysLow { .. }) => continue,
+            other => panic!("expected an envelope, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn messages_reach_every_device_over_websocket_and_offline_devices_catch_up() {
+    let relay = Relay::start(&[], &[]);
+    let alice = relay.user("alice").await;
+    let bob = relay.user("bob").await;
+    let bob2 = link_second_device(&relay, &bob).await;
+
+    // Keys: upload, then fetch bob's bundle (each one-time prekey once).
+    bob.upload_keys(3).await.unwrap();
+    bob2.upload_keys(3).await.unwrap();
+    let bundle = alice.bundle(&bob.address).await.unwrap();
+    assert_eq!(bundle.bundles.len(), 2);
+    assert!(bundle.bundles.iter().all(|b| b.one_time_prekey.is_some()));
+    let again = alice.bundle(&bob.address).await.unwrap();
+    let first_ids: Vec<_> = bundle
+        .bundles
+        .iter()
+        .map(|b| b.one_time_prekey.as_ref().unwrap().id)
+        .collect();
+    let second_ids: Vec<_> = again
+        .bundles
+        .iter()
+        .map(|b| b.one_time_prekey.as_ref().unwrap().id)
+        .collect();
+    assert_ne!(
+        first_ids, second_ids,
+        "a one-time prekey is handed out once"
+    );
+
+    // bob's device 1 is online, device 2 offline.
+    let mut socket = bob.connect().await.unwrap();
+    let to = [
+        (bob.address.clone(), DeviceId(1)),
+        (bob.address.clone(), DeviceId(2)),
+    ];
+    let mut sent = Vec::new();
+    for i in 0..5u8 {
+        let id = envelope_id();
+        let response = alice.send(id, vec![i; 32], &to).await.unwrap();
+        assert_eq!(response.id, id);
+        sent.push(id);
+    }
+    // A retry with the same id changes nothing.
+    alice.send(sent[0], vec![0; 32], &to).await.unwrap();
+
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let envelope = next_envelope(&mut socket).await;
+        got.push(envelope.id);
+        socket.ack(vec![envelope.seq]).await.unwrap();
+    }
+    assert_eq!(got, sent, "pushed in mailbox order, exactly once");
+    assert!(
+        socket
+            .next_within(Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    socket.close().await;
+
+    // Acked envelopes are gone from device 1's mailbox.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(bob.fetch(0, 100).await.unwrap().envelopes.is_empty());
+
+    // Device 2 comes online and gets everything, in order; unacked ones
+    // come again on the next connection.
+    let mut socket2 = bob2.connect().await.unwrap();
+    let mut first_pass = Vec::new();
+    for _ in 0..5 {
+        first_pass.push(next_envelope(&mut socket2).await);
+    }
+    assert_eq!(first_pass.iter().map(|e| e.id).collect::<Vec<_>>(), sent);
+    socket2.close().await;
+    let mut socket2 = bob2.connect().await.unwrap();
+    for expected in &first_pass {
+        let envelope = next_envelope(&mut socket2).await;
+        assert_eq!(envelope.seq, expected.seq);
+        socket2.ack(vec![envelope.seq]).await.unwrap();
+    }
+    socket2.close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(bob2.fetch(0, 100).await.unwrap().envelopes.is_empty());
+
+    // HTTP polling works as well.
+    let id = envelope_id();
+    bob.send(
+        id,
+        b"hi alice".to_vec(),
+        &[(alice.address.clone(), DeviceId(1))],
+    )
+    .await
+    .unwrap();
+    let fetched = alice.fetch(0, 10).await.unwrap();
+    assert_eq!(fetched.envelopes.len(), 1);
+    assert_eq!(fetched.envelopes[0].body.as_slice(), b"hi alice");
+    assert_eq!(
+        alice
+            .ack(vec![fetched.envelopes[0].seq])
+            .await
+            .unwrap()
+            .acked,
+        1
+    );
+}
+
+#[tokio::test]
+async fn invite_only_registration_needs_a_fresh_code() {
+    let relay = Relay::start(&["--name", "relay-x.test"], &[]);
+    let register = |invite: Option<String>| {
+        let relay = &relay;
+        async move { Device::register(&relay.http, &relay.url, &relay.name, "carol", invite).await }
+    };
+    let err = register(None).await.unwrap_err().to_string();
+    assert!(err.contains("invite_required"), "{err}");
+    let err = register(Some("not-a-code".into()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid_invite"), "{err}");
+
+    let out = relay.admin(&["invite"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let carol = register(Some(code.clone())).await.unwrap();
+    assert_eq!(carol.address.to_string(), "carol@relay-x.test");
+    let err = Device::register(&relay.http, &relay.url, &relay.name, "dave", Some(code))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid_invite"), "a code works once: {err}");
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_reuse_or_logout_revokes() {
+    let relay = Relay::start(&[], &[]);
+    let mut alice = relay.user("alice").await;
+    let first = alice.tokens.clone().unwrap();
+    let rotated: courier_protocol::api::TokenResponse = client::decode(
+        relay
+            .req(Method::POST, "/v1/auth/refresh")
+            .json(&json!({"refresh_token": first.refresh_token}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_ne!(rotated.refresh_token, first.refresh_token);
+    alice.tokens = Some(rotated.clone());
+    alice.fetch(0, 1).await.unwrap();
+
+    // Reusing the old refresh token revokes the whole session.
+    let reuse = relay
+        .req(Method::POST, "/v1/auth/refresh")
+        .json(&json!({"refresh_token": first.refresh_token}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(reuse, 401, "invalid_refresh_token").await;
+    let revoked = relay
+        .req(Method::GET, "/v1/messages")
+        .bearer_auth(&rotated.access_token)
+        .send()
+        .await
+        .unwrap();
+    expect_error(revoked, 401, "unauthenticated").await;
+
+    // Logout ends a fresh session at once.
+    alice.login().await.unwrap();
+    let token = alice.access_token().to_owned();
+    let out = relay
+        .req(Method::POST, "/v1/auth/logout")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let after = relay
+        .req(Method::GET, "/v1/keys/count")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    expect_error(after, 401, "unauthenticated").await;
+}
+
+#[tokio::test]
+async fn expired_access_tokens_are_refused() {
+    let relay = Relay::start(&[], &[("COURIER_RELAY_ACCESS_TOKEN_SECS", "1")]);
+    let alice = relay.user("alice").await;
+    alice.fetch(0, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let response = relay
+        .req(Method::GET, "/v1/messages")
+        .bearer_auth(alice.access_token())
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 401, "token_expired").await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_its_documented_error_and_changes_nothing() {
+    let relay = Relay::start(&[], &[]);
+    let alice = relay.user("alice").await;
+    let bob = relay.user("bob").await;
+    let post = |path: &str, body: &'static str| {
+        relay
+            .req(Method::POST, path)
+            .bearer_auth(alice.access_token())
+            .header("content-type", "application/json")
+            .body(body)
+    };
+
+    // Malformed JSON, wrong types, unknown fields.
+    expect_error(
+        post("/v1/messages", "{not json").send().await.unwrap(),
+        400,
+        "malformed",
+    )
+    .await;
+    expect_error(
+        post("/v1/messages/ack", r#"{"seqs": "one"}"#)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "malformed",
+    )
+    .await;
+    expect_error(
+        post("/v1/messages/ack", r#"{"seqs": [1], "extra": true}"#)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "malformed",
+    )
+    .await;
+    expect_error(
+        post(
+            "/v1/auth/challenge",
+            r#"{"username": "alice", "device": 1, "x": 1}"#,
+        )
+        .send()
+        .await
+        .unwrap(),
+        400,
+        "malformed",
+    )
+    .await;
+    // Oversized body.
+    let big = vec![b'a'; courier_protocol::limits::HTTP_BODY_BYTES_MAX + 1];
+    let response = relay
+        .req(Method::POST, "/v1/messages")
+        .bearer_auth(alice.access_token())
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 413, "payload_too_large").await;
+
+    // Missing and forged tokens.
+    let response = relay.req(Method::GET, "/v1/messages").send().await.unwrap();
+    expect_error(response, 401, "unauthenticated").await;
+    let response = relay
+        .req(Method::GET, "/v1/messages")
+        .bearer_auth("Zm9yZ2Vk")
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 401, "unauthenticated").await;
+    let response = relay
+        .req(Method::GET, "/v1/ws")
+        .header("authorization", "Bearer forged")
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 401, "unauthenticated").await;
+
+    // Another account's mailbox: alice cannot ack bob's envelope.
+    let id = envelope_id();
+    alice
+        .send(
+            id,
+            b"for bob".to_vec(),
+            &[(bob.address.clone(), DeviceId(1))],
+        )
+        .await
+        .unwrap();
+    let bobs = bob.fetch(0, 10).await.unwrap();
+    assert_eq!(bobs.envelopes.len(), 1);
+    assert_eq!(
+        alice.ack(vec![bobs.envelopes[0].seq]).await.unwrap().acked,
+        0
+    );
+    assert!(alice.fetch(0, 10).await.unwrap().envelopes.is_empty());
+    assert_eq!(bob.fetch(0, 10).await.unwrap().envelopes.len(), 1);
+
+    // Another account's keys: a link code of bob's account is invisible to alice.
+    let key = client::new_key();
+    let link: LinkResponse = client::decode(
+        relay
+            .req(Method::POST, "/v1/links")
+            .json(&json!({"username": "bob", "device": client::device_keys(&key)}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let response = relay
+        .req(Method::GET, &format!("/v1/links/{}", link.code))
+        .bearer_auth(alice.access_token())
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 404, "invalid_link_code").await;
+    // A prekey signed by someone else's key is refused.
+    let err = {
+        let mut mallory = Device::from_parts(
+            relay.http.clone(),
+            &relay.url,
+            alice.address.clone(),
+            alice.device,
+            client::new_key(),
+        );
+        mallory.tokens = alice.tokens.clone();
+        mallory.upload_keys(1).await.unwrap_err().to_string()
+    };
+    assert!(err.contains("invalid_signature"), "{err}");
+
+    // A replayed login challenge.
+    let challenge = alice.challenge().await.unwrap();
+    let login = alice.answer(&challenge);
+    let _: courier_protocol::api::TokenResponse =
+        alice.post("/v1/auth/login", &login).await.unwrap();
+    let response = relay
+        .req(Method::POST, "/v1/auth/login")
+        .json(&login)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 401, "invalid_challenge").await;
+    // A login signed by the wrong key.
+    let challenge = alice.challenge().await.unwrap();
+    let mut forged = alice.answer(&challenge);
+    forged.signature.0[0] ^= 1;
+    let response = relay
+        .req(Method::POST, "/v1/auth/login")
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 400, "invalid_signature").await;
+
+    // Unknown routes and wrong methods are JSON too.
+    expect_error(
+        relay.req(Method::GET, "/v1/nope").send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    let response = relay
+        .req(Method::DELETE, "/v1/accounts")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    // Bad address in a key lookup.
+    let response = relay
+        .req(Method::GET, "/v1/keys/not-an-address")
+        .bearer_auth(alice.access_token())
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 400, "invalid_address").await;
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_openapi_and_headers() {
+    let relay = Relay::start(&[], &[]);
+    let alice = relay.user("alice").await;
+    let response = relay.req(Method::GET, "/healthz").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert!(headers.contains_key("x-request-id"));
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    let response = relay
+        .req(Method::GET, "/readyz")
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "trace-me-42");
+
+    alice
+        .send(
+            envelope_id(),
+            vec![1; 8],
+            &[(alice.address.clone(), DeviceId(1))],
+        )
+        .await
+        .unwrap();
+    let text = relay
+        .req(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "courier_http_requests_total",
+        "courier_http_request_duration_seconds_bucket",
+        "courier_messages_accepted_total",
+        "courier_outbox_depth",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    assert!(text.contains("route=\"/v1/messages\""), "{text}");
+
+    let doc: serde_json::Value = relay
+        .req(Method::GET, "/v1/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/accounts",
+        "/v1/messages",
+        "/v1/ws",
+        "/v1/keys/{address}",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from OpenAPI"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigterm_closes_websockets_with_a_close_frame_and_exits_cleanly() {
+    let mut relay = Relay::start(&[], &[]);
+    let alice = relay.user("alice").await;
+    let mut socket = alice.connect().await.unwrap();
+    // Make sure the connection is live before the signal.
+    alice
+        .send(
+            envelope_id(),
+            vec![7; 8],
+            &[(alice.address.clone(), DeviceId(1))],
+        )
+        .await
+        .unwrap();
+    next_envelope(&mut socket).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = relay.terminate();
+        (status, relay)
+    });
+    assert!(socket.next_within(WAIT).await.unwrap().is_none(), "closed");
+    let (status, _relay) = status.await.unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn kill_9_during_sends_loses_and_duplicates_nothing() {
+    let mut relay = Relay::start(&[], &[]);
+    let alice = std::sync::Arc::new(relay.user("alice").await);
+    let bob = relay.user("bob").await;
+    let to = [(bob.address.clone(), DeviceId(1))];
+
+    let sender = {
+        let alice = alice.clone();
+        let to = to.clone();
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..2000u32 {
+                let alice = alice.clone();
+                let to = to.clone();
+                tasks.spawn(async move {
+                    let id = envelope_id();
+                    alice
+                        .send(id, i.to_be_bytes().to_vec(), &to)
+                        .await
+                        .ok()
+                        .map(|_| id)
+                });
+                if tasks.len() >= 16
+                    && let Some(done) = tasks.join_next().await
+                    && let Some(id) = done.unwrap()
+                {
+                    accepted.push(id);
+                }
+            }
+            while let Some(done) = tasks.join_next().await {
+                if let Some(id) = done.unwrap() {
+                    accepted.push(id);
+                }
+            }
+            accepted
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    relay.kill9();
+    let accepted = sender.await.unwrap();
+    assert!(!accepted.is_empty(), "some sends succeeded before the kill");
+    assert!(accepted.len() < 2000, "the kill interrupted the load");
+
+    relay.restart();
+    let mut bob = bob;
+    bob.base = relay.url.clone();
+    bob.login().await.unwrap();
+    let mut seen: BTreeMap<courier_protocol::EnvelopeId, usize> = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let page = bob.fetch(after, 500).await.unwrap();
+        for envelope in &page.envelopes {
+            *seen.entry(envelope.id).or_default() += 1;
+            after = envelope.seq;
+        }
+        if !page.more {
+            break;
+        }
+    }
+    for id in &accepted {
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "accepted {id} delivered exactly once"
+        );
+    }
+    assert!(seen.values().all(|&n| n == 1), "no envelope twice");
+}
+
+#[tokio::test]
+async fn postgres_end_to_end_when_configured() {
+    let Ok(url) = std::env::var("COURIER_TEST_DATABASE_URL") else {
+        eprintln!("skipping: COURIER_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let schema = format!("courier_e2e_{:08x}", rand::random::<u32>());
+    let relay = Relay::start(
+        &["--database-url", &url],
+        &[("COURIER_DATABASE_SCHEMA", &schema)],
+    );
+    let alice = relay.user("alice").await;
+    let bob = relay.user("bob").await;
+    bob.upload_keys(2).await.unwrap();
+    assert_eq!(alice.bundle(&bob.address).await.unwrap().bundles.len(), 1);
+    let mut socket = bob.connect().await.unwrap();
+    let id = envelope_id();
+    alice
+        .send(
+            id,
+            b"over postgres".to_vec(),
+            &[(bob.address.clone(), DeviceId(1))],
+        )
+        .await
+        .unwrap();
+    let envelope = next_envelope(&mut socket).await;
+    assert_eq!(envelope.id, id);
+    socket.ack(vec![envelope.seq]).await.unwrap();
+    socket.close().await;
+    drop(relay);
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn address_type_is_what_clients_send() {
+    let a: Address = "Alice@Localhost".parse().unwrap();
+    assert_eq!(a.to_string(), "alice@localhost");
+}
