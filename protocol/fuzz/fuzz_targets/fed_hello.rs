@@ -1,0 +1,5 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    courier_protocol::fuzz::decode_any_fed_hello(data);
+});
