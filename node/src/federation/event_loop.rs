@@ -1,0 +1,1050 @@
+//! The task that owns the libp2p `Swarm`: it serves [`Command`]s from
+//! handles, swarm events and finished inbound work in one `select!`, so no
+//! state is shared behind locks.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use courier_protocol::limits::HELLO_KNOWN_MAX;
+use courier_protocol::{
+    BundleRequest, BundleResponse, DeliveryAcks, DeliveryBatch, ErrorCode, Hello, RelayDescriptor,
+    RelayName, SignedDescriptor,
+    federation::{features, protocols},
+};
+use courier_relay::federation::{
+    AckDisposition, FederationError, PeerLimiter, check_batch_origin, reject_all, retry_delay_ms,
+};
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identify, ping};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::codec::FrameCodec;
+use super::peers::{Admitted, PeerBook, Refusal};
+use super::{
+    Command, Config, Error, Inbound, PeerCounters, PeerInfo, PeerState, descriptor, peer_of,
+};
+
+type HelloBehaviour = request_response::Behaviour<FrameCodec<Hello, Hello>>;
+type BundleBehaviour = request_response::Behaviour<FrameCodec<BundleRequest, BundleResponse>>;
+type DeliverBehaviour = request_response::Behaviour<FrameCodec<DeliveryBatch, DeliveryAcks>>;
+
+#[derive(NetworkBehaviour)]
+pub(super) struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    hello: HelloBehaviour,
+    bundle: BundleBehaviour,
+    deliver: DeliverBehaviour,
+}
+
+type DeliverReply = oneshot::Sender<Result<DeliveryAcks, FederationError>>;
+
+/// Requests for a peer waiting until its hello completes.
+enum Queued {
+    Deliver(
+        DeliveryBatch,
+        oneshot::Sender<Result<DeliveryAcks, FederationError>>,
+    ),
+    Bundle(
+        BundleRequest,
+        oneshot::Sender<Result<BundleResponse, FederationError>>,
+    ),
+}
+
+/// Most requests queued for one peer while its connection comes up.
+const QUEUED_PER_PEER_MAX: usize = 4096;
+
+/// Inbound work finished by a spawned task, waiting to be answered.
+enum Done {
+    Deliver(ResponseChannel<DeliveryAcks>, DeliveryAcks),
+    Bundle(ResponseChannel<BundleResponse>, BundleResponse),
+}
+
+/// What the loop knows about one peer in this run (not persisted).
+#[derive(Default)]
+struct Runtime {
+    connections: u32,
+    helloed: bool,
+    hello_inflight: bool,
+    dialing: bool,
+    dial_attempts: u32,
+    next_dial: Option<Instant>,
+    last_seen_ms: Option<u64>,
+    rtt: Option<Duration>,
+    counters: PeerCounters,
+    limiter: Option<PeerLimiter>,
+}
+
+pub(super) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    done_tx: mpsc::Sender<Done>,
+    done_rx: mpsc::Receiver<Done>,
+    config: Config,
+    book: PeerBook,
+    own: SignedDescriptor,
+    listen: Vec<Multiaddr>,
+    runtime: HashMap<PeerId, Runtime>,
+    blocked: HashSet<PeerId>,
+    hello_out: HashMap<OutboundRequestId, PeerId>,
+    add_waiters: HashMap<PeerId, Vec<oneshot::Sender<Result<RelayName, Error>>>>,
+    queued: HashMap<PeerId, Vec<Queued>>,
+    /// In-flight batches: the peer, its envelope count and who waits.
+    deliver_out: HashMap<OutboundRequestId, (PeerId, usize, DeliverReply)>,
+    bundle_out:
+        HashMap<OutboundRequestId, oneshot::Sender<Result<BundleResponse, FederationError>>>,
+    inbound: Arc<dyn Inbound>,
+    inbound_permits: Arc<Semaphore>,
+    book_dirty: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn with_p2p(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
+    if peer_of(addr).is_some() {
+        addr.clone()
+    } else {
+        addr.clone().with(libp2p::multiaddr::Protocol::P2p(peer))
+    }
+}
+
+impl EventLoop {
+    pub(super) async fn start(
+        config: Config,
+        inbound: Arc<dyn Inbound>,
+        commands: mpsc::Receiver<Command>,
+    ) -> Result<Self, Error> {
+        let keypair = config.keypair.clone();
+        if keypair.clone().try_into_ed25519().is_err() {
+            return Err(Error::Transport("the relay key must be Ed25519".into()));
+        }
+        let idle_ms = u32::try_from(config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+        let rr = request_response::Config::default()
+            .with_request_timeout(config.request_timeout)
+            .with_max_concurrent_streams(256);
+        let proto = |p: &'static str| [(StreamProtocol::new(p), ProtocolSupport::Full)];
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
+            .with_tokio()
+            .with_quic_config(|mut c| {
+                c.max_idle_timeout = idle_ms;
+                c.keep_alive_interval = Duration::from_millis(u64::from(idle_ms / 4).max(100));
+                c
+            })
+            .with_behaviour(|key| Behaviour {
+                blocked: allow_block_list::Behaviour::default(),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/courier/fed/1/id".into(), key.public())
+                        .with_agent_version(format!("courier/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_secs(5)),
+                ),
+                hello: HelloBehaviour::new(proto(protocols::HELLO), rr.clone()),
+                bundle: BundleBehaviour::new(proto(protocols::BUNDLE), rr.clone()),
+                deliver: DeliverBehaviour::new(proto(protocols::DELIVER), rr.clone()),
+            })
+            .map_err(|e| Error::Transport(e.to_string()))?
+            // Connections stay up between batches; QUIC keep-alives and the
+            // idle timeout find dead peers.
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .build();
+
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| Error::Transport(format!("listen on {addr}: {e}")))?;
+        }
+        // Wait for the OS to bind, so the descriptor carries real ports.
+        let mut listen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while listen.len() < config.listen.len() {
+            match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+                Ok(SwarmEvent::NewListenAddr { address, .. }) => listen.push(address),
+                Ok(SwarmEvent::ListenerError { error, .. }) => {
+                    return Err(Error::Transport(error.to_string()));
+                }
+                Ok(SwarmEvent::ListenerClosed { reason, .. }) => {
+                    return Err(Error::Transport(format!("listener closed: {reason:?}")));
+                }
+                Ok(_) => {}
+                Err(_) => return Err(Error::Transport("listen timed out".into())),
+            }
+        }
+
+        let file = match &config.peers_file {
+            Some(path) => PeerBook::load(path)?,
+            None => Default::default(),
+        };
+        let book = PeerBook::new(
+            config.name.clone(),
+            *swarm.local_peer_id(),
+            config.policy.clone(),
+            file,
+        );
+        for removed in &book.file().removed {
+            if let Ok(peer) = removed.parse() {
+                swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+        }
+        let (done_tx, done_rx) = mpsc::channel(config.inbound_concurrent_max.max(1) * 2);
+        let own = sign_own(&config, &listen);
+        tracing::info!(
+            name = %config.name,
+            peer_id = %swarm.local_peer_id(),
+            addresses = ?listen,
+            "federation listening"
+        );
+        let permits = Arc::new(Semaphore::new(config.inbound_concurrent_max.max(1)));
+        Ok(EventLoop {
+            swarm,
+            commands,
+            done_tx,
+            done_rx,
+            config,
+            book,
+            own,
+            listen,
+            runtime: HashMap::new(),
+            blocked: HashSet::new(),
+            hello_out: HashMap::new(),
+            add_waiters: HashMap::new(),
+            queued: HashMap::new(),
+            deliver_out: HashMap::new(),
+            bundle_out: HashMap::new(),
+            inbound,
+            inbound_permits: permits,
+            book_dirty: false,
+        })
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown) | None => break,
+                    Some(command) => self.on_command(command),
+                },
+                Some(done) = self.done_rx.recv() => self.on_done(done),
+                _ = tick.tick() => self.redial_due(),
+            }
+            self.persist();
+        }
+        self.persist();
+        tracing::info!("federation stopped");
+    }
+
+    fn persist(&mut self) {
+        if !self.book_dirty {
+            return;
+        }
+        self.book_dirty = false;
+        if let Some(path) = &self.config.peers_file
+            && let Err(e) = self.book.save(path)
+        {
+            tracing::error!(error = %e, "cannot write the peer book");
+        }
+    }
+
+    fn rt(&mut self, peer: PeerId) -> &mut Runtime {
+        self.runtime.entry(peer).or_default()
+    }
+
+    fn seen(&mut self, peer: PeerId) {
+        self.rt(peer).last_seen_ms = Some(now_ms());
+    }
+
+    fn hello_for(&self, peer: &PeerId) -> Hello {
+        let except = self.book.name_of(peer);
+        Hello {
+            descriptor: self.own.clone(),
+            known: self.book.shareable(except.as_ref(), HELLO_KNOWN_MAX),
+        }
+    }
+
+    fn addresses_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        let mut out = Vec::new();
+        let text = peer.to_base58();
+        if let Some(added) = self.book.file().added.get(&text)
+            && let Ok(a) = added.address.parse()
+        {
+            out.push(a);
+        }
+        if let Some(name) = self.book.name_of(peer)
+            && let Some(d) = self.book.descriptor(&name)
+        {
+            out.extend(d.descriptor.addresses.iter().filter_map(|a| a.parse().ok()));
+        }
+        out
+    }
+
+    fn send_hello(&mut self, peer: PeerId) {
+        if self.blocked.contains(&peer) || self.rt(peer).hello_inflight {
+            return;
+        }
+        let hello = self.hello_for(&peer);
+        let addrs = self.addresses_of(&peer);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .hello
+            .send_request_with_addresses(&peer, hello, addrs);
+        self.rt(peer).hello_inflight = true;
+        self.hello_out.insert(id, peer);
+    }
+
+    // --- commands ---
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::AddPeer {
+                address,
+                peer,
+                reply,
+            } => {
+                self.book.add(peer, &address, now_ms());
+                self.book_dirty = true;
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                self.add_waiters.entry(peer).or_default().push(reply);
+                let rt = self.rt(peer);
+                rt.dial_attempts = 0;
+                rt.next_dial = None;
+                if rt.helloed && rt.connections > 0 {
+                    // Already federating: refresh descriptors both ways.
+                    self.rt(peer).helloed = false;
+                }
+                self.send_hello(peer);
+            }
+            Command::RemovePeer { peer, reply } => {
+                let known = self.book.remove(&peer);
+                self.book_dirty = true;
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+                let rt = self.rt(peer);
+                rt.helloed = false;
+                self.fail_queued(peer, |name| FederationError::Refused(name.clone()));
+                tracing::info!(%peer, "peer removed: federation stopped");
+                let _ = reply.send(Ok(known));
+            }
+            Command::Pin { name, peer, reply } => {
+                tracing::warn!(%name, %peer, "operator re-pinned relay key");
+                self.book.pin(name, peer);
+                self.book_dirty = true;
+                let _ = reply.send(Ok(()));
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Command::ListenAddrs { reply } => {
+                let me = *self.swarm.local_peer_id();
+                let _ = reply.send(self.listen.iter().map(|a| with_p2p(a, me)).collect());
+            }
+            Command::Deliver { dest, batch, reply } => match self.route(&dest) {
+                Ok(peer) => self.send_or_queue(peer, Queued::Deliver(batch, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Bundle {
+                dest,
+                request,
+                reply,
+            } => match self.route(&dest) {
+                Ok(peer) => self.send_or_queue(peer, Queued::Bundle(request, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Block { peer, blocked } => {
+                if blocked {
+                    self.blocked.insert(peer);
+                    self.swarm.behaviour_mut().blocked.block_peer(peer);
+                    self.rt(peer).helloed = false;
+                    self.fail_queued(peer, |name| FederationError::Unreachable {
+                        relay: name.clone(),
+                        reason: "blocked".into(),
+                    });
+                } else {
+                    self.blocked.remove(&peer);
+                    if !self.book.file().removed.contains(&peer.to_base58()) {
+                        self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                    }
+                    let rt = self.rt(peer);
+                    rt.next_dial = None;
+                    rt.dial_attempts = 0;
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    /// The peer to send to for relay `dest`.
+    fn route(&self, dest: &RelayName) -> Result<PeerId, FederationError> {
+        let d = self
+            .book
+            .descriptor(dest)
+            .ok_or_else(|| FederationError::UnknownRelay(dest.clone()))?;
+        let peer: PeerId = d
+            .descriptor
+            .peer_id
+            .parse()
+            .map_err(|_| FederationError::UnknownRelay(dest.clone()))?;
+        if !self.book.allowed(dest, &peer) {
+            return Err(FederationError::Refused(dest.clone()));
+        }
+        if self.blocked.contains(&peer) {
+            return Err(FederationError::Unreachable {
+                relay: dest.clone(),
+                reason: "blocked".into(),
+            });
+        }
+        Ok(peer)
+    }
+
+    fn send_or_queue(&mut self, peer: PeerId, item: Queued) {
+        let ready = {
+            let rt = self.rt(peer);
+            rt.helloed && rt.connections > 0
+        };
+        if ready {
+            self.send_now(peer, item);
+            return;
+        }
+        let queue = self.queued.entry(peer).or_default();
+        if queue.len() >= QUEUED_PER_PEER_MAX {
+            let relay = self.book.name_of(&peer);
+            let e = FederationError::Unreachable {
+                relay: relay.unwrap_or_else(|| self.config.name.clone()),
+                reason: "too many requests waiting for the connection".into(),
+            };
+            match item {
+                Queued::Deliver(_, r) => {
+                    let _ = r.send(Err(e));
+                }
+                Queued::Bundle(_, r) => {
+                    let _ = r.send(Err(e));
+                }
+            }
+            return;
+        }
+        queue.push(item);
+        self.send_hello(peer);
+    }
+
+    fn send_now(&mut self, peer: PeerId, item: Queued) {
+        match item {
+            Queued::Deliver(batch, reply) => {
+                let n = batch.envelopes.len();
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .deliver
+                    .send_request(&peer, batch);
+                self.rt(peer).counters.batches_sent += 1;
+                self.deliver_out.insert(id, (peer, n, reply));
+            }
+            Queued::Bundle(request, reply) => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .bundle
+                    .send_request(&peer, request);
+                self.bundle_out.insert(id, reply);
+            }
+        }
+    }
+
+    fn flush_queued(&mut self, peer: PeerId) {
+        for item in self.queued.remove(&peer).unwrap_or_default() {
+            self.send_now(peer, item);
+        }
+    }
+
+    fn fail_queued(&mut self, peer: PeerId, error: impl Fn(&RelayName) -> FederationError) {
+        let name = self
+            .book
+            .name_of(&peer)
+            .unwrap_or_else(|| self.config.name.clone());
+        let items = self.queued.remove(&peer).unwrap_or_default();
+        let retried: usize = items
+            .iter()
+            .map(|i| match i {
+                Queued::Deliver(b, _) => b.envelopes.len(),
+                Queued::Bundle(..) => 0,
+            })
+            .sum();
+        self.rt(peer).counters.retried += retried as u64;
+        for item in items {
+            match item {
+                Queued::Deliver(_, r) => {
+                    let _ = r.send(Err(error(&name)));
+                }
+                Queued::Bundle(_, r) => {
+                    let _ = r.send(Err(error(&name)));
+                }
+            }
+        }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let mut peers: Vec<PeerId> = Vec::new();
+        let mut push = |p: PeerId| {
+            if !peers.contains(&p) {
+                peers.push(p);
+            }
+        };
+        for (p, _) in self.book.added() {
+            push(p);
+        }
+        for d in self.book.file().descriptors.values() {
+            if let Ok(p) = d.descriptor.peer_id.parse() {
+                push(p);
+            }
+        }
+        for p in self.runtime.keys() {
+            if *p != *self.swarm.local_peer_id() {
+                push(*p);
+            }
+        }
+        peers
+            .into_iter()
+            .map(|peer| {
+                let rt = self.runtime.get(&peer);
+                let name = self.book.name_of(&peer);
+                let removed = self.book.file().removed.contains(&peer.to_base58());
+                let refused = removed
+                    || self.blocked.contains(&peer)
+                    || name
+                        .as_ref()
+                        .is_some_and(|n| !self.book.policy().allows(n, &peer));
+                let state = match rt {
+                    _ if refused => PeerState::Refused,
+                    Some(rt) if rt.connections > 0 && rt.helloed => PeerState::Connected,
+                    Some(rt) if rt.connections > 0 || rt.dialing || rt.hello_inflight => {
+                        PeerState::Connecting
+                    }
+                    _ => PeerState::Disconnected,
+                };
+                let added = self.book.file().added.get(&peer.to_base58());
+                let address = added.map(|a| a.address.clone()).or_else(|| {
+                    name.as_ref()
+                        .and_then(|n| self.book.descriptor(n))
+                        .and_then(|d| d.descriptor.addresses.first().cloned())
+                });
+                PeerInfo {
+                    peer_id: peer.to_base58(),
+                    name,
+                    address,
+                    added: added.is_some(),
+                    state,
+                    last_seen_ms: rt.and_then(|r| r.last_seen_ms),
+                    rtt_ms: rt.and_then(|r| r.rtt).map(|d| d.as_secs_f64() * 1000.0),
+                    counters: rt.map(|r| r.counters).unwrap_or_default(),
+                    outbox_depth: 0,
+                }
+            })
+            .collect()
+    }
+
+    // --- redial ---
+
+    fn redial_due(&mut self) {
+        let now = Instant::now();
+        for (peer, addr) in self.book.added() {
+            if self.blocked.contains(&peer) {
+                continue;
+            }
+            let connected = self.swarm.is_connected(&peer);
+            let mut addrs = vec![addr];
+            addrs.extend(self.addresses_of(&peer));
+            let rt = self.runtime.entry(peer).or_default();
+            if connected || rt.dialing || rt.hello_inflight {
+                continue;
+            }
+            if rt.next_dial.is_some_and(|t| now < t) {
+                continue;
+            }
+            rt.dial_attempts += 1;
+            let delay = retry_delay_ms(
+                rt.dial_attempts,
+                self.config.redial_base_ms,
+                self.config.redial_max_ms,
+                rand::random(),
+            );
+            rt.next_dial = Some(now + Duration::from_millis(delay));
+            rt.dialing = true;
+            tracing::debug!(%peer, attempt = rt.dial_attempts, "dialling peer");
+            if let Err(e) = self
+                .swarm
+                .dial(DialOpts::peer_id(peer).addresses(addrs).build())
+            {
+                tracing::debug!(%peer, error = %e, "dial failed");
+                self.rt(peer).dialing = false;
+            }
+        }
+    }
+
+    // --- swarm events ---
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                self.seen(peer_id);
+                let rt = self.rt(peer_id);
+                rt.connections += 1;
+                rt.dialing = false;
+                rt.dial_attempts = 0;
+                rt.next_dial = None;
+                let needs_hello = !rt.helloed;
+                tracing::debug!(peer = %peer_id, dialer = endpoint.is_dialer(), "connected");
+                // The dialer introduces itself; the listener answers.
+                if endpoint.is_dialer() && needs_hello {
+                    self.send_hello(peer_id);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                let rt = self.rt(peer_id);
+                rt.connections = num_established;
+                if num_established == 0 {
+                    rt.helloed = false;
+                    tracing::info!(peer = %peer_id, cause = ?cause, "peer disconnected");
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                self.rt(peer).dialing = false;
+                tracing::debug!(%peer, error = %error, "dial error");
+            }
+            SwarmEvent::NewListenAddr { address, .. } if !self.listen.contains(&address) => {
+                self.listen.push(address);
+                self.own = sign_own(&self.config, &self.listen);
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                self.seen(peer);
+                self.rt(peer).rtt = Some(rtt);
+            }
+            BehaviourEvent::Hello(event) => self.on_hello(event),
+            BehaviourEvent::Deliver(event) => self.on_deliver(event),
+            BehaviourEvent::Bundle(event) => self.on_bundle(event),
+            _ => {}
+        }
+    }
+
+    /// Checks a peer's own descriptor (authenticated PeerId must match),
+    /// then the descriptors it shares. Returns the peer's name if admitted.
+    fn take_hello(&mut self, peer: PeerId, hello: &Hello) -> Result<RelayName, Refusal> {
+        let named = descriptor::verify(&hello.descriptor)?;
+        if named != peer {
+            return Err(descriptor::DescriptorError::WrongPeer {
+                named: named.to_base58(),
+                actual: peer.to_base58(),
+            }
+            .into());
+        }
+        let (_, admitted) = self.book.admit(&hello.descriptor)?;
+        let mut news = admitted == Admitted::New;
+        for known in &hello.known {
+            match self.book.admit(known) {
+                Ok((_, Admitted::New)) => news = true,
+                Ok((_, Admitted::Known)) | Err(Refusal::Ourselves) => {}
+                Err(refusal @ Refusal::PinnedKeyMismatch { .. }) => {
+                    tracing::warn!(from = %peer, %refusal, "shared descriptor refused");
+                }
+                Err(refusal) => {
+                    tracing::debug!(from = %peer, %refusal, "shared descriptor ignored")
+                }
+            }
+        }
+        if news {
+            self.book_dirty = true;
+            self.gossip(peer);
+        }
+        self.seen(peer);
+        Ok(hello.descriptor.descriptor.name.clone())
+    }
+
+    /// Pushes our hello (with what we now know) to every other federating
+    /// peer, so a new relay's descriptor spreads through the federation.
+    fn gossip(&mut self, except: PeerId) {
+        let targets: Vec<PeerId> = self
+            .runtime
+            .iter()
+            .filter(|(p, rt)| **p != except && rt.helloed && rt.connections > 0)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in targets {
+            let hello = self.hello_for(&peer);
+            let id = self.swarm.behaviour_mut().hello.send_request(&peer, hello);
+            self.rt(peer).hello_inflight = true;
+            self.hello_out.insert(id, peer);
+        }
+    }
+
+    fn refuse_peer(&mut self, peer: PeerId, refusal: &Refusal) {
+        tracing::warn!(%peer, %refusal, "peer refused");
+        let _ = self.swarm.disconnect_peer_id(peer);
+        let reason = refusal.to_string();
+        let waiters = self.add_waiters.remove(&peer).unwrap_or_default();
+        if !waiters.is_empty() {
+            // The operator's `peer add` failed: do not keep redialling it.
+            self.book.forget_added(&peer);
+            self.book_dirty = true;
+        }
+        for w in waiters {
+            let _ = w.send(Err(Error::Refused(reason.clone())));
+        }
+        self.fail_queued(peer, |name| FederationError::Refused(name.clone()));
+    }
+
+    fn on_hello(&mut self, event: request_response::Event<Hello, Hello>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => match self.take_hello(peer, &request) {
+                Ok(name) => {
+                    tracing::info!(%peer, %name, "hello from peer");
+                    let reply = self.hello_for(&peer);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .hello
+                        .send_response(channel, reply);
+                    self.rt(peer).helloed = true;
+                    self.flush_queued(peer);
+                    for w in self.add_waiters.remove(&peer).unwrap_or_default() {
+                        let _ = w.send(Ok(name.clone()));
+                    }
+                }
+                // Dropping the channel tells the peer nothing about why:
+                // a refused relay learns no more than that it was refused.
+                Err(refusal) => self.refuse_peer(peer, &refusal),
+            },
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                self.hello_out.remove(&request_id);
+                self.rt(peer).hello_inflight = false;
+                match self.take_hello(peer, &response) {
+                    Ok(name) => {
+                        tracing::info!(%peer, %name, "peer federating");
+                        self.rt(peer).helloed = true;
+                        self.flush_queued(peer);
+                        for w in self.add_waiters.remove(&peer).unwrap_or_default() {
+                            let _ = w.send(Ok(name.clone()));
+                        }
+                    }
+                    Err(refusal) => self.refuse_peer(peer, &refusal),
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.hello_out.remove(&request_id);
+                let rt = self.rt(peer);
+                rt.hello_inflight = false;
+                rt.dialing = false;
+                if rt.helloed {
+                    // A gossip push failed; the connection state says the rest.
+                    return;
+                }
+                tracing::debug!(%peer, %error, "hello failed");
+                let reason = error.to_string();
+                for w in self.add_waiters.remove(&peer).unwrap_or_default() {
+                    let _ = w.send(Err(Error::Unreachable {
+                        peer,
+                        reason: reason.clone(),
+                    }));
+                }
+                self.fail_queued(peer, |name| FederationError::Unreachable {
+                    relay: name.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound hello failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// The relay name of an admitted, allowed, unblocked peer.
+    fn federating_name(&self, peer: &PeerId) -> Option<RelayName> {
+        if self.blocked.contains(peer) {
+            return None;
+        }
+        self.book
+            .name_of(peer)
+            .filter(|name| self.book.allowed(name, peer))
+    }
+
+    fn on_deliver(&mut self, event: request_response::Event<DeliveryBatch, DeliveryAcks>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.seen(peer);
+                let n = request.envelopes.len() as u64;
+                let Some(name) = self.federating_name(&peer) else {
+                    tracing::warn!(%peer, "batch from a peer that is not federating with us");
+                    self.rt(peer).counters.batches_refused += 1;
+                    let acks = reject_all(&request, ErrorCode::FederationRefused);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .deliver
+                        .send_response(channel, acks);
+                    return;
+                };
+                let limits = self.config.limits;
+                let rt = self.rt(peer);
+                let now = now_ms();
+                let admitted = check_batch_origin(&name, &request).and_then(|()| {
+                    rt.limiter
+                        .get_or_insert_with(|| PeerLimiter::new(limits, now))
+                        .admit(request.envelopes.len(), now)
+                });
+                if let Err(code) = admitted {
+                    rt.counters.batches_refused += 1;
+                    if code == ErrorCode::OriginMismatch {
+                        tracing::warn!(%peer, %name, claimed = %request.origin,
+                            "batch claims another origin: refused");
+                    }
+                    let acks = reject_all(&request, code);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .deliver
+                        .send_response(channel, acks);
+                    return;
+                }
+                rt.counters.batches_received += 1;
+                rt.counters.envelopes_received += n;
+                let inbound = self.inbound.clone();
+                let permits = self.inbound_permits.clone();
+                let done = self.done_tx.clone();
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    let acks = inbound.deliver(name, request).await;
+                    let _ = done.send(Done::Deliver(channel, acks)).await;
+                });
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                self.seen(peer);
+                if let Some((_, _, reply)) = self.deliver_out.remove(&request_id) {
+                    let c = &mut self.rt(peer).counters;
+                    for ack in &response.acks {
+                        match AckDisposition::of(ack.status) {
+                            AckDisposition::Done => c.delivered += 1,
+                            AckDisposition::Retry => c.retried += 1,
+                            AckDisposition::Failed(_) => c.failed += 1,
+                        }
+                    }
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some((_, n, reply)) = self.deliver_out.remove(&request_id) {
+                    self.rt(peer).counters.retried += n as u64;
+                    let relay = self
+                        .book
+                        .name_of(&peer)
+                        .unwrap_or_else(|| self.config.name.clone());
+                    let _ = reply.send(Err(FederationError::Unreachable {
+                        relay,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound delivery failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_bundle(&mut self, event: request_response::Event<BundleRequest, BundleResponse>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.seen(peer);
+                let Some(name) = self.federating_name(&peer) else {
+                    let refusal = Err(courier_protocol::ApiError::new(
+                        ErrorCode::FederationRefused,
+                    ));
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .bundle
+                        .send_response(channel, refusal);
+                    return;
+                };
+                let inbound = self.inbound.clone();
+                let permits = self.inbound_permits.clone();
+                let done = self.done_tx.clone();
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    let answer = inbound.bundle(name, request).await;
+                    let _ = done.send(Done::Bundle(channel, answer)).await;
+                });
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                self.seen(peer);
+                if let Some(reply) = self.bundle_out.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.bundle_out.remove(&request_id) {
+                    let relay = self
+                        .book
+                        .name_of(&peer)
+                        .unwrap_or_else(|| self.config.name.clone());
+                    let _ = reply.send(Err(FederationError::Unreachable {
+                        relay,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound bundle request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        // A failed send means the peer went away; it will retry the batch
+        // and the receiver's dedup by envelope id absorbs the repeat.
+        match done {
+            Done::Deliver(channel, acks) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .deliver
+                    .send_response(channel, acks);
+            }
+            Done::Bundle(channel, answer) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .bundle
+                    .send_response(channel, answer);
+            }
+        }
+    }
+}
+
+/// Our descriptor, signed now.
+fn sign_own(config: &Config, listen: &[Multiaddr]) -> SignedDescriptor {
+    let addresses = if config.external_addresses.is_empty() {
+        listen
+    } else {
+        &config.external_addresses
+    };
+    descriptor::sign(
+        &config.keypair,
+        RelayDescriptor {
+            name: config.name.clone(),
+            peer_id: config.keypair.public().to_peer_id().to_base58(),
+            addresses: addresses
+                .iter()
+                .take(courier_protocol::limits::DESCRIPTOR_ADDRESSES_MAX)
+                .map(|a| a.to_string())
+                .collect(),
+            http_url: config.http_url.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            features: vec![features::WIRE_V1.to_owned()],
+            issued_ms: now_ms(),
+        },
+    )
+}
+
+/// Where [`EventLoop`] keeps the peer book between runs.
+#[allow(dead_code)]
+fn peers_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join(super::peers::PEERS_FILE)
+}

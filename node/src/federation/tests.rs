@@ -1,0 +1,538 @@
+//! Real relays federating over real QUIC on 127.0.0.1: each test relay is a
+//! `Relay` over its own store, a libp2p swarm from [`spawn`] and an outbox
+//! [`Drainer`], all in this process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_protocol::api::{DeviceKeys, DeviceList, DeviceListEntry, SignedDeviceList};
+use courier_protocol::{
+    AckStatus, Address, Bytes, DeliveryBatch, DeviceId, EnvelopeId, EnvelopeKind, ErrorCode,
+    FedEnvelope, FedRecipient, OutgoingMessage, RecipientEntry, RelayName, Username,
+};
+use courier_relay::federation::Federation;
+use courier_relay::store::{DeviceRecord, NewAccount};
+use courier_relay::{AuthedDevice, MemoryStore, NoNotifier, Relay, Store, SystemClock};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use rand::SeedableRng;
+
+use super::*;
+
+/// One running relay.
+pub(super) struct TestRelay {
+    pub(super) name: RelayName,
+    pub(super) key: Keypair,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) relay: Arc<Relay>,
+    pub(super) fed: Handle,
+    pub(super) drainer: Option<Drainer>,
+    pub(super) addr: Multiaddr,
+}
+
+pub(super) fn name(text: &str) -> RelayName {
+    RelayName::parse(text).unwrap()
+}
+
+pub(super) struct Options {
+    pub(super) policy: Policy,
+    pub(super) listen: Option<Multiaddr>,
+    pub(super) drain: bool,
+    pub(super) peers_file: Option<std::path::PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            policy: Policy::default(),
+            listen: None,
+            drain: true,
+            peers_file: None,
+        }
+    }
+}
+
+pub(super) async fn start(
+    relay_name: &str,
+    key: Keypair,
+    store: Arc<dyn Store>,
+    options: Options,
+) -> TestRelay {
+    let relay_name = name(relay_name);
+    let mut config = courier_relay::Config::new(relay_name.clone());
+    config.outbox_backoff_base_ms = 100;
+    config.outbox_backoff_max_ms = 1000;
+    config.outbox_lease_ms = 5000;
+    let wake = Drainer::waker();
+    let notifier = Arc::new(OutboxNotifier::new(Arc::new(NoNotifier), wake.clone()));
+    let relay = Arc::new(
+        Relay::new(
+            config,
+            store.clone(),
+            Arc::new(SystemClock),
+            Box::new(rand::rngs::StdRng::seed_from_u64(rand::random())),
+        )
+        .with_notifier(notifier),
+    );
+    let mut fed_config = Config::new(relay_name.clone(), key.clone());
+    if let Some(listen) = options.listen {
+        fed_config.listen = vec![listen];
+    }
+    fed_config.policy = options.policy;
+    fed_config.peers_file = options.peers_file;
+    fed_config.idle_timeout = Duration::from_millis(1500);
+    fed_config.request_timeout = Duration::from_secs(5);
+    fed_config.redial_base_ms = 100;
+    fed_config.redial_max_ms = 500;
+    let (fed, _task) = spawn(fed_config, Arc::new(RelayInbound(relay.clone())))
+        .await
+        .unwrap();
+    let drainer = options.drain.then(|| {
+        Drainer::spawn(
+            relay.clone(),
+            Arc::new(fed.clone()),
+            wake,
+            DrainerConfig {
+                idle_poll: Duration::from_millis(100),
+                expire_every: Duration::from_millis(200),
+                ..DrainerConfig::default()
+            },
+        )
+    });
+    let addr = fed.listen_addrs().await.unwrap().remove(0);
+    TestRelay {
+        name: relay_name,
+        key,
+        store,
+        relay,
+        fed,
+        drainer,
+        addr,
+    }
+}
+
+pub(super) async fn relay(relay_name: &str) -> TestRelay {
+    start(
+        relay_name,
+        Keypair::generate_ed25519(),
+        Arc::new(MemoryStore::new()),
+        Options::default(),
+    )
+    .await
+}
+
+impl TestRelay {
+    pub(super) fn peer_id(&self) -> PeerId {
+        self.key.public().to_peer_id()
+    }
+
+    /// Stops swarm and drainer; the store stays (a process restart keeps
+    /// its database).
+    pub(super) async fn stop(&mut self) {
+        if let Some(d) = self.drainer.take() {
+            d.stop().await;
+        }
+        self.fed.shutdown().await;
+        // Let the endpoint close so the port is free again.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Registers `user` with device 1 directly in the store (delivery does
+    /// not look at keys).
+    pub(super) async fn user(&self, user: &str) -> AuthedDevice {
+        let username = Username::parse(user).unwrap();
+        let keys = DeviceKeys {
+            identity_key: Bytes::from(vec![1; 32]),
+            dh_key: Bytes::from(vec![2; 32]),
+            dh_key_signature: Bytes::from(vec![3; 64]),
+        };
+        self.store
+            .register(NewAccount {
+                device: DeviceRecord {
+                    user: username.clone(),
+                    device: DeviceId(1),
+                    keys: keys.clone(),
+                    signed_prekey: None,
+                    one_time_count: 0,
+                    created_ms: 0,
+                },
+                device_list: SignedDeviceList {
+                    list: DeviceList {
+                        address: Address::new(username.clone(), self.name.clone()),
+                        version: 1,
+                        devices: vec![DeviceListEntry {
+                            device: DeviceId(1),
+                            identity_key: keys.identity_key,
+                        }],
+                    },
+                    signer: DeviceId(1),
+                    signature: Bytes::from(vec![4; 64]),
+                },
+                invite: None,
+                now_ms: 0,
+            })
+            .await
+            .unwrap();
+        AuthedDevice {
+            user: username,
+            device: DeviceId(1),
+            session: "test".into(),
+            prekeys_low: None,
+        }
+    }
+
+    pub(super) async fn send(&self, from: &AuthedDevice, seq: u32, to: &[&str]) -> EnvelopeId {
+        let mut random = [0u8; 10];
+        random[..4].copy_from_slice(&seq.to_be_bytes());
+        random[4..].copy_from_slice(&rand::random::<[u8; 6]>());
+        let id = EnvelopeId::new(self.relay.now_ms(), random);
+        self.relay
+            .accept_message(
+                from,
+                OutgoingMessage {
+                    id,
+                    body: Bytes::from(ciphertext(seq)),
+                    recipients: to
+                        .iter()
+                        .map(|a| RecipientEntry {
+                            to: Address::parse(a).unwrap(),
+                            device: DeviceId(1),
+                            header: Bytes::from(vec![0xee; 24]),
+                        })
+                        .collect(),
+                    ttl_secs: 3600,
+                },
+            )
+            .await
+            .unwrap();
+        id
+    }
+
+    pub(super) async fn mailbox(
+        &self,
+        device: &AuthedDevice,
+    ) -> Vec<courier_relay::types::Envelope> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.relay.fetch(device, after, 500).await.unwrap();
+            if let Some(last) = page.envelopes.last() {
+                after = last.seq;
+            }
+            out.extend(page.envelopes);
+            if !page.more {
+                return out;
+            }
+        }
+    }
+
+    pub(super) async fn outbox_depth(&self) -> u64 {
+        self.relay
+            .outbox_destinations()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.pending)
+            .sum()
+    }
+
+    pub(super) async fn peer(&self, peer: PeerId) -> Option<PeerInfo> {
+        self.fed
+            .peers()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.peer_id == peer.to_base58())
+    }
+}
+
+/// What a sender's client would put in the body: never the plaintext.
+pub(super) const PLAINTEXT: &[u8] = b"meet me at the old mill at noon";
+
+pub(super) fn ciphertext(seq: u32) -> Vec<u8> {
+    // A stand-in cipher (keystream from the sequence number): the relays
+    // must carry these bytes unchanged and never anything readable.
+    PLAINTEXT
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ (0x5a ^ (i as u8).wrapping_mul(31) ^ seq as u8 | 0x80))
+        .collect()
+}
+
+/// Polls `check` until it holds or `secs` pass.
+pub(super) async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_peer_over_quic_and_exchange_signed_descriptors() {
+    let a = relay("relay-a.example").await;
+    let b = relay("relay-b.example").await;
+    assert!(a.addr.to_string().contains("/udp/"));
+    assert!(a.addr.to_string().contains("/quic-v1/p2p/"));
+    let named = a.fed.add_peer(b.addr.clone()).await.unwrap();
+    assert_eq!(named, b.name);
+    let on_a = a.peer(b.peer_id()).await.unwrap();
+    assert_eq!(on_a.name.as_ref(), Some(&b.name));
+    assert_eq!(on_a.state, PeerState::Connected);
+    assert!(on_a.added);
+    eventually(5, "b knows a", || async {
+        b.peer(a.peer_id())
+            .await
+            .is_some_and(|p| p.name.as_ref() == Some(&a.name) && p.state == PeerState::Connected)
+    })
+    .await;
+    eventually(10, "a ping rtt", || async {
+        a.peer(b.peer_id())
+            .await
+            .is_some_and(|p| p.rtt_ms.is_some())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_from_alice_on_a_reaches_bob_on_b() {
+    let a = relay("relay-a.example").await;
+    let b = relay("relay-b.example").await;
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    a.fed.add_peer(b.addr.clone()).await.unwrap();
+    let id = a.send(&alice, 1, &["bob@relay-b.example"]).await;
+    eventually(10, "bob has the message", || async {
+        !b.mailbox(&bob).await.is_empty()
+    })
+    .await;
+    let got = b.mailbox(&bob).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, id);
+    assert_eq!(got[0].origin, a.name);
+    assert_eq!(got[0].body.as_slice(), ciphertext(1).as_slice());
+    eventually(5, "a's outbox empties", || async {
+        a.outbox_depth().await == 0
+    })
+    .await;
+    let on_a = a.peer(b.peer_id()).await.unwrap();
+    assert_eq!(on_a.counters.delivered, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_delivers_to_a_relay_it_never_peered_with_through_shared_descriptors() {
+    let a = relay("relay-a.example").await;
+    let b = relay("relay-b.example").await;
+    let c = relay("relay-c.example").await;
+    let alice = a.user("alice").await;
+    let carol = c.user("carol").await;
+    a.fed.add_peer(b.addr.clone()).await.unwrap();
+    c.fed.add_peer(b.addr.clone()).await.unwrap();
+    // B learned C after A, and pushes what it learned to A.
+    eventually(10, "a learns c's descriptor from b", || async {
+        a.peer(c.peer_id())
+            .await
+            .is_some_and(|p| p.name.as_ref() == Some(&c.name))
+    })
+    .await;
+    assert!(!a.peer(c.peer_id()).await.unwrap().added);
+    a.send(&alice, 1, &["carol@relay-c.example"]).await;
+    eventually(10, "carol has the message", || async {
+        c.mailbox(&carol).await.len() == 1
+    })
+    .await;
+    let got = c.mailbox(&carol).await;
+    assert_eq!(got[0].origin, a.name);
+    // Directly from A: B never carried it.
+    assert_eq!(
+        b.peer(a.peer_id()).await.unwrap().counters.batches_received,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptor_for_a_pinned_name_with_another_key_is_refused() {
+    let a = relay("relay-a.example").await;
+    let mut b = relay("relay-b.example").await;
+    a.fed.add_peer(b.addr.clone()).await.unwrap();
+    b.stop().await;
+    // Someone else now claims to be relay-b.example, with its own key.
+    let impostor = relay("relay-b.example").await;
+    let err = impostor.fed.add_peer(a.addr.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unreachable { .. } | Error::Refused(_)),
+        "{err}"
+    );
+    let err = a.fed.add_peer(impostor.addr.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Refused(ref why) if why.contains("pinned")),
+        "{err}"
+    );
+    // The pin and the real descriptor are unchanged.
+    let on_a = a.peer(b.peer_id()).await.unwrap();
+    assert_eq!(on_a.name.as_ref(), Some(&b.name));
+    assert!(a.peer(impostor.peer_id()).await.unwrap().name.is_none());
+
+    // The operator re-pins: now the new key is accepted for the name.
+    a.fed
+        .pin(name("relay-b.example"), impostor.peer_id())
+        .await
+        .unwrap();
+    assert_eq!(
+        a.fed.add_peer(impostor.addr.clone()).await.unwrap(),
+        name("relay-b.example")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_delivering_envelopes_that_claim_another_origin_is_refused() {
+    let a = relay("relay-a.example").await;
+    let b = relay("relay-b.example").await;
+    let bob = b.user("bob").await;
+    a.fed.add_peer(b.addr.clone()).await.unwrap();
+    // A speaks for relay-a.example but hands over an envelope "from" C.
+    let forged = DeliveryBatch {
+        origin: name("relay-c.example"),
+        envelopes: vec![FedEnvelope {
+            id: EnvelopeId::new(a.relay.now_ms(), [7; 10]),
+            body: Bytes::from(ciphertext(7)),
+            recipients: vec![FedRecipient {
+                user: bob.user.clone(),
+                device: DeviceId(1),
+                header: Bytes::from(vec![1]),
+            }],
+            expires_ms: a.relay.now_ms() + 60_000,
+            kind: EnvelopeKind::Message,
+        }],
+    };
+    let acks = a.fed.deliver(&b.name, forged).await.unwrap();
+    assert_eq!(
+        acks.acks[0].status,
+        AckStatus::Rejected(ErrorCode::OriginMismatch)
+    );
+    assert!(b.mailbox(&bob).await.is_empty());
+    assert_eq!(
+        b.peer(a.peer_id()).await.unwrap().counters.batches_refused,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlisted_relay_is_refused_under_allowlist() {
+    let b = relay("relay-b.example").await;
+    let a = start(
+        "relay-a.example",
+        Keypair::generate_ed25519(),
+        Arc::new(MemoryStore::new()),
+        Options {
+            policy: Policy {
+                mode: PolicyMode::Allowlist,
+                allow: [b.name.to_string()].into(),
+                deny: Default::default(),
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    let c = relay("relay-c.example").await;
+    let alice = a.user("alice").await;
+    // Listed: fine both ways.
+    assert_eq!(b.fed.add_peer(a.addr.clone()).await.unwrap(), a.name);
+    // Unlisted C dials A: refused; A knows nothing about C afterwards.
+    assert!(c.fed.add_peer(a.addr.clone()).await.is_err());
+    let on_a = a.peer(c.peer_id()).await;
+    assert!(on_a.is_none_or(|p| p.name.is_none()));
+    // And A will not send to C either.
+    a.fed.add_peer(c.addr.clone()).await.unwrap_err();
+    let err = a
+        .fed
+        .fetch_bundle(
+            &c.name,
+            courier_protocol::BundleRequest {
+                address: Address::parse("carol@relay-c.example").unwrap(),
+                device: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnknownRelay);
+    let _ = alice;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_message_crosses_once_per_relay_and_stores_no_plaintext() {
+    let a = relay("relay-a.example").await;
+    let b = relay("relay-b.example").await;
+    let c = relay("relay-c.example").await;
+    let alice = a.user("alice").await;
+    let mut members = Vec::new();
+    for n in ["a1", "a2"] {
+        members.push((0, a.user(n).await));
+    }
+    for n in ["b1", "b2", "b3"] {
+        members.push((1, b.user(n).await));
+    }
+    for n in ["c1", "c2", "c3", "c4"] {
+        members.push((2, c.user(n).await));
+    }
+    a.fed.add_peer(b.addr.clone()).await.unwrap();
+    a.fed.add_peer(c.addr.clone()).await.unwrap();
+    let to = [
+        "a1@relay-a.example",
+        "a2@relay-a.example",
+        "b1@relay-b.example",
+        "b2@relay-b.example",
+        "b3@relay-b.example",
+        "c1@relay-c.example",
+        "c2@relay-c.example",
+        "c3@relay-c.example",
+        "c4@relay-c.example",
+    ];
+    let rounds = 5;
+    for seq in 0..rounds {
+        a.send(&alice, seq, &to).await;
+        // One message at a time, so each batch holds exactly one envelope.
+        eventually(10, "the message reaches every relay", || async {
+            a.outbox_depth().await == 0
+        })
+        .await;
+    }
+    let relays = [&a, &b, &c];
+    for (r, member) in &members {
+        let got = relays[*r].mailbox(member).await;
+        assert_eq!(got.len(), rounds as usize, "{}", member.user);
+    }
+    for remote in [&b, &c] {
+        let from_a = remote.peer(a.peer_id()).await.unwrap().counters;
+        assert_eq!(
+            from_a.batches_received,
+            u64::from(rounds),
+            "one batch per message"
+        );
+        assert_eq!(
+            from_a.envelopes_received,
+            u64::from(rounds),
+            "body once per relay"
+        );
+    }
+    // Nothing any relay stored is readable.
+    for (r, member) in &members {
+        for envelope in relays[*r].mailbox(member).await {
+            let stored = [envelope.body.as_slice(), envelope.header.as_slice()].concat();
+            assert!(
+                !stored.windows(PLAINTEXT.len()).any(|w| w == PLAINTEXT),
+                "plaintext found on {}",
+                relays[*r].name
+            );
+        }
+    }
+}
