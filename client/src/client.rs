@@ -241,8 +241,10 @@ fn session_key(address: &Address, device: DeviceId) -> String {
     format!("{address}/{}", device.0)
 }
 
-fn message_key(received_ms: u64, id: &str) -> String {
-    format!("{received_ms:016x}/{id}")
+/// History key: sorts by local receive time, then mailbox order (a sent
+/// message has order 0), then id.
+fn message_key(received_ms: u64, order: u64, id: &str) -> String {
+    format!("{received_ms:016x}/{order:016x}/{id}")
 }
 
 fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
@@ -306,8 +308,11 @@ fn verify_list(list: &SignedDeviceList) -> Result<(), Error> {
         .map_err(|_| Error::BadResponse("device list signature length".into()))?;
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&key)
         .map_err(|_| Error::BadResponse("device list key".into()))?;
-    vk.verify_strict(&list.list.signing_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
-        .map_err(|_| Error::BadResponse("device list signature does not verify".into()))
+    vk.verify_strict(
+        &list.list.signing_bytes(),
+        &ed25519_dalek::Signature::from_bytes(&sig),
+    )
+    .map_err(|_| Error::BadResponse("device list signature does not verify".into()))
 }
 
 fn sign_list(identity: &Identity, list: DeviceList, signer: DeviceId) -> SignedDeviceList {
@@ -387,7 +392,12 @@ impl Client {
 
     /// The account, if registered or linked.
     pub async fn account(&self) -> Option<Account> {
-        self.inner.lock().await.me.as_ref().map(|m| m.account.clone())
+        self.inner
+            .lock()
+            .await
+            .me
+            .as_ref()
+            .map(|m| m.account.clone())
     }
 
     /// Creates an account `username` on the home relay with this device as
@@ -402,7 +412,9 @@ impl Client {
         relay_name_candidates: &[String],
     ) -> Result<Address, Error> {
         let mut inner = self.inner.lock().await;
-        inner.register(username, invite, relay_url, relay_name_candidates).await
+        inner
+            .register(username, invite, relay_url, relay_name_candidates)
+            .await
     }
 
     /// Starts linking this (new, empty) client as another device of
@@ -445,7 +457,10 @@ impl Client {
                 if inner.now() > pending.expires_ms {
                     return Err(Error::LinkExpired);
                 }
-                inner.transport.link_status(&pending.code, &pending.secret).await
+                inner
+                    .transport
+                    .link_status(&pending.code, &pending.secret)
+                    .await
             };
             match status {
                 Ok(s) => {
@@ -472,12 +487,23 @@ impl Client {
         let own = inner.transport.device_list(&account.address.user).await?;
         verify_list(&own)?;
         let my_key = hexs(inner.me()?.identity.public().signing_key().as_slice());
-        if own.list.entry(device).map(|e| hexs(e.identity_key.as_slice())) != Some(my_key) {
-            return Err(Error::BadResponse("approved device list does not hold this device".into()));
+        if own
+            .list
+            .entry(device)
+            .map(|e| hexs(e.identity_key.as_slice()))
+            != Some(my_key)
+        {
+            return Err(Error::BadResponse(
+                "approved device list does not hold this device".into(),
+            ));
         }
         let contact = inner.contact_from_list(&own, None);
         let mut batch = Batch::new();
-        batch.put(Table::Contacts, account.address.to_string(), json(&contact)?);
+        batch.put(
+            Table::Contacts,
+            account.address.to_string(),
+            json(&contact)?,
+        );
         inner.store.apply(batch).await?;
         inner.maintain_keys(true).await?;
         Ok(account)
@@ -685,7 +711,10 @@ impl Client {
                     inner.maintain_keys(true).await?;
                 }
                 Some(ServerFrame::Error { error }) => {
-                    if matches!(error.code, ErrorCode::TokenExpired | ErrorCode::Unauthenticated) {
+                    if matches!(
+                        error.code,
+                        ErrorCode::TokenExpired | ErrorCode::Unauthenticated
+                    ) {
                         self.inner.lock().await.drop_tokens().await?;
                         return Err(Error::RelayUnreachable("session expired".into()));
                     }
@@ -702,7 +731,11 @@ impl Client {
         inner.me()?;
         let mut batch = Batch::new();
         batch.delete(Table::Contacts, address.to_string());
-        for (key, _) in inner.store.scan(Table::Sessions, &format!("{address}/")).await? {
+        for (key, _) in inner
+            .store
+            .scan(Table::Sessions, &format!("{address}/"))
+            .await?
+        {
             batch.delete(Table::Sessions, key);
         }
         inner.store.apply(batch).await?;
@@ -716,7 +749,12 @@ impl Client {
         let me = inner.me()?.account.address.clone();
         let mine = inner.contact(&me, false).await?;
         let theirs = inner.contact(address, false).await?;
-        Ok(crate::safety_number(&me, &mine.devices, address, &theirs.devices))
+        Ok(crate::safety_number(
+            &me,
+            &mine.devices,
+            address,
+            &theirs.devices,
+        ))
     }
 
     /// Checks the one-time prekey pool and signed prekey age now, refilling
@@ -735,7 +773,11 @@ impl Inner {
         self.me.as_ref().ok_or(Error::NotRegistered)
     }
 
-    async fn get_json<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, Error> {
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<T>, Error> {
         match self.store.get(table, key).await? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
@@ -793,7 +835,9 @@ impl Inner {
         names.extend(candidates.iter().cloned());
         let mut last = None;
         for name in names {
-            let Ok(relay) = RelayName::parse(&name) else { continue };
+            let Ok(relay) = RelayName::parse(&name) else {
+                continue;
+            };
             let list = DeviceList {
                 address: Address::new(user.clone(), relay),
                 version: 1,
@@ -831,7 +875,9 @@ impl Inner {
         }
         Err(match last {
             Some(e) => Error::Api(e),
-            None => Error::Invalid("the relay's name is unknown: register as USER@RELAYNAME".into()),
+            None => {
+                Error::Invalid("the relay's name is unknown: register as USER@RELAYNAME".into())
+            }
         })
     }
 
@@ -913,18 +959,25 @@ impl Inner {
     async fn maintain_keys(&mut self, force: bool) -> Result<(), Error> {
         self.me()?;
         let now = self.now();
-        let mut state: KeyState = self.get_json(Table::Meta, "keys").await?.unwrap_or_default();
+        let mut state: KeyState = self
+            .get_json(Table::Meta, "keys")
+            .await?
+            .unwrap_or_default();
         if state.signed_prekey_id == 0
-            || now.saturating_sub(state.signed_prekey_created_ms) >= self.config.signed_prekey_rotation_ms
+            || now.saturating_sub(state.signed_prekey_created_ms)
+                >= self.config.signed_prekey_rotation_ms
         {
             self.rotate_signed_prekey(&mut state, now).await?;
         }
-        if force || now.saturating_sub(state.last_count_check_ms) >= self.config.prekey_check_interval_ms {
+        if force
+            || now.saturating_sub(state.last_count_check_ms) >= self.config.prekey_check_interval_ms
+        {
             let tr = self.transport.clone();
             let count = authed!(self, |t| tr.prekey_count(&t))?;
             let target = self.config.one_time_prekeys_target.max(count.low_water);
             if count.one_time < count.low_water.max(1) || (force && count.one_time < target / 2) {
-                self.refill_one_time(&mut state, target.saturating_sub(count.one_time)).await?;
+                self.refill_one_time(&mut state, target.saturating_sub(count.one_time))
+                    .await?;
             }
             state.last_count_check_ms = now;
             let mut batch = Batch::new();
@@ -980,7 +1033,11 @@ impl Inner {
             state.next_one_time_id = first.wrapping_add(n);
             let mut batch = Batch::new();
             for k in &keys {
-                batch.put(Table::PreKeys, format!("o/{}", k.id()), json(&k.to_pickle())?);
+                batch.put(
+                    Table::PreKeys,
+                    format!("o/{}", k.id()),
+                    json(&k.to_pickle())?,
+                );
             }
             batch.put(Table::Meta, "keys", json(&*state)?);
             self.store.apply(batch).await?;
@@ -1029,7 +1086,9 @@ impl Inner {
     /// stale (or `refresh`). Fails with [`Error::IdentityChanged`] when the
     /// relay's list is not signed by a pinned device or changes a pinned key.
     async fn contact(&mut self, address: &Address, refresh: bool) -> Result<Contact, Error> {
-        self.contact_with_bundles(address, refresh).await.map(|(c, _)| c)
+        self.contact_with_bundles(address, refresh)
+            .await
+            .map(|(c, _)| c)
     }
 
     async fn contact_with_bundles(
@@ -1041,7 +1100,8 @@ impl Inner {
         let old: Option<Contact> = self.get_json(Table::Contacts, &address.to_string()).await?;
         let local = address.relay == me.address.relay;
         if let Some(c) = &old {
-            let fresh = self.now().saturating_sub(c.fetched_ms) < self.config.device_list_refresh_ms;
+            let fresh =
+                self.now().saturating_sub(c.fetched_ms) < self.config.device_list_refresh_ms;
             if !refresh && (fresh && !local) {
                 return Ok((c.clone(), Vec::new()));
             }
@@ -1060,19 +1120,20 @@ impl Inner {
             (resp.device_list, resp.bundles)
         };
         if list.list.address != *address {
-            return Err(Error::BadResponse(format!("device list of {address} names another address")));
+            return Err(Error::BadResponse(format!(
+                "device list of {address} names another address"
+            )));
         }
         verify_list(&list)?;
         if let Some(c) = &old {
             let signer_key = list.signer_key().map(|k| hexs(k.as_slice()));
             let signer_pinned = c.devices.get(&list.signer.0).cloned();
-            let unchanged = c.version == list.list.version
-                && list
-                    .list
-                    .devices
-                    .iter()
-                    .all(|e| c.devices.get(&e.device.0) == Some(&hexs(e.identity_key.as_slice())))
-                && list.list.devices.len() == c.devices.len();
+            let unchanged =
+                c.version == list.list.version
+                    && list.list.devices.iter().all(|e| {
+                        c.devices.get(&e.device.0) == Some(&hexs(e.identity_key.as_slice()))
+                    })
+                    && list.list.devices.len() == c.devices.len();
             let signed_by_known = signer_pinned.is_some() && signer_pinned == signer_key;
             let keys_kept = list.list.devices.iter().all(|e| {
                 c.devices
@@ -1091,7 +1152,11 @@ impl Inner {
         batch.put(Table::Contacts, address.to_string(), json(&contact)?);
         // Sessions with devices no longer listed are dropped.
         if let Some(c) = &old {
-            for d in c.devices.keys().filter(|d| !contact.devices.contains_key(d)) {
+            for d in c
+                .devices
+                .keys()
+                .filter(|d| !contact.devices.contains_key(d))
+            {
                 batch.delete(Table::Sessions, session_key(address, DeviceId(*d)));
             }
         }
@@ -1099,7 +1164,11 @@ impl Inner {
         Ok((contact, bundles))
     }
 
-    async fn load_sessions(&self, address: &Address, device: DeviceId) -> Result<DeviceSessions, Error> {
+    async fn load_sessions(
+        &self,
+        address: &Address,
+        device: DeviceId,
+    ) -> Result<DeviceSessions, Error> {
         let pickles: Vec<SessionPickle> = self
             .get_json(Table::Sessions, &session_key(address, device))
             .await?
@@ -1223,8 +1292,11 @@ impl Inner {
         }
         if !seen_self {
             let contact = self.contact(&me.address, true).await?;
-            let devices: Vec<DeviceId> =
-                contact.device_ids().into_iter().filter(|d| *d != me.device).collect();
+            let devices: Vec<DeviceId> = contact
+                .device_ids()
+                .into_iter()
+                .filter(|d| *d != me.device)
+                .collect();
             out.push((contact, devices, Vec::new()));
         }
         Ok(out)
@@ -1260,7 +1332,7 @@ impl Inner {
         let mut batch = Batch::new();
         batch.put(
             Table::Messages,
-            message_key(message.received_ms, &message.id),
+            message_key(message.received_ms, 0, &message.id),
             json(&message)?,
         );
         self.store.apply(batch).await?;
@@ -1270,7 +1342,9 @@ impl Inner {
     async fn send_direct(&mut self, to: &Address, text: &str) -> Result<SendReceipt, Error> {
         let me = self.me()?.account.clone();
         if *to == me.address {
-            return Err(Error::Invalid("cannot send a direct message to yourself".into()));
+            return Err(Error::Invalid(
+                "cannot send a direct message to yourself".into(),
+            ));
         }
         self.maintain_keys(false).await?;
         let now = self.now();
@@ -1303,7 +1377,11 @@ impl Inner {
                     header,
                 });
             }
-            batch.put(Table::Contacts, contact.address.to_string(), json(&contact)?);
+            batch.put(
+                Table::Contacts,
+                contact.address.to_string(),
+                json(&contact)?,
+            );
         }
         // Write-ahead: the advanced ratchets are durable before anything leaves.
         self.store.apply(batch).await?;
@@ -1342,7 +1420,9 @@ impl Inner {
     async fn group_create(&mut self, name: &str, members: &[Address]) -> Result<(), Error> {
         let me = self.me()?.account.clone();
         if name.is_empty() || name.len() > 64 || name.contains('/') {
-            return Err(Error::Invalid("group name must be 1 to 64 characters without '/'".into()));
+            return Err(Error::Invalid(
+                "group name must be 1 to 64 characters without '/'".into(),
+            ));
         }
         if self.store.get(Table::Groups, name).await?.is_some() {
             return Err(Error::GroupExists(name.to_owned()));
@@ -1374,11 +1454,18 @@ impl Inner {
         self.group_send(record, "").await.map(|_| ())
     }
 
-    async fn group_change(&mut self, name: &str, changed: &[Address], add: bool) -> Result<(), Error> {
+    async fn group_change(
+        &mut self,
+        name: &str,
+        changed: &[Address],
+        add: bool,
+    ) -> Result<(), Error> {
         let me = self.me()?.account.clone();
         let mut record = self.group(name).await?;
         if record.left {
-            return Err(Error::Invalid(format!("you are no longer a member of {name}")));
+            return Err(Error::Invalid(format!(
+                "you are no longer a member of {name}"
+            )));
         }
         for m in changed {
             if add {
@@ -1417,7 +1504,10 @@ impl Inner {
             .and_then(|v| v.try_into().ok())
             .ok_or_else(|| Error::Corrupt("group id".into()))?;
         let own_key_name = format!("{gid_hex}/self");
-        let mut own: OwnSenderKey = match self.get_json::<OwnSenderKey>(Table::SenderKeys, &own_key_name).await? {
+        let mut own: OwnSenderKey = match self
+            .get_json::<OwnSenderKey>(Table::SenderKeys, &own_key_name)
+            .await?
+        {
             Some(k) if k.epoch == record.info.epoch => k,
             _ => OwnSenderKey {
                 epoch: record.info.epoch,
@@ -1474,8 +1564,13 @@ impl Inner {
             }
             .encode();
             for (device, mut s) in sessions {
-                let header = self.seal_session(TAG_GROUP_WITH_KEY, &mut s.sessions[0], &delivery)?;
-                batch.put(Table::Sessions, session_key(&address, device), json(&s.pickles())?);
+                let header =
+                    self.seal_session(TAG_GROUP_WITH_KEY, &mut s.sessions[0], &delivery)?;
+                batch.put(
+                    Table::Sessions,
+                    session_key(&address, device),
+                    json(&s.pickles())?,
+                );
                 recipients.push(RecipientEntry {
                     to: address.clone(),
                     device,
@@ -1533,7 +1628,9 @@ impl Inner {
         let me = self.me()?.account.clone();
         let tr = self.transport.clone();
         let info = authed!(self, |t| tr.link_info(&t, code)).map_err(|e| match e {
-            TransportError::Api(api) if api.code == ErrorCode::InvalidLinkCode || api.code == ErrorCode::NotFound => {
+            TransportError::Api(api)
+                if api.code == ErrorCode::InvalidLinkCode || api.code == ErrorCode::NotFound =>
+            {
                 Error::Invalid(format!("unknown or expired link code {code}"))
             }
             other => other.into(),
@@ -1552,7 +1649,9 @@ impl Inner {
             .map(|(d, k)| {
                 Ok(DeviceListEntry {
                     device: DeviceId(*d),
-                    identity_key: Bytes(hex::decode(k).map_err(|_| Error::Corrupt("pinned key".into()))?),
+                    identity_key: Bytes(
+                        hex::decode(k).map_err(|_| Error::Corrupt("pinned key".into()))?,
+                    ),
                 })
             })
             .collect::<Result<_, Error>>()?;
@@ -1644,7 +1743,8 @@ impl Inner {
             EnvelopeKind::Message => match self.decrypt(envelope, &mut batch).await {
                 Ok(Some(m)) => Some(m),
                 Ok(None) => None,
-                Err(Error::Crypto(courier_crypto::Error::ChainMismatch)) | Err(Error::MissingSenderKey) => {
+                Err(Error::Crypto(courier_crypto::Error::ChainMismatch))
+                | Err(Error::MissingSenderKey) => {
                     return Ok(Outcome::Later);
                 }
                 Err(Error::IdentityChanged { address }) => {
@@ -1659,12 +1759,14 @@ impl Inner {
                         from_device: DeviceId(0),
                         to: Some(me.address),
                         group: None,
-                        text: format!("[identity of {address} changed; message refused — run `courier-client trust {address}` after checking]"),
+                        text: format!(
+                            "[identity of {address} changed; message refused — run `courier-client trust {address}` after checking]"
+                        ),
                         sent_ms: envelope.id.unix_ms(),
                         received_ms: now,
                         outgoing: false,
                     };
-                    let key = message_key(now, &id);
+                    let key = message_key(now, envelope.seq, &id);
                     batch.put(Table::Messages, key.clone(), json(&m)?);
                     batch.put(Table::Inbox, key, Vec::new());
                     self.store.apply(batch).await?;
@@ -1683,7 +1785,7 @@ impl Inner {
             },
         };
         if let Some(m) = shown {
-            let key = message_key(now, &id);
+            let key = message_key(now, envelope.seq, &id);
             batch.put(Table::Messages, key.clone(), json(&m)?);
             batch.put(Table::Inbox, key, Vec::new());
         }
@@ -1707,7 +1809,11 @@ impl Inner {
             from_device: DeviceId(0),
             to: None,
             group: None,
-            text: format!("[message {} not delivered to {}]", notice.id, who.join(", ")),
+            text: format!(
+                "[message {} not delivered to {}]",
+                notice.id,
+                who.join(", ")
+            ),
             sent_ms: envelope.received_ms,
             received_ms: self.now(),
             outgoing: false,
@@ -1716,18 +1822,27 @@ impl Inner {
 
     /// Opens the sealed header, checks the sender against its pinned keys,
     /// decrypts the body; adds the state changes to `batch`.
-    async fn decrypt(&mut self, envelope: &Envelope, batch: &mut Batch) -> Result<Option<Message>, Error> {
+    async fn decrypt(
+        &mut self,
+        envelope: &Envelope,
+        batch: &mut Batch,
+    ) -> Result<Option<Message>, Error> {
         let me = self.me()?.account.clone();
         let unsealed = sealed::open(&self.me()?.identity, envelope.header.as_slice())?;
         let sender = Address::parse(&unsealed.sender.address)
             .map_err(|_| Error::Crypto(courier_crypto::Error::Malformed("sender address")))?;
         let sender_device = DeviceId(unsealed.sender.device);
         if sender == me.address && sender_device == me.device {
-            return Err(Error::Crypto(courier_crypto::Error::Malformed("message from this very device")));
+            return Err(Error::Crypto(courier_crypto::Error::Malformed(
+                "message from this very device",
+            )));
         }
         // The sealed identity must be the one pinned for that device.
         let claimed = hexs(&unsealed.sender_identity.signing_key());
-        let mut contact = match self.get_json::<Contact>(Table::Contacts, &sender.to_string()).await? {
+        let mut contact = match self
+            .get_json::<Contact>(Table::Contacts, &sender.to_string())
+            .await?
+        {
             Some(c) if c.devices.contains_key(&sender_device.0) => c,
             _ => self.contact(&sender, true).await?,
         };
@@ -1742,21 +1857,29 @@ impl Inner {
                 }
             }
         }
-        let (&tag, payload) = unsealed
-            .content
-            .split_first()
-            .ok_or(Error::Crypto(courier_crypto::Error::Truncated { needed: 1 }))?;
+        let (&tag, payload) = unsealed.content.split_first().ok_or(Error::Crypto(
+            courier_crypto::Error::Truncated { needed: 1 },
+        ))?;
         let now = self.now();
         let (group_ref, group_key) = match tag {
             TAG_DIRECT | TAG_GROUP_WITH_KEY => {
                 let plaintext = self
-                    .session_decrypt(&sender, sender_device, &unsealed, payload, &mut contact, batch)
+                    .session_decrypt(
+                        &sender,
+                        sender_device,
+                        &unsealed,
+                        payload,
+                        &mut contact,
+                        batch,
+                    )
                     .await?;
                 if tag == TAG_DIRECT {
                     let key = DirectKey::decode(&plaintext)?;
                     let body = content::open_body(envelope.body.as_slice(), &key)?;
                     let Content::Direct { to, text, sent_ms } = Content::decode(&body)? else {
-                        return Err(Error::Crypto(courier_crypto::Error::Malformed("content kind")));
+                        return Err(Error::Crypto(courier_crypto::Error::Malformed(
+                            "content kind",
+                        )));
                     };
                     let outgoing = sender == me.address;
                     return Ok(Some(Message {
@@ -1779,12 +1902,16 @@ impl Inner {
         };
         let (gid, hash) = group_ref;
         if content::body_hash(envelope.body.as_slice()) != hash {
-            return Err(Error::Crypto(courier_crypto::Error::Malformed("body does not match its header")));
+            return Err(Error::Crypto(courier_crypto::Error::Malformed(
+                "body does not match its header",
+            )));
         }
         let gid_hex = hexs(&gid);
         let rkey = format!("{gid_hex}/{}", session_key(&sender, sender_device));
-        let mut receivers: Vec<SenderKeyPickle> =
-            self.get_json(Table::SenderKeys, &rkey).await?.unwrap_or_default();
+        let mut receivers: Vec<SenderKeyPickle> = self
+            .get_json(Table::SenderKeys, &rkey)
+            .await?
+            .unwrap_or_default();
         if let Some(dist) = group_key {
             let r = SenderKeyReceiver::from_distribution(&dist)?;
             receivers.retain(|p| p.chain_id != r.chain_id());
@@ -1799,11 +1926,20 @@ impl Inner {
         let plaintext = Zeroizing::new(receiver.decrypt(envelope.body.as_slice())?);
         receivers[index] = receiver.to_pickle();
         batch.put(Table::SenderKeys, rkey, json(&receivers)?);
-        let Content::Group { group, text, sent_ms } = Content::decode(&plaintext)? else {
-            return Err(Error::Crypto(courier_crypto::Error::Malformed("content kind")));
+        let Content::Group {
+            group,
+            text,
+            sent_ms,
+        } = Content::decode(&plaintext)?
+        else {
+            return Err(Error::Crypto(courier_crypto::Error::Malformed(
+                "content kind",
+            )));
         };
         if group.id != gid_hex {
-            return Err(Error::Crypto(courier_crypto::Error::Malformed("group id mismatch")));
+            return Err(Error::Crypto(courier_crypto::Error::Malformed(
+                "group id mismatch",
+            )));
         }
         let name = self.file_group(&group, &sender, batch).await?;
         if text.is_empty() {
@@ -1825,7 +1961,12 @@ impl Inner {
 
     /// Updates (or creates) the local record of a group from a member's
     /// message; returns its local name.
-    async fn file_group(&mut self, info: &GroupInfo, sender: &Address, batch: &mut Batch) -> Result<String, Error> {
+    async fn file_group(
+        &mut self,
+        info: &GroupInfo,
+        sender: &Address,
+        batch: &mut Batch,
+    ) -> Result<String, Error> {
         let me = self.me()?.account.address.clone();
         let groups = self.store.scan(Table::Groups, "").await?;
         let mut existing = None;
@@ -1930,7 +2071,11 @@ impl Inner {
         contact
             .identities
             .insert(device.0, hexs(&unsealed.sender_identity.to_bytes()));
-        batch.put(Table::Sessions, session_key(sender, device), json(&sessions.pickles())?);
+        batch.put(
+            Table::Sessions,
+            session_key(sender, device),
+            json(&sessions.pickles())?,
+        );
         batch.put(Table::Contacts, sender.to_string(), json(&*contact)?);
         Ok(plaintext)
     }

@@ -172,7 +172,10 @@ fn malformed(what: &'static str) -> Error {
 
 /// Encrypts a direct-message body under a fresh random key:
 /// `0x01 || nonce(12) || AES-256-GCM(key, nonce, plaintext, aad = BODY_AAD)`.
-pub fn seal_body(plaintext: &[u8], rng: &mut impl CryptoRng) -> Result<(Vec<u8>, DirectKey), Error> {
+pub fn seal_body(
+    plaintext: &[u8],
+    rng: &mut impl CryptoRng,
+) -> Result<(Vec<u8>, DirectKey), Error> {
     let mut key = Zeroizing::new([0u8; 32]);
     rng.fill_bytes(key.as_mut());
     let mut nonce = [0u8; 12];

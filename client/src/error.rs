@@ -23,7 +23,9 @@ pub enum Error {
     RelayUnreachable(String),
     /// A contact's identity key changed since it was first seen. Nothing was
     /// sent; run `trust` after checking the new safety number out of band.
-    #[error("identity changed for {address}: refusing to use the new keys until you run `courier-client trust {address}`")]
+    #[error(
+        "identity changed for {address}: refusing to use the new keys until you run `courier-client trust {address}`"
+    )]
     IdentityChanged {
         /// The contact.
         address: Address,

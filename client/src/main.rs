@@ -20,7 +20,12 @@ use courier_protocol::Address;
 #[command(name = "courier-client", version, about)]
 struct Cli {
     /// State directory: this device's keys, sessions and messages (created 0700).
-    #[arg(long, env = "COURIER_CLIENT_STATE", global = true, default_value = "./courier-client-state")]
+    #[arg(
+        long,
+        env = "COURIER_CLIENT_STATE",
+        global = true,
+        default_value = "./courier-client-state"
+    )]
     state: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -322,13 +327,19 @@ async fn run(cli: Cli) -> Result<(), Error> {
             let (client, _) = open(&cli.state, None).await?;
             match command {
                 GroupCommand::Create { name, addresses } => {
-                    client.group_create(&name, &parse_addresses(&addresses)?).await?;
+                    client
+                        .group_create(&name, &parse_addresses(&addresses)?)
+                        .await?;
                 }
                 GroupCommand::Add { name, addresses } => {
-                    client.group_add(&name, &parse_addresses(&addresses)?).await?;
+                    client
+                        .group_add(&name, &parse_addresses(&addresses)?)
+                        .await?;
                 }
                 GroupCommand::Remove { name, addresses } => {
-                    client.group_remove(&name, &parse_addresses(&addresses)?).await?;
+                    client
+                        .group_remove(&name, &parse_addresses(&addresses)?)
+                        .await?;
                 }
                 GroupCommand::Send { name, text } => {
                     client.group_send(&name, &text).await?;
@@ -411,8 +422,29 @@ mod tests {
 
     #[test]
     fn cli_parses_the_contract() {
-        Cli::try_parse_from(["courier-client", "--state", "d", "recv", "--wait", "3", "--json"]).unwrap();
-        Cli::try_parse_from(["courier-client", "--state", "d", "group", "create", "g", "a@b"]).unwrap();
-        assert!(Cli::try_parse_from(["courier-client", "--state", "d", "group", "create", "g"]).is_err());
+        Cli::try_parse_from([
+            "courier-client",
+            "--state",
+            "d",
+            "recv",
+            "--wait",
+            "3",
+            "--json",
+        ])
+        .unwrap();
+        Cli::try_parse_from([
+            "courier-client",
+            "--state",
+            "d",
+            "group",
+            "create",
+            "g",
+            "a@b",
+        ])
+        .unwrap();
+        assert!(
+            Cli::try_parse_from(["courier-client", "--state", "d", "group", "create", "g"])
+                .is_err()
+        );
     }
 }

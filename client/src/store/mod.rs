@@ -37,7 +37,7 @@ pub enum Table {
     SenderKeys,
     /// Envelope ids already processed, so a redelivery is acked, never shown twice.
     Processed,
-    /// Message history, keyed by `<received_ms hex>/<envelope id>` so keys sort by time.
+    /// Message history, keyed by `<received_ms hex>/<mailbox seq hex>/<envelope id>` so keys sort by arrival.
     Messages,
     /// Messages received but not yet handed to the user (`recv` output), same keys as `Messages`.
     Inbox,
@@ -166,7 +166,15 @@ pub(crate) mod conformance {
             .put(Table::Sessions, "bob@r/2", b"s2".to_vec())
             .put(Table::Sessions, "carol@r/1", b"c1".to_vec());
         store.apply(b).await.unwrap();
-        assert_eq!(store.get(Table::Meta, "a").await.unwrap().unwrap().as_slice(), b"1");
+        assert_eq!(
+            store
+                .get(Table::Meta, "a")
+                .await
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            b"1"
+        );
         // Tables are separate namespaces.
         assert!(store.get(Table::Groups, "a").await.unwrap().is_none());
         let bob = store.scan(Table::Sessions, "bob@r/").await.unwrap();
@@ -184,8 +192,19 @@ pub(crate) mod conformance {
             .delete(Table::Sessions, "bob@r/1")
             .delete(Table::Sessions, "missing");
         store.apply(b).await.unwrap();
-        assert_eq!(store.get(Table::Meta, "a").await.unwrap().unwrap().as_slice(), b"2");
-        assert_eq!(store.scan(Table::Sessions, "bob@r/").await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .get(Table::Meta, "a")
+                .await
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            b"2"
+        );
+        assert_eq!(
+            store.scan(Table::Sessions, "bob@r/").await.unwrap().len(),
+            1
+        );
         assert_eq!(store.scan(Table::Sessions, "").await.unwrap().len(), 3);
     }
 }

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{AssertSqlSafe, Row};
 use zeroize::Zeroizing;
 
@@ -201,7 +203,12 @@ mod tests {
         store.close().await;
         let reopened = SqliteStore::open(&path).await.unwrap();
         assert_eq!(
-            reopened.get(Table::Meta, "a").await.unwrap().unwrap().as_slice(),
+            reopened
+                .get(Table::Meta, "a")
+                .await
+                .unwrap()
+                .unwrap()
+                .as_slice(),
             b"2"
         );
     }

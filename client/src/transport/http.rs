@@ -11,7 +11,9 @@ use courier_protocol::api::{
     SendResponse, SignedDeviceList, SignedPreKey, TokenResponse, UploadOneTimePreKeys,
 };
 use courier_protocol::ws::{ClientFrame, ServerFrame};
-use courier_protocol::{Address, ApiError, DeviceId, ErrorBody, ErrorCode, OutgoingMessage, Username};
+use courier_protocol::{
+    Address, ApiError, DeviceId, ErrorBody, ErrorCode, OutgoingMessage, Username,
+};
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -146,19 +148,23 @@ impl Transport for HttpTransport {
     }
 
     async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, TransportError> {
-        self.call(Method::POST, "/v1/accounts", None, Some(req)).await
+        self.call(Method::POST, "/v1/accounts", None, Some(req))
+            .await
     }
 
     async fn challenge(&self, req: &ChallengeRequest) -> Result<ChallengeResponse, TransportError> {
-        self.call(Method::POST, "/v1/auth/challenge", None, Some(req)).await
+        self.call(Method::POST, "/v1/auth/challenge", None, Some(req))
+            .await
     }
 
     async fn login(&self, req: &LoginRequest) -> Result<TokenResponse, TransportError> {
-        self.call(Method::POST, "/v1/auth/login", None, Some(req)).await
+        self.call(Method::POST, "/v1/auth/login", None, Some(req))
+            .await
     }
 
     async fn refresh(&self, req: &RefreshRequest) -> Result<TokenResponse, TransportError> {
-        self.call(Method::POST, "/v1/auth/refresh", None, Some(req)).await
+        self.call(Method::POST, "/v1/auth/refresh", None, Some(req))
+            .await
     }
 
     async fn device_list(&self, username: &Username) -> Result<SignedDeviceList, TransportError> {
@@ -171,7 +177,11 @@ impl Transport for HttpTransport {
     }
 
     async fn link_status(&self, code: &str, secret: &str) -> Result<LinkStatus, TransportError> {
-        let path = format!("/v1/links/{}/status?secret={}", encode(code), encode(secret));
+        let path = format!(
+            "/v1/links/{}/status?secret={}",
+            encode(code),
+            encode(secret)
+        );
         self.call(Method::GET, &path, None, NO_BODY).await
     }
 
@@ -190,10 +200,19 @@ impl Transport for HttpTransport {
         self.call(Method::POST, &path, Some(token), Some(req)).await
     }
 
-    async fn put_signed_prekey(&self, token: &str, key: &SignedPreKey) -> Result<(), TransportError> {
-        self.call_raw(Method::PUT, "/v1/keys/signed-prekey", Some(token), Some(key))
-            .await
-            .map(|_| ())
+    async fn put_signed_prekey(
+        &self,
+        token: &str,
+        key: &SignedPreKey,
+    ) -> Result<(), TransportError> {
+        self.call_raw(
+            Method::PUT,
+            "/v1/keys/signed-prekey",
+            Some(token),
+            Some(key),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn upload_one_time_prekeys(
@@ -201,11 +220,13 @@ impl Transport for HttpTransport {
         token: &str,
         req: &UploadOneTimePreKeys,
     ) -> Result<PreKeyCount, TransportError> {
-        self.call(Method::POST, "/v1/keys/one-time", Some(token), Some(req)).await
+        self.call(Method::POST, "/v1/keys/one-time", Some(token), Some(req))
+            .await
     }
 
     async fn prekey_count(&self, token: &str) -> Result<PreKeyCount, TransportError> {
-        self.call(Method::GET, "/v1/keys/count", Some(token), NO_BODY).await
+        self.call(Method::GET, "/v1/keys/count", Some(token), NO_BODY)
+            .await
     }
 
     async fn key_bundle(
@@ -221,8 +242,13 @@ impl Transport for HttpTransport {
         self.call(Method::GET, &path, Some(token), NO_BODY).await
     }
 
-    async fn send(&self, token: &str, message: &OutgoingMessage) -> Result<SendResponse, TransportError> {
-        self.call(Method::POST, "/v1/messages", Some(token), Some(message)).await
+    async fn send(
+        &self,
+        token: &str,
+        message: &OutgoingMessage,
+    ) -> Result<SendResponse, TransportError> {
+        self.call(Method::POST, "/v1/messages", Some(token), Some(message))
+            .await
     }
 
     async fn fetch(
@@ -250,7 +276,8 @@ impl Transport for HttpTransport {
         let req = AckRequest {
             seqs: seqs.to_vec(),
         };
-        self.call(Method::POST, "/v1/messages/ack", Some(token), Some(&req)).await
+        self.call(Method::POST, "/v1/messages/ack", Some(token), Some(&req))
+            .await
     }
 
     async fn subscribe(&self, token: &str) -> Result<Box<dyn Subscription>, TransportError> {
@@ -259,7 +286,10 @@ impl Transport for HttpTransport {
         } else if let Some(rest) = self.base.strip_prefix("http://") {
             format!("ws://{rest}")
         } else {
-            return Err(TransportError::Unreachable(format!("bad relay URL {}", self.base)));
+            return Err(TransportError::Unreachable(format!(
+                "bad relay URL {}",
+                self.base
+            )));
         };
         let mut request = format!("{ws_base}/v1/ws")
             .into_client_request()
@@ -271,7 +301,9 @@ impl Transport for HttpTransport {
         let connect = tokio_tungstenite::connect_async(request);
         let (stream, _) = tokio::time::timeout(Duration::from_secs(10), connect)
             .await
-            .map_err(|_| TransportError::Unreachable(format!("{}: WebSocket connect timed out", self.base)))?
+            .map_err(|_| {
+                TransportError::Unreachable(format!("{}: WebSocket connect timed out", self.base))
+            })?
             .map_err(|e| ws_error(&self.base, e))?;
         Ok(Box::new(WsSubscription { stream }))
     }

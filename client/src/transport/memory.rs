@@ -202,7 +202,10 @@ fn api(code: ErrorCode) -> TransportError {
 }
 
 impl MemoryTransport {
-    fn with<R>(&self, f: impl FnOnce(&mut Net, &RelayName) -> Result<R, TransportError>) -> Result<R, TransportError> {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut Net, &RelayName) -> Result<R, TransportError>,
+    ) -> Result<R, TransportError> {
         let mut net = self.net.lock()?;
         if net.down {
             return Err(TransportError::Unreachable(format!("{}: down", self.relay)));
@@ -215,7 +218,11 @@ impl MemoryTransport {
         r
     }
 
-    fn who(net: &Net, relay: &RelayName, token: &str) -> Result<(Username, DeviceId), TransportError> {
+    fn who(
+        net: &Net,
+        relay: &RelayName,
+        token: &str,
+    ) -> Result<(Username, DeviceId), TransportError> {
         net.relays
             .get(relay)
             .and_then(|r| r.tokens.get(token).cloned())
@@ -244,7 +251,11 @@ fn device_mut<'a>(
         .ok_or_else(|| api(ErrorCode::UnknownDevice))
 }
 
-fn tokens(net: &mut Net, relay: &RelayName, who: (Username, DeviceId)) -> Result<TokenResponse, TransportError> {
+fn tokens(
+    net: &mut Net,
+    relay: &RelayName,
+    who: (Username, DeviceId),
+) -> Result<TokenResponse, TransportError> {
     let n = net.counter;
     let r = relay_mut(net, relay)?;
     let access = format!("access-{n}");
@@ -281,7 +292,8 @@ impl Transport for MemoryTransport {
             );
             let mut list = req.device_list.clone();
             list.list.address = Address::new(req.username.clone(), relay.clone());
-            r.accounts.insert(req.username.clone(), Account { list, devices });
+            r.accounts
+                .insert(req.username.clone(), Account { list, devices });
             Ok(RegisterResponse {
                 address: Address::new(req.username.clone(), relay.clone()),
                 device: DeviceId(1),
@@ -433,7 +445,11 @@ impl Transport for MemoryTransport {
         })
     }
 
-    async fn put_signed_prekey(&self, token: &str, key: &SignedPreKey) -> Result<(), TransportError> {
+    async fn put_signed_prekey(
+        &self,
+        token: &str,
+        key: &SignedPreKey,
+    ) -> Result<(), TransportError> {
         self.with(|net, relay| {
             let (user, device) = Self::who(net, relay, token)?;
             device_mut(net, relay, &user, device)?.signed_prekey = Some(key.clone());
@@ -506,7 +522,11 @@ impl Transport for MemoryTransport {
         })
     }
 
-    async fn send(&self, token: &str, message: &OutgoingMessage) -> Result<SendResponse, TransportError> {
+    async fn send(
+        &self,
+        token: &str,
+        message: &OutgoingMessage,
+    ) -> Result<SendResponse, TransportError> {
         self.with(|net, relay| {
             Self::who(net, relay, token)?;
             message.validate().map_err(api)?;
@@ -570,7 +590,10 @@ impl Transport for MemoryTransport {
         self.with(|net, relay| {
             let (user, device) = Self::who(net, relay, token)?;
             let d = device_mut(net, relay, &user, device)?;
-            let acked = seqs.iter().filter(|s| d.mailbox.remove(s).is_some()).count();
+            let acked = seqs
+                .iter()
+                .filter(|s| d.mailbox.remove(s).is_some())
+                .count();
             Ok(AckResponse {
                 acked: acked as u32,
             })

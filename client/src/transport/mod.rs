@@ -75,7 +75,11 @@ pub trait Transport: Send + Sync + 'static {
         req: &ApproveLinkRequest,
     ) -> Result<ApproveLinkResponse, TransportError>;
     /// `PUT /v1/keys/signed-prekey` (auth).
-    async fn put_signed_prekey(&self, token: &str, key: &SignedPreKey) -> Result<(), TransportError>;
+    async fn put_signed_prekey(
+        &self,
+        token: &str,
+        key: &SignedPreKey,
+    ) -> Result<(), TransportError>;
     /// `POST /v1/keys/one-time` (auth).
     async fn upload_one_time_prekeys(
         &self,
@@ -92,7 +96,11 @@ pub trait Transport: Send + Sync + 'static {
         device: Option<DeviceId>,
     ) -> Result<KeyBundleResponse, TransportError>;
     /// `POST /v1/messages` (auth): returns once the relay stored the message.
-    async fn send(&self, token: &str, message: &OutgoingMessage) -> Result<SendResponse, TransportError>;
+    async fn send(
+        &self,
+        token: &str,
+        message: &OutgoingMessage,
+    ) -> Result<SendResponse, TransportError>;
     /// `GET /v1/messages?after=&limit=` (auth).
     async fn fetch(
         &self,
