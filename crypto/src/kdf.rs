@@ -36,13 +36,19 @@ pub(crate) fn hkdf_expand<const N: usize>(prk: &[u8; 32], info: &[u8]) -> [u8; N
     out
 }
 
-/// HMAC-SHA256(key, data) for a 32-byte key.
-pub(crate) fn hmac(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
-    // HMAC accepts keys of any length; 32 bytes never fails.
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
+/// HMAC-SHA256 of two messages under one key, keying the HMAC state once
+/// (the ipad/opad compressions are shared): KDF_CK's two outputs.
+pub(crate) fn hmac_pair(key: &[u8; 32], first: &[u8], second: &[u8]) -> ([u8; 32], [u8; 32]) {
+    let keyed = <HmacSha256 as KeyInit>::new_from_slice(key)
         .unwrap_or_else(|_| <HmacSha256 as KeyInit>::new(&Default::default()));
-    mac.update(data);
-    mac.finalize().into_bytes().into()
+    let mut a = keyed.clone();
+    a.update(first);
+    let mut b = keyed;
+    b.update(second);
+    (
+        a.finalize().into_bytes().into(),
+        b.finalize().into_bytes().into(),
+    )
 }
 
 /// Derives the AES-256-GCM key and nonce for one message from its message key.

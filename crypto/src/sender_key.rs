@@ -24,7 +24,8 @@ use crate::ratchet::{
 use crate::wire::{self, Reader, kind};
 
 /// HKDF info string that expands a sender-key message key into AES-256-GCM key and nonce.
-pub const SENDER_KEY_MESSAGE_KEYS_INFO: &[u8] = b"Courier_SenderKey_MessageKeys_v1";
+/// At most 22 bytes, like [`crate::ratchet::MESSAGE_KEYS_INFO`].
+pub const SENDER_KEY_MESSAGE_KEYS_INFO: &[u8] = b"Courier_Group_MK_v1";
 /// Length of an encoded distribution message.
 pub const DISTRIBUTION_LEN: usize = 2 + 4 + 4 + 32 + 32;
 /// Length of a group message header (version, type, chain id, iteration).

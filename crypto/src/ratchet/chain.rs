@@ -24,26 +24,18 @@ impl ChainKey {
         Self { key, index }
     }
 
-    /// Message key for `self.index`: HMAC-SHA256(ck, 0x01).
-    pub(crate) fn message_key(&self) -> MessageKey {
-        MessageKey {
-            key: kdf::hmac(&self.key, &[MESSAGE_KEY_SEED]),
-            index: self.index,
-        }
-    }
-
-    /// ck = HMAC-SHA256(ck, 0x02); index += 1.
-    pub(crate) fn advance(&mut self) -> Result<(), Error> {
-        let index = self.index.checked_add(1).ok_or(Error::CounterExhausted)?;
-        self.key = kdf::hmac(&self.key, &[CHAIN_KEY_SEED]);
-        self.index = index;
-        Ok(())
-    }
-
-    /// The message key for the current index, then advances.
+    /// KDF_CK: returns the message key for `self.index`
+    /// (HMAC-SHA256(ck, 0x01)), then sets ck = HMAC-SHA256(ck, 0x02) and
+    /// index += 1. Fails without changing anything if the index would overflow.
     pub(crate) fn next_message_key(&mut self) -> Result<MessageKey, Error> {
-        let mk = self.message_key();
-        self.advance()?;
+        let index = self.index.checked_add(1).ok_or(Error::CounterExhausted)?;
+        let (mk, next) = kdf::hmac_pair(&self.key, &[MESSAGE_KEY_SEED], &[CHAIN_KEY_SEED]);
+        let mk = MessageKey {
+            key: mk,
+            index: self.index,
+        };
+        self.key = next;
+        self.index = index;
         Ok(mk)
     }
 }

@@ -26,8 +26,10 @@ use crate::Error;
 use crate::kdf;
 use crate::wire::{self, Reader, kind};
 
-/// HKDF info string that expands a ratchet message key into AES-256-GCM key and nonce.
-pub const MESSAGE_KEYS_INFO: &[u8] = b"Courier_Ratchet_MessageKeys_v1";
+/// HKDF info string that expands a ratchet message key into AES-256-GCM key
+/// and nonce. At most 22 bytes so that the second HKDF-Expand block
+/// (`T(1) || info || 0x02`) fits in one SHA-256 block.
+pub const MESSAGE_KEYS_INFO: &[u8] = b"Courier_Ratchet_MK_v1";
 /// Default largest number of message keys skipped in one chain by one message.
 pub const MAX_SKIP: u32 = 1000;
 /// Default largest number of skipped message keys stored per session.
