@@ -337,9 +337,14 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     let Some(handle) = &state.metrics else {
         return Error::with_message(ErrorCode::NotFound, "metrics are disabled").into_response();
     };
-    if let Ok(destinations) = state.relay.store().outbox_destinations().await {
-        let depth: u64 = destinations.iter().map(|d| d.pending).sum();
-        ::metrics::gauge!(metrics::OUTBOX_DEPTH).set(depth as f64);
+    // Depths are read from the store, so they are right across restarts and
+    // across several relay processes sharing one database.
+    match state.relay.store().stats().await {
+        Ok(stats) => {
+            ::metrics::gauge!(metrics::MAILBOX_DEPTH).set(stats.mailbox_entries as f64);
+            ::metrics::gauge!(metrics::OUTBOX_DEPTH).set(stats.outbox_entries as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read store stats for /metrics"),
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

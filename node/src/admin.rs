@@ -114,6 +114,10 @@ pub struct Status {
     pub peer_id: String,
     /// Address of the running relay's HTTP API, if one wrote it.
     pub http: Option<String>,
+    /// Envelopes waiting in all mailboxes.
+    pub mailbox_depth: u64,
+    /// Stored message records (kept for deduplication until they expire).
+    pub messages: u64,
     /// Envelopes waiting in the federation outbox, per destination relay.
     pub outbox: Vec<OutboxStatus>,
     /// Sum of `outbox`.
@@ -138,6 +142,8 @@ impl fmt::Display for Status {
             "http:          {}",
             self.http.as_deref().unwrap_or("(not running)")
         )?;
+        writeln!(f, "mailbox depth: {}", self.mailbox_depth)?;
+        writeln!(f, "messages:      {}", self.messages)?;
         writeln!(f, "outbox depth:  {}", self.outbox_depth)?;
         for o in &self.outbox {
             writeln!(f, "  {:<24} {}", o.relay, o.pending)?;
@@ -154,6 +160,10 @@ pub async fn status(data_dir: &Path, config: &Config) -> anyhow::Result<Status> 
         .outbox_destinations()
         .await
         .map_err(|e| anyhow::anyhow!("cannot read the outbox: {e}"))?;
+    let stats = store
+        .stats()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the store: {e}"))?;
     let http = std::fs::read_to_string(data_dir.join(crate::serve::HTTP_ADDR_FILE))
         .ok()
         .map(|s| s.trim().to_owned());
@@ -161,7 +171,9 @@ pub async fn status(data_dir: &Path, config: &Config) -> anyhow::Result<Status> 
         name: config.name.clone(),
         peer_id: identity::peer_id(&key).to_string(),
         http,
-        outbox_depth: destinations.iter().map(|d| d.pending).sum(),
+        mailbox_depth: stats.mailbox_entries,
+        messages: stats.messages,
+        outbox_depth: stats.outbox_entries,
         outbox: destinations
             .into_iter()
             .map(|d| OutboxStatus {

@@ -686,3 +686,109 @@ fn address_type_is_what_clients_send() {
     let a: Address = "Alice@Localhost".parse().unwrap();
     assert_eq!(a.to_string(), "alice@localhost");
 }
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after() {
+    let relay = Relay::start(
+        &[],
+        &[
+            ("COURIER_RATE_LIMIT_IP_PER_SECOND", "0.5"),
+            ("COURIER_RATE_LIMIT_IP_BURST", "3"),
+        ],
+    );
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..5 {
+        let response = relay.req(Method::GET, "/healthz").send().await.unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            retry_after = response.headers().get("retry-after").cloned();
+            expect_error(response, 429, "rate_limited").await;
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let wait: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+}
+
+#[tokio::test]
+async fn a_slow_reader_gets_a_bounded_window_and_loses_nothing() {
+    let relay = Relay::start(&[], &[("COURIER_WEBSOCKET_IN_FLIGHT_MAX", "10")]);
+    let alice = relay.user("alice").await;
+    let bob = relay.user("bob").await;
+    let to = [(bob.address.clone(), DeviceId(1))];
+    let mut sent = Vec::new();
+    for i in 0..25u8 {
+        let id = envelope_id();
+        alice.send(id, vec![i; 16], &to).await.unwrap();
+        sent.push(id);
+    }
+    let mut socket = bob.connect().await.unwrap();
+    let mut window = Vec::new();
+    for _ in 0..10 {
+        window.push(next_envelope(&mut socket).await);
+    }
+    // Nothing beyond the window until something is acked.
+    assert!(
+        socket
+            .next_within(Duration::from_millis(400))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    socket
+        .ack(window.iter().map(|e| e.seq).collect())
+        .await
+        .unwrap();
+    let mut got: Vec<_> = window.iter().map(|e| e.id).collect();
+    while got.len() < 25 {
+        let envelope = next_envelope(&mut socket).await;
+        got.push(envelope.id);
+        socket.ack(vec![envelope.seq]).await.unwrap();
+    }
+    assert_eq!(got, sent);
+}
+
+#[tokio::test]
+async fn idle_connections_that_never_answer_pings_are_closed() {
+    let relay = Relay::start(
+        &[],
+        &[
+            ("COURIER_WEBSOCKET_PING_INTERVAL_MS", "100"),
+            ("COURIER_WEBSOCKET_IDLE_TIMEOUT_MS", "300"),
+        ],
+    );
+    let alice = relay.user("alice").await;
+    let mut socket = alice.connect().await.unwrap();
+    // Not reading means not answering pings.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The first frame is the prekeys_low notice (no prekeys uploaded);
+    // after it the relay closes.
+    let first = socket.next_within(Duration::from_secs(2)).await.unwrap();
+    assert!(
+        matches!(first, Some(ServerFrame::PrekeysLow { remaining: 0 })),
+        "{first:?}"
+    );
+    let frame = socket.next_within(Duration::from_secs(2)).await.unwrap();
+    assert!(frame.is_none(), "closed, got {frame:?}");
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id() {
+    let mut relay = Relay::start_with_stderr(&["--log-format", "json"], &[("RUST_LOG", "info")]);
+    let response = relay
+        .req(Method::GET, "/healthz")
+        .header("x-request-id", "find-me-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    relay.terminate();
+    let logs = relay.stderr_text();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("find-me-7"))
+        .unwrap_or_else(|| panic!("no log line with the request id:\n{logs}"));
+    let value: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(value["span"]["request_id"], "find-me-7");
+}

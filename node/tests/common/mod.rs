@@ -21,26 +21,51 @@ pub struct Relay {
     pub http: reqwest::Client,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    stderr: Option<PathBuf>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl Relay {
     /// `courier serve` on a fresh data dir with `args` and `envs`.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Relay {
+        Relay::start_inner(args, envs, false)
+    }
+
+    /// Like [`Relay::start`], capturing stderr (the logs) to a file.
+    pub fn start_with_stderr(args: &[&str], envs: &[(&str, &str)]) -> Relay {
+        Relay::start_inner(args, envs, true)
+    }
+
+    fn start_inner(args: &[&str], envs: &[(&str, &str)], capture: bool) -> Relay {
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("data");
+        let stderr = capture.then(|| tmp.path().join("stderr.log"));
         let mut relay = Relay::spawn_in(
             &data_dir,
             args.iter().map(|s| s.to_string()).collect(),
             envs.iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            stderr,
         );
         relay._tmp = Some(tmp);
         relay
     }
 
-    fn spawn_in(data_dir: &Path, args: Vec<String>, envs: Vec<(String, String)>) -> Relay {
+    /// The captured logs (see [`Relay::start_with_stderr`]).
+    pub fn stderr_text(&self) -> String {
+        self.stderr
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .unwrap_or_default()
+    }
+
+    fn spawn_in(
+        data_dir: &Path,
+        args: Vec<String>,
+        envs: Vec<(String, String)>,
+        stderr: Option<PathBuf>,
+    ) -> Relay {
         let mut command = Command::new(BIN);
         command
             .arg("serve")
@@ -55,7 +80,10 @@ impl Relay {
             .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match &stderr {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::inherit(),
+            });
         for (k, v) in &envs {
             command.env(k, v);
         }
@@ -86,6 +114,7 @@ impl Relay {
             http: client::http_client(),
             args,
             envs,
+            stderr,
             _tmp: None,
         }
     }
@@ -117,7 +146,12 @@ impl Relay {
     /// A new process on the same data dir (after `kill9` or `terminate`).
     pub fn restart(&mut self) {
         let tmp = self._tmp.take();
-        let mut next = Relay::spawn_in(&self.data_dir, self.args.clone(), self.envs.clone());
+        let mut next = Relay::spawn_in(
+            &self.data_dir,
+            self.args.clone(),
+            self.envs.clone(),
+            self.stderr.clone(),
+        );
         next._tmp = tmp;
         let old = std::mem::replace(self, next);
         drop(old);
