@@ -164,8 +164,8 @@ impl Validate for DeviceListEntry {
 pub struct DeviceList {
     /// The account.
     pub address: Address,
-    /// Starts at 1 and grows by one with each change; relays refuse a list
-    /// whose version is not greater than the stored one.
+    /// 1 at registration; each new list is exactly the stored version + 1
+    /// (relays answer `conflict` otherwise).
     pub version: u64,
     /// 1..=[`DEVICES_PER_ACCOUNT_MAX`] devices, each id once.
     #[serde(
@@ -421,8 +421,9 @@ impl Validate for LinkInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveLinkRequest {
-    /// The next device list, including the new device under the id the
-    /// approver chose (the smallest unused one), signed by the approver.
+    /// The next device list: version + 1, the current entries followed by
+    /// the new device (id = highest current id + 1, the link's identity
+    /// key), with `signer` = the approving device, signed by it.
     pub device_list: SignedDeviceList,
 }
 
