@@ -73,14 +73,8 @@ impl Relay {
     /// and tells the submitting device.
     pub async fn outbox_fail(&self, entry: &OutboxEntry, code: ErrorCode) -> Result<()> {
         let notice = self.failure_notice(entry, code)?;
-        let refs = notice
-            .as_ref()
-            .map(|n| (n.local[0].user.clone(), n.local[0].device));
-        self.store.outbox_expire(entry.id, notice).await?;
-        if let Some((user, device)) = refs {
-            // The notice's seq is not known here; the mailbox watcher fetches.
-            self.notifier.mailbox(&user, device, 0);
-        }
+        let delivered = self.store.outbox_expire(entry.id, notice).await?;
+        self.notify(&delivered);
         Ok(())
     }
 

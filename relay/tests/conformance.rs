@@ -19,8 +19,9 @@ use courier_protocol::{
     Address, Bytes, DeviceId, EnvelopeId, ErrorCode, OutgoingMessage, RecipientEntry, RelayName,
     Username,
 };
-use courier_relay::{Registration, RelayError, StoreStats};
+use courier_relay::{Notifier, Registration, RelayError, StoreStats};
 use ed25519_dalek::Signer;
+use std::sync::Mutex;
 
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
@@ -72,6 +73,7 @@ conformance!(
     remote_recipients_go_to_the_outbox_once_per_relay,
     outbox_expiry_sends_a_failure_notice_to_the_sender_device,
     federated_envelopes_are_deduplicated_and_checked,
+    the_notifier_hears_of_new_mail_outbox_entries_and_low_prekeys,
 );
 
 fn id(n: u8) -> EnvelopeId {
@@ -1154,4 +1156,70 @@ async fn federated_envelopes_are_deduplicated_and_checked(kind: Kind) {
         )
         .await;
     assert_eq!(acks[0].status, AckStatus::Rejected(ErrorCode::Forbidden));
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl Notifier for Recorder {
+    fn mailbox(&self, user: &Username, device: DeviceId, seq: u64) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("mail {user}/{device} {seq}"));
+    }
+    fn outbox(&self, relay: &RelayName) {
+        self.0.lock().unwrap().push(format!("outbox {relay}"));
+    }
+    fn prekeys_low(&self, user: &Username, device: DeviceId, remaining: u32) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("low {user}/{device} {remaining}"));
+    }
+}
+
+async fn the_notifier_hears_of_new_mail_outbox_entries_and_low_prekeys(kind: Kind) {
+    let recorder = Arc::new(Recorder::default());
+    let Some(h) = Harness::build(
+        kind,
+        |c| c.prekeys_low_water = 2,
+        Some(recorder.clone() as Arc<dyn Notifier>),
+    )
+    .await
+    else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    let to = [
+        (b.address(), b.device),
+        (remote("x", "relay-b.example"), DeviceId(1)),
+    ];
+    h.relay
+        .accept_message(a.authed(), message(id(1), &to, b"x"))
+        .await
+        .unwrap();
+    // A duplicate notifies nobody.
+    h.relay
+        .accept_message(a.authed(), message(id(1), &to, b"x"))
+        .await
+        .unwrap();
+    h.relay
+        .upload_one_time_prekeys(b.authed(), otks(0..3))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        h.relay.key_bundle(&b.address(), None).await.unwrap();
+    }
+    let heard = recorder.0.lock().unwrap().clone();
+    assert_eq!(
+        heard,
+        [
+            "mail bob/1 1",
+            "outbox relay-b.example",
+            "low bob/1 1",
+            "low bob/1 0"
+        ]
+    );
 }

@@ -630,20 +630,29 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn outbox_expire(&self, id: OutboxId, notice: Option<NewMessage>) -> Result<()> {
+    async fn outbox_expire(
+        &self,
+        id: OutboxId,
+        notice: Option<NewMessage>,
+    ) -> Result<Vec<MailboxRef>> {
         let mut s = self.lock();
         let Some(o) = s.outbox.remove(&id) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
-        if let Some(notice) = notice
-            && let Err(e) = s.accept(notice)
-        {
-            // Keep the step atomic: put the entry back.
-            s.outbox.insert(id, o);
-            return Err(e);
+        let mut delivered = Vec::new();
+        if let Some(notice) = notice {
+            match s.accept(notice) {
+                Ok(AcceptOutcome::Accepted { delivered: d }) => delivered = d,
+                Ok(AcceptOutcome::Duplicate { .. }) => {}
+                Err(e) => {
+                    // Keep the step atomic: put the entry back.
+                    s.outbox.insert(id, o);
+                    return Err(e);
+                }
+            }
         }
         s.release(&o.entry.envelope);
-        Ok(())
+        Ok(delivered)
     }
 
     async fn outbox_destinations(&self) -> Result<Vec<OutboxDestination>> {

@@ -430,9 +430,14 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_reschedule(&self, id: OutboxId, next_attempt_ms: u64) -> Result<()>;
     /// Entries whose expiry has passed.
     async fn outbox_expired(&self, now_ms: u64, max: u32) -> Result<Vec<OutboxEntry>>;
-    /// Deletes an expired entry and stores the failure notice (if any) in one
-    /// step.
-    async fn outbox_expire(&self, id: OutboxId, notice: Option<NewMessage>) -> Result<()>;
+    /// Deletes an expired (or permanently rejected) entry and stores the
+    /// failure notice (if any) in one step; returns the notice's mailbox
+    /// entries (empty if the entry was already gone).
+    async fn outbox_expire(
+        &self,
+        id: OutboxId,
+        notice: Option<NewMessage>,
+    ) -> Result<Vec<MailboxRef>>;
     /// Destinations with a backlog.
     async fn outbox_destinations(&self) -> Result<Vec<OutboxDestination>>;
 

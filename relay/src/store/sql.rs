@@ -1118,16 +1118,23 @@ impl Store for SqlStore {
         rows.iter().map(outbox_row).collect()
     }
 
-    async fn outbox_expire(&self, id: OutboxId, notice: Option<NewMessage>) -> Result<()> {
+    async fn outbox_expire(
+        &self,
+        id: OutboxId,
+        notice: Option<NewMessage>,
+    ) -> Result<Vec<MailboxRef>> {
         self.write(move |c| {
             Box::pin(async move {
                 if !delete_outbox(c, id).await? {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
-                if let Some(notice) = notice {
-                    accept_in(c, notice).await?;
+                match notice {
+                    Some(notice) => match accept_in(c, notice).await? {
+                        AcceptOutcome::Accepted { delivered } => Ok(delivered),
+                        AcceptOutcome::Duplicate { .. } => Ok(Vec::new()),
+                    },
+                    None => Ok(Vec::new()),
                 }
-                Ok(())
             })
         })
         .await

@@ -9,7 +9,7 @@ use courier_protocol::api::{
     SignedPreKey, TokenResponse,
 };
 use courier_protocol::{Address, Bytes, DeviceId, RelayName, Username};
-use courier_relay::{AuthedDevice, Config, ManualClock, MemoryStore, Relay, Store};
+use courier_relay::{AuthedDevice, Config, ManualClock, MemoryStore, Notifier, Relay, Store};
 use ed25519_dalek::{Signer, SigningKey};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -81,6 +81,15 @@ impl Harness {
 
     /// Same, with the config adjusted.
     pub async fn with(kind: Kind, adjust: impl FnOnce(&mut Config)) -> Option<Harness> {
+        Self::build(kind, adjust, None).await
+    }
+
+    /// Same, with a notifier.
+    pub async fn build(
+        kind: Kind,
+        adjust: impl FnOnce(&mut Config),
+        notifier: Option<Arc<dyn Notifier>>,
+    ) -> Option<Harness> {
         let mut config = Config::new(relay_name());
         adjust(&mut config);
         let mut dir = None;
@@ -128,6 +137,10 @@ impl Harness {
             clock.clone(),
             Box::new(StdRng::seed_from_u64(7)),
         );
+        let relay = match notifier {
+            Some(n) => relay.with_notifier(n),
+            None => relay,
+        };
         Some(Harness {
             relay: Arc::new(relay),
             clock,
