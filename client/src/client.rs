@@ -873,12 +873,14 @@ impl Inner {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(match last {
-            Some(e) => Error::Api(e),
-            None => {
-                Error::Invalid("the relay's name is unknown: register as USER@RELAYNAME".into())
-            }
-        })
+        // Every guess was refused: the relay has another name.
+        Err(Error::Invalid(match last {
+            Some(e) => format!(
+                "the relay refused the relay names tried ({}): register as USER@RELAYNAME",
+                e.message
+            ),
+            None => "the relay's name is unknown: register as USER@RELAYNAME".into(),
+        }))
     }
 
     async fn drop_tokens(&mut self) -> Result<(), Error> {

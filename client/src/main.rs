@@ -190,12 +190,18 @@ fn create_state_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn config() -> ClientConfig {
-    ClientConfig {
+fn config() -> Result<ClientConfig, Error> {
+    let mut config = ClientConfig {
         // Fault injection for crash tests (docs/client.md): persist, then stop before acking.
         fail_before_ack: std::env::var("COURIER_CLIENT_FAULT").as_deref() == Ok("exit-before-ack"),
         ..ClientConfig::default()
+    };
+    if let Ok(ms) = std::env::var("COURIER_CLIENT_DEVICE_LIST_REFRESH_MS") {
+        config.device_list_refresh_ms = ms.parse().map_err(|_| {
+            Error::Invalid("COURIER_CLIENT_DEVICE_LIST_REFRESH_MS must be a number".into())
+        })?;
     }
+    Ok(config)
 }
 
 async fn open(state: &Path, relay_url: Option<&str>) -> Result<(Client, Arc<SqliteStore>), Error> {
@@ -214,7 +220,7 @@ async fn open(state: &Path, relay_url: Option<&str>) -> Result<(Client, Arc<Sqli
         store: store.clone(),
         clock: Arc::new(SystemClock),
         rng_seed: None,
-        config: config(),
+        config: config()?,
     })
     .await?;
     Ok((client, store))
