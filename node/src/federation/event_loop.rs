@@ -72,6 +72,8 @@ struct Runtime {
     connections: u32,
     helloed: bool,
     hello_inflight: bool,
+    /// A hello was re-sent after its connection closed under it.
+    hello_retried: bool,
     dialing: bool,
     dial_attempts: u32,
     next_dial: Option<Instant>,
@@ -771,7 +773,9 @@ impl EventLoop {
                 match self.take_hello(peer, &response) {
                     Ok(name) => {
                         tracing::info!(%peer, %name, "peer federating");
-                        self.rt(peer).helloed = true;
+                        let rt = self.rt(peer);
+                        rt.helloed = true;
+                        rt.hello_retried = false;
                         self.flush_queued(peer);
                         for w in self.add_waiters.remove(&peer).unwrap_or_default() {
                             let _ = w.send(Ok(name.clone()));
@@ -794,6 +798,16 @@ impl EventLoop {
                     // A gossip push failed; the connection state says the rest.
                     return;
                 }
+                // The request went out on a connection that was closing (we
+                // just refused or dropped the peer): dial afresh, once.
+                if matches!(error, request_response::OutboundFailure::ConnectionClosed)
+                    && !rt.hello_retried
+                {
+                    rt.hello_retried = true;
+                    self.send_hello(peer);
+                    return;
+                }
+                rt.hello_retried = false;
                 tracing::debug!(%peer, %error, "hello failed");
                 let reason = error.to_string();
                 for w in self.add_waiters.remove(&peer).unwrap_or_default() {

@@ -536,3 +536,137 @@ async fn group_message_crosses_once_per_relay_and_stores_no_plaintext() {
         }
     }
 }
+
+fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect()
+}
+
+async fn total(relay: &TestRelay, devices: &[AuthedDevice]) -> Vec<EnvelopeId> {
+    let mut ids = Vec::new();
+    for d in devices {
+        ids.extend(relay.mailbox(d).await.into_iter().map(|e| e.id));
+    }
+    ids
+}
+
+fn assert_unique(ids: &[EnvelopeId]) {
+    let mut sorted = ids.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ids.len(), "an envelope was delivered twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_messages_for_a_stopped_relay_arrive_exactly_once_after_restart() {
+    let a = relay("relay-a.example").await;
+    let b_key = Keypair::generate_ed25519();
+    let b_store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut b = start(
+        "relay-b.example",
+        b_key.clone(),
+        b_store.clone(),
+        Options::default(),
+    )
+    .await;
+    let alice = a.user("alice").await;
+    let bobs = [b.user("bob").await, b.user("bea").await];
+    a.fed.add_peer(b.addr.clone()).await.unwrap();
+    let listen = without_p2p(&b.addr);
+    b.stop().await;
+
+    let mut sent = Vec::new();
+    for i in 0..1000u32 {
+        let to = if i % 2 == 0 {
+            "bob@relay-b.example"
+        } else {
+            "bea@relay-b.example"
+        };
+        sent.push(a.send(&alice, i, &[to]).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        total(&b, &bobs).await.is_empty(),
+        "B is down: nothing arrives"
+    );
+    assert_eq!(a.outbox_depth().await, 1000);
+
+    // B comes back on the same address with the same key and database.
+    let b = start(
+        "relay-b.example",
+        b_key,
+        b_store,
+        Options {
+            listen: Some(listen),
+            ..Options::default()
+        },
+    )
+    .await;
+    eventually(60, "all 1000 delivered", || async {
+        total(&b, &bobs).await.len() >= 1000
+    })
+    .await;
+    eventually(10, "a's outbox drains", || async {
+        a.outbox_depth().await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut got = total(&b, &bobs).await;
+    assert_eq!(got.len(), 1000);
+    assert_unique(&got);
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_then_heal_delivers_traffic_both_ways_exactly_once() {
+    let a = relay("relay-a.example").await;
+    let b = relay("relay-b.example").await;
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    a.fed.add_peer(b.addr.clone()).await.unwrap();
+    a.send(&alice, 0, &["bob@relay-b.example"]).await;
+    b.send(&bob, 0, &["alice@relay-a.example"]).await;
+    eventually(10, "first exchange", || async {
+        b.mailbox(&bob).await.len() == 1 && a.mailbox(&alice).await.len() == 1
+    })
+    .await;
+
+    // Partition: each side drops the other's connections and dials.
+    a.fed.set_blocked(b.peer_id(), true).await.unwrap();
+    b.fed.set_blocked(a.peer_id(), true).await.unwrap();
+    for i in 1..=50 {
+        a.send(&alice, i, &["bob@relay-b.example"]).await;
+        b.send(&bob, i, &["alice@relay-a.example"]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        b.mailbox(&bob).await.len(),
+        1,
+        "nothing crosses the partition"
+    );
+    assert_eq!(a.mailbox(&alice).await.len(), 1);
+    assert_eq!(a.peer(b.peer_id()).await.unwrap().state, PeerState::Refused);
+
+    // Heal.
+    a.fed.set_blocked(b.peer_id(), false).await.unwrap();
+    b.fed.set_blocked(a.peer_id(), false).await.unwrap();
+    eventually(30, "both directions catch up", || async {
+        b.mailbox(&bob).await.len() >= 51 && a.mailbox(&alice).await.len() >= 51
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let to_bob = total(&b, std::slice::from_ref(&bob)).await;
+    let to_alice = total(&a, std::slice::from_ref(&alice)).await;
+    assert_eq!((to_bob.len(), to_alice.len()), (51, 51));
+    assert_unique(&to_bob);
+    assert_unique(&to_alice);
+    eventually(10, "connected again", || async {
+        a.peer(b.peer_id())
+            .await
+            .is_some_and(|p| p.state == PeerState::Connected)
+    })
+    .await;
+}
