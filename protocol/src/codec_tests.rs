@@ -89,6 +89,24 @@ where
         Err(CodecError::Malformed(_))
     ));
 
+    // Malformed: not JSON at all; a version byte with nothing after it; an
+    // overlong varint where the first field starts.
+    for junk in [&b"not json"[..], b"[1", b"\xff\xfe", b"{\"a\":"] {
+        assert!(
+            matches!(json::decode::<T>(junk), Err(CodecError::Malformed(_))),
+            "{junk:?}"
+        );
+    }
+    let mut overlong = vec![binary::VERSION];
+    overlong.extend_from_slice(&[0xff; 10]);
+    overlong.push(0x7f);
+    for junk in [&[binary::VERSION][..], &overlong] {
+        assert!(
+            matches!(binary::decode::<T>(junk), Err(CodecError::Malformed(_))),
+            "{junk:?}"
+        );
+    }
+
     // Truncated: no strict prefix of a binary frame decodes, because the
     // decoder consumes exactly the bytes of one value.
     for cut in prefix_lengths(b.len()) {

@@ -172,3 +172,24 @@ fn non_minimal_varints_decode_to_the_same_value() {
     let padded = binary::decode::<DeviceId>(&[1, 0x85, 0x00]).unwrap();
     assert_eq!(minimal, padded);
 }
+
+#[test]
+fn bool_and_option_tags_other_than_zero_or_one_are_malformed() {
+    // LinkStatus = approved (bool) || device (Option<DeviceId>).
+    assert_eq!(
+        binary::decode::<LinkStatus>(&[1, 1, 1, 4]).unwrap(),
+        LinkStatus {
+            approved: true,
+            device: Some(DeviceId(4))
+        }
+    );
+    for bad in [[1u8, 2, 1, 4], [1, 1, 2, 4]] {
+        assert!(matches!(
+            binary::decode::<LinkStatus>(&bad),
+            Err(courier_protocol::CodecError::Malformed(_))
+        ));
+    }
+    // An enum index past the last variant.
+    assert!(binary::decode::<EnvelopeKind>(&[1, 2]).is_err());
+    assert!(binary::decode::<ErrorCode>(&[1, 200, 1]).is_err());
+}
