@@ -277,10 +277,21 @@ pub async fn key_bundle(
     let address = Address::parse(&address)
         .map_err(|e| Error::with_message(ErrorCode::InvalidAddress, e.to_string()))?;
     let bundle = match state.relay.key_bundle(&address, query.device).await {
-        Err(courier_relay::RelayError::NotLocal) => match &state.remote {
-            Some(remote) => remote.fetch_bundle(address, query.device).await?,
-            None => return Err(Error::code(ErrorCode::UnknownRelay)),
-        },
+        Err(courier_relay::RelayError::NotLocal) => {
+            let Some(federation) = &state.federation else {
+                return Err(Error::code(ErrorCode::UnknownRelay));
+            };
+            let relay = address.relay.clone();
+            let request = courier_protocol::federation::BundleRequest {
+                address,
+                device: query.device,
+            };
+            match federation.fetch_bundle(&relay, request).await {
+                Ok(Ok(bundle)) => bundle,
+                Ok(Err(remote_error)) => return Err(remote_error.into()),
+                Err(e) => return Err(Error::with_message(e.code(), e.to_string())),
+            }
+        }
         other => other.map_err(relay_error)?,
     };
     Ok(axum::Json(bundle))

@@ -31,9 +31,9 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Router, middleware as mw};
-use courier_protocol::{Address, ApiError, DeviceId, ErrorCode, Username};
+use courier_protocol::{DeviceId, ErrorCode, Username};
 use courier_relay::Relay;
-use futures::future::BoxFuture;
+use courier_relay::federation::Federation;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 use tower_http::compression::CompressionLayer;
@@ -51,18 +51,6 @@ pub use state::AppState;
 /// The wire types the handlers speak.
 pub(crate) mod wire {
     pub use courier_protocol::api::*;
-}
-
-/// Fetches key bundles of addresses on other relays; the federation
-/// implements it. Without one, such requests get `unknown_relay`.
-pub trait RemoteBundles: Send + Sync {
-    /// The bundle of `address` (all devices, or only `device`) from its
-    /// home relay.
-    fn fetch_bundle(
-        &self,
-        address: Address,
-        device: Option<DeviceId>,
-    ) -> BoxFuture<'static, Result<wire::KeyBundleResponse, ApiError>>;
 }
 
 impl courier_relay::Notifier for PushHub {
@@ -128,7 +116,7 @@ impl Gateway {
             request_timeout: Duration::from_millis(config.http.request_timeout_ms.max(1)),
             config: Arc::new(config),
             metrics: None,
-            remote: None,
+            federation: None,
             shutdown: shutdown_rx,
             connections: state::Tracker::default(),
         };
@@ -142,9 +130,9 @@ impl Gateway {
     }
 
     /// Answers key-bundle requests for other relays' addresses through
-    /// `remote` (the federation).
-    pub fn with_remote_bundles(mut self, remote: Arc<dyn RemoteBundles>) -> Self {
-        self.state.remote = Some(remote);
+    /// `federation` (the node's libp2p handle).
+    pub fn with_federation(mut self, federation: Arc<dyn Federation>) -> Self {
+        self.state.federation = Some(federation);
         self
     }
 

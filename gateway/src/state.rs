@@ -31,8 +31,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Renders `/metrics`; `None` answers 404.
     pub metrics: Option<PrometheusHandle>,
-    /// Key bundles of other relays' addresses (the federation).
-    pub remote: Option<Arc<dyn crate::RemoteBundles>>,
+    /// Reaches other relays for their users' key bundles.
+    pub federation: Option<Arc<dyn courier_relay::federation::Federation>>,
     /// Becomes `true` when the relay starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// Open WebSocket connections, so shutdown can wait for their close.

@@ -10,8 +10,10 @@ use courier_gateway::{Gateway, GatewayConfig, PushHub};
 use courier_relay::{Relay, SystemClock};
 use rand::SeedableRng as _;
 
-use crate::config::{Config, Registration};
+use crate::config::{Config, FederationPolicy, Registration};
+use crate::federation::{self, Drainer, DrainerConfig, OutboxNotifier};
 use crate::{admin, identity};
+use libp2p::Multiaddr;
 
 /// Name of the file `serve` writes the bound HTTP address to.
 pub const HTTP_ADDR_FILE: &str = "http.addr";
@@ -19,12 +21,12 @@ pub const HTTP_ADDR_FILE: &str = "http.addr";
 /// How often expired mailbox entries, bodies and auth records are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Builds the relay over `store` with the settings of `config`, notifying
-/// `hub` on every enqueue.
+/// Builds the relay over `store` with the settings of `config`; `notifier`
+/// hears of every enqueue (mailbox and outbox).
 pub fn relay(
     config: &Config,
     store: Arc<dyn courier_relay::Store>,
-    hub: &PushHub,
+    notifier: Arc<dyn courier_relay::Notifier>,
 ) -> anyhow::Result<Relay> {
     let mut relay_config = courier_relay::Config::new(config.relay_name()?);
     let r = &config.relay;
@@ -41,7 +43,7 @@ pub fn relay(
     let rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
     Ok(
         Relay::new(relay_config, store, Arc::new(SystemClock), Box::new(rng))
-            .with_notifier(Arc::new(hub.clone())),
+            .with_notifier(notifier),
     )
 }
 
@@ -52,7 +54,11 @@ pub async fn run(data_dir: &Path, config: Config) -> anyhow::Result<()> {
     let peer = identity::peer_id(&key);
     let store = crate::store::open(data_dir, &config).await?;
     let hub = PushHub::new();
-    let relay = Arc::new(relay(&config, store, &hub)?);
+    // Mailbox enqueues (local sends and federation deliveries alike) wake
+    // WebSockets through the hub; outbox enqueues wake the drainer.
+    let outbox_wake = Drainer::waker();
+    let notifier = OutboxNotifier::new(Arc::new(hub.clone()), outbox_wake.clone());
+    let relay = Arc::new(relay(&config, store, Arc::new(notifier))?);
 
     let addr = config.http_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -67,8 +73,21 @@ pub async fn run(data_dir: &Path, config: Config) -> anyhow::Result<()> {
         rate_limit: config.rate_limit.clone(),
         websocket: config.websocket.clone(),
     };
-    let gateway = Gateway::new(relay.clone(), hub, gateway_config)
+    let mut gateway = Gateway::new(relay.clone(), hub, gateway_config)
         .with_metrics(courier_gateway::metrics::install_recorder());
+
+    let federation = if config.federation.enabled {
+        let http_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"));
+        let running =
+            start_federation(data_dir, &config, key, http_url, &relay, outbox_wake).await?;
+        gateway = gateway.with_federation(Arc::new(running.handle.clone()));
+        Some(running)
+    } else {
+        None
+    };
 
     let purge = tokio::spawn({
         let relay = relay.clone();
@@ -97,12 +116,94 @@ pub async fn run(data_dir: &Path, config: Config) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let served = gateway.serve(listener, shutdown_signal(), grace).await;
     purge.abort();
+    if let Some(running) = federation {
+        running.stop().await;
+    }
     // Every store write is durable before its request is answered; dropping
     // the last handle closes the pool cleanly.
     drop(relay);
     served.context("HTTP server failed")?;
     tracing::info!("relay stopped");
     Ok(())
+}
+
+/// The federation swarm and the outbox drainer of a running relay.
+struct RunningFederation {
+    handle: federation::Handle,
+    task: tokio::task::JoinHandle<()>,
+    drainer: Drainer,
+}
+
+impl RunningFederation {
+    async fn stop(self) {
+        self.drainer.stop().await;
+        self.handle.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+fn multiaddrs(field: &str, texts: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    texts
+        .iter()
+        .map(|t| {
+            t.parse::<Multiaddr>()
+                .with_context(|| format!("{field}: {t:?} is not a multiaddr"))
+        })
+        .collect()
+}
+
+async fn start_federation(
+    data_dir: &Path,
+    config: &Config,
+    key: libp2p_identity::Keypair,
+    http_url: String,
+    relay: &Arc<Relay>,
+    outbox_wake: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<RunningFederation> {
+    let f = &config.federation;
+    let mut fed = federation::Config::new(config.relay_name()?, key);
+    fed.listen = multiaddrs("federation.p2p", std::slice::from_ref(&f.p2p))?;
+    fed.external_addresses = multiaddrs("federation.external_addresses", &f.external_addresses)?;
+    fed.http_url = http_url;
+    fed.peers_file = Some(data_dir.join("peers.json"));
+    fed.policy = federation::Policy {
+        mode: match f.policy {
+            FederationPolicy::Open => federation::PolicyMode::Open,
+            FederationPolicy::Allowlist => federation::PolicyMode::Allowlist,
+            FederationPolicy::Denylist => federation::PolicyMode::Denylist,
+        },
+        allow: f.allow.iter().cloned().collect(),
+        deny: f.deny.iter().cloned().collect(),
+    };
+    let bootstrap = multiaddrs("federation.bootstrap", &f.bootstrap)?;
+    let inbound = Arc::new(federation::RelayInbound(relay.clone()));
+    let (handle, task) = federation::spawn(fed, inbound)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the federation on {}: {e}", f.p2p))?;
+    if let Ok(addrs) = handle.listen_addrs().await {
+        for addr in addrs {
+            tracing::info!(%addr, "federation listening");
+        }
+    }
+    for addr in bootstrap {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle.add_peer(addr.clone()).await {
+                tracing::warn!(%addr, error = %e, "bootstrap peer unreachable");
+            }
+        });
+    }
+    let drainer = Drainer::spawn(
+        relay.clone(),
+        Arc::new(handle.clone()),
+        outbox_wake,
+        DrainerConfig::default(),
+    );
+    Ok(RunningFederation {
+        handle,
+        task,
+        drainer,
+    })
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -792,3 +792,70 @@ async fn json_logs_carry_the_request_id() {
     let value: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(value["span"]["request_id"], "find-me-7");
 }
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn two_federated_relays_carry_bundles_and_pushes_across() {
+    let port_a = free_udp_port();
+    let p2p_a = format!("/ip4/127.0.0.1/udp/{port_a}/quic-v1");
+    let relay_a = Relay::start(
+        &[
+            "--name",
+            "relay-a.test",
+            "--registration",
+            "open",
+            "--p2p",
+            &p2p_a,
+        ],
+        &[],
+    );
+    let id = relay_a.admin(&["id"]);
+    let text = String::from_utf8(id.stdout).unwrap();
+    let full = text.lines().nth(1).unwrap().to_owned();
+    let bootstrap = format!("[\"{full}\"]");
+    let relay_b = Relay::start(
+        &["--name", "relay-b.test", "--registration", "open"],
+        &[("COURIER_FEDERATION_BOOTSTRAP", &bootstrap)],
+    );
+    let alice = relay_a.user("alice").await;
+    alice.upload_keys(2).await.unwrap();
+    let bob = relay_b.user("bob").await;
+    bob.upload_keys(2).await.unwrap();
+
+    // The bootstrap dial happens in the background: retry until peered.
+    let deadline = std::time::Instant::now() + WAIT;
+    let bundle = loop {
+        match bob.bundle(&alice.address).await {
+            Ok(bundle) => break bundle,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("bundle over federation: {e}"),
+        }
+    };
+    assert_eq!(bundle.address, alice.address);
+    assert!(bundle.bundles[0].one_time_prekey.is_some());
+
+    let mut socket = alice.connect().await.unwrap();
+    let id = envelope_id();
+    bob.send(
+        id,
+        b"across".to_vec(),
+        &[(alice.address.clone(), DeviceId(1))],
+    )
+    .await
+    .unwrap();
+    let envelope = next_envelope(&mut socket).await;
+    assert_eq!(envelope.id, id);
+    assert_eq!(envelope.origin.as_str(), "relay-b.test");
+    assert_eq!(envelope.body.as_slice(), b"across");
+    socket.ack(vec![envelope.seq]).await.unwrap();
+}

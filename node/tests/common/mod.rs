@@ -71,12 +71,7 @@ impl Relay {
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--p2p",
-                "/ip4/127.0.0.1/udp/0/quic-v1",
-            ])
+            .args(["--http", "127.0.0.1:0"])
             .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -84,6 +79,9 @@ impl Relay {
                 Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
                 None => Stdio::inherit(),
             });
+        if !args.iter().any(|a| a == "--p2p") {
+            command.args(["--p2p", "/ip4/127.0.0.1/udp/0/quic-v1"]);
+        }
         for (k, v) in &envs {
             command.env(k, v);
         }
