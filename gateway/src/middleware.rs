@@ -75,6 +75,7 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         request_id = %id.to_str().unwrap_or(""),
         method = %method,
         route = %route,
+        user = tracing::field::Empty,
     );
 
     let mut response = async {

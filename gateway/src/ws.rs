@@ -283,3 +283,52 @@ impl<'a> Connection<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use courier_protocol::api::{Envelope, EnvelopeKind};
+    use courier_protocol::{Bytes, EnvelopeId, RelayName};
+
+    use super::*;
+
+    #[test]
+    fn frames_encode_exactly_like_the_protocol_server_frame() {
+        let envelope = Envelope {
+            seq: 7,
+            id: EnvelopeId([0xab; 16]),
+            origin: RelayName::parse("relay-a.example").unwrap(),
+            header: Bytes(vec![0xfb, 0xff]),
+            body: Bytes(vec![1, 2, 3]),
+            received_ms: 1_700_000_000_000,
+            expires_ms: 1_700_000_060_000,
+            kind: EnvelopeKind::Message,
+        };
+        let error = ApiError::new(ErrorCode::Malformed);
+        let pairs = [
+            (
+                ServerFrame::Envelope {
+                    envelope: &envelope,
+                },
+                courier_protocol::ws::ServerFrame::Envelope {
+                    envelope: envelope.clone(),
+                },
+            ),
+            (
+                ServerFrame::PrekeysLow { remaining: 5 },
+                courier_protocol::ws::ServerFrame::PrekeysLow { remaining: 5 },
+            ),
+            (
+                ServerFrame::Error { error: &error },
+                courier_protocol::ws::ServerFrame::Error {
+                    error: error.clone(),
+                },
+            ),
+        ];
+        for (ours, theirs) in pairs {
+            assert_eq!(
+                serde_json::to_string(&ours).unwrap(),
+                serde_json::to_string(&theirs).unwrap()
+            );
+        }
+    }
+}
