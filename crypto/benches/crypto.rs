@@ -86,6 +86,34 @@ fn primitives(c: &mut Criterion) {
             })
         });
     }
+    // The goal's yardstick in one measurement: one AES-256-GCM seal plus the
+    // two HMAC-SHA256 of KDF_CK, each HMAC keyed separately.
+    for (size, name) in SIZES {
+        let pt = vec![0x5Au8; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("aead_plus_2hmac/{name}"), |b| {
+            b.iter(|| {
+                let mut m1 =
+                    <Hmac<Sha256> as KeyInit>::new_from_slice(black_box(&[3u8; 32])).unwrap();
+                m1.update(&[1]);
+                let mk = m1.finalize().into_bytes();
+                let mut m2 =
+                    <Hmac<Sha256> as KeyInit>::new_from_slice(black_box(&[3u8; 32])).unwrap();
+                m2.update(&[2]);
+                black_box(m2.finalize().into_bytes());
+                let cipher = Aes256Gcm::new_from_slice(&mk).unwrap();
+                cipher
+                    .encrypt(
+                        &[1u8; 12].into(),
+                        Payload {
+                            msg: black_box(&pt),
+                            aad: &[0u8; 170],
+                        },
+                    )
+                    .unwrap()
+            })
+        });
+    }
     g.throughput(Throughput::Elements(1));
     g.bench_function("hmac_sha256", |b| {
         b.iter(|| {
