@@ -1330,15 +1330,32 @@ impl Inner {
         }
     }
 
-    async fn record_sent(&self, message: Message) -> Result<(), Error> {
-        let mut batch = Batch::new();
-        batch.put(
-            Table::Messages,
-            message_key(message.received_ms, 0, &message.id),
-            json(&message)?,
-        );
-        self.store.apply(batch).await?;
-        Ok(())
+    /// Stages the history record of a message being sent in the
+    /// write-ahead batch; returns its key so a failed send can drop it.
+    fn stage_sent(batch: &mut Batch, message: &Message) -> Result<String, Error> {
+        let key = message_key(message.received_ms, 0, &message.id);
+        batch.put(Table::Messages, key.clone(), json(message)?);
+        Ok(key)
+    }
+
+    /// Submits a message whose history record `key` was staged; if the
+    /// relay did not take it, the record goes again.
+    async fn submit_recorded(
+        &mut self,
+        message: &OutgoingMessage,
+        key: Option<String>,
+    ) -> Result<u64, Error> {
+        match self.submit(message).await {
+            Ok(accepted_ms) => Ok(accepted_ms),
+            Err(e) => {
+                if let Some(key) = key {
+                    let mut batch = Batch::new();
+                    batch.delete(Table::Messages, key);
+                    self.store.apply(batch).await?;
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn send_direct(&mut self, to: &Address, text: &str) -> Result<SendReceipt, Error> {
@@ -1385,27 +1402,30 @@ impl Inner {
                 json(&contact)?,
             );
         }
+        let id = self.new_envelope_id();
+        let key = Self::stage_sent(
+            &mut batch,
+            &Message {
+                id: id.to_string(),
+                from: me.address.clone(),
+                from_device: me.device,
+                to: Some(to.clone()),
+                group: None,
+                text: text.to_owned(),
+                sent_ms: now,
+                received_ms: now,
+                outgoing: true,
+            },
+        )?;
         // Write-ahead: the advanced ratchets are durable before anything leaves.
         self.store.apply(batch).await?;
         let message = OutgoingMessage {
-            id: self.new_envelope_id(),
+            id,
             body: Bytes(body),
             recipients,
             ttl_secs: self.config.ttl_secs,
         };
-        let accepted_ms = self.submit(&message).await?;
-        self.record_sent(Message {
-            id: message.id.to_string(),
-            from: me.address.clone(),
-            from_device: me.device,
-            to: Some(to.clone()),
-            group: None,
-            text: text.to_owned(),
-            sent_ms: now,
-            received_ms: now,
-            outgoing: true,
-        })
-        .await?;
+        let accepted_ms = self.submit_recorded(&message, Some(key)).await?;
         Ok(SendReceipt {
             id: message.id,
             devices: message.recipients.len(),
@@ -1604,21 +1624,23 @@ impl Inner {
         own.distributed.extend(newly);
         let mut batch = Batch::new();
         batch.put(Table::SenderKeys, own_key_name, json(&own)?);
-        self.store.apply(batch).await?;
         if !text.is_empty() {
-            self.record_sent(Message {
-                id: message.id.to_string(),
-                from: me.address.clone(),
-                from_device: me.device,
-                to: None,
-                group: Some(record.info.name.clone()),
-                text: text.to_owned(),
-                sent_ms: now,
-                received_ms: now,
-                outgoing: true,
-            })
-            .await?;
+            Self::stage_sent(
+                &mut batch,
+                &Message {
+                    id: message.id.to_string(),
+                    from: me.address.clone(),
+                    from_device: me.device,
+                    to: None,
+                    group: Some(record.info.name.clone()),
+                    text: text.to_owned(),
+                    sent_ms: now,
+                    received_ms: now,
+                    outgoing: true,
+                },
+            )?;
         }
+        self.store.apply(batch).await?;
         Ok(SendReceipt {
             id: message.id,
             devices: message.recipients.len(),

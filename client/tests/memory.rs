@@ -549,3 +549,19 @@ async fn listening_hands_over_messages_as_they_arrive() {
     assert_eq!(listener.await.unwrap(), ["pushed"]);
     assert_eq!(net.pending(&b, DeviceId(1)), 0);
 }
+
+#[tokio::test]
+async fn expired_or_revoked_tokens_are_renewed_without_the_user_noticing() {
+    let net = MemoryNetwork::new();
+    let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
+    let (bob, b) = user(&net, "bob", "relay-a.example", 2).await;
+    alice.send(&b, "one").await.unwrap();
+    net.expire_access_tokens();
+    alice.send(&b, "two (after refresh)").await.unwrap();
+    net.revoke_tokens();
+    alice.send(&b, "three (after a new login)").await.unwrap();
+    assert_eq!(
+        texts(&bob.recv().await.unwrap()),
+        ["one", "two (after refresh)", "three (after a new login)"]
+    );
+}

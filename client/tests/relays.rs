@@ -55,6 +55,8 @@ fn free_udp_port() -> u16 {
 /// restart keeps its addresses.
 struct Relay {
     child: Option<Child>,
+    /// `COURIER_FEDERATION_BOOTSTRAP`: multiaddrs dialled at start.
+    bootstrap: String,
     name: String,
     url: String,
     data_dir: PathBuf,
@@ -63,6 +65,11 @@ struct Relay {
 
 impl Relay {
     fn start(name: &str) -> Relay {
+        Relay::start_peered(name, &[])
+    }
+
+    /// A relay that dials `peers` at start (federation bootstrap).
+    fn start_peered(name: &str, peers: &[&Relay]) -> Relay {
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("relay");
         let http = format!("127.0.0.1:{}", free_tcp_port());
@@ -78,8 +85,13 @@ impl Relay {
             "init: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let addrs: Vec<String> = peers
+            .iter()
+            .map(|p| format!("\"{}\"", p.multiaddr()))
+            .collect();
         let mut relay = Relay {
             child: None,
+            bootstrap: format!("[{}]", addrs.join(",")),
             name: name.to_owned(),
             url: format!("http://{http}"),
             data_dir,
@@ -94,6 +106,7 @@ impl Relay {
             .args(["serve", "--registration", "open", "--data-dir"])
             .arg(&self.data_dir)
             .env("RUST_LOG", "warn")
+            .env("COURIER_FEDERATION_BOOTSTRAP", &self.bootstrap)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -143,21 +156,6 @@ impl Relay {
             .find(|l| l.contains("/p2p/"))
             .expect("a full multiaddr")
             .to_owned()
-    }
-
-    /// `courier peer add` from this relay to `other`.
-    fn peer(&self, other: &Relay) {
-        let out = Command::new(relay_bin())
-            .args(["peer", "add", "--data-dir"])
-            .arg(&self.data_dir)
-            .arg(other.multiaddr())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "peer add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     /// Every byte of the relay's database files (main file and WAL).
@@ -242,6 +240,23 @@ impl User {
 
     fn send(&self, to: &User, text: &str) {
         ok(self.run(&["send", &to.address, text]));
+    }
+
+    /// Sends, retrying while the relays are still peering (the bootstrap
+    /// dial runs in the background).
+    fn send_when_peered(&self, to: &User, text: &str) {
+        self.run_when_peered(&["send", &to.address, text]);
+    }
+
+    fn run_when_peered(&self, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.run(args);
+            if out.status.success() || Instant::now() > deadline {
+                return ok(out);
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     fn recv(&self) -> Vec<String> {
@@ -525,43 +540,39 @@ async fn the_relay_database_holds_no_plaintext_and_no_sender_of_a_sealed_message
 }
 
 #[test]
-#[ignore = "needs `courier peer add` (federation CLI not wired into courier-node yet)"]
 fn two_users_on_two_relays() {
     let a = Relay::start("relay-a.test");
-    let b = Relay::start("relay-b.test");
-    a.peer(&b);
+    let b = Relay::start_peered("relay-b.test", &[&a]);
     let alice = User::register(&a, "alice");
     let bob = User::register(&b, "bob");
-    alice.send(&bob, "across relays");
+    alice.send_when_peered(&bob, "across relays");
     assert_eq!(bob.recv_n(1), ["alice@relay-a.test: across relays"]);
-    bob.send(&alice, "and back");
-    assert_eq!(alice.recv_n(1), ["bob@relay-b.test: and back"]);
-    // The recipient's relay never learns the sender.
+    // The recipient's relay never learned the sender, nor the text.
     let mut b = b;
     b.stop();
     let all = b.database_bytes();
+    assert!(!all.is_empty());
     for needle in ["across relays", "alice"] {
         assert!(!contains(&all, needle), "{needle} in relay-b's database");
     }
+    b.spawn();
+    bob.send_when_peered(&alice, "and back");
+    assert_eq!(alice.recv_n(1), ["bob@relay-b.test: and back"]);
 }
 
 #[test]
-#[ignore = "needs `courier peer add` (federation CLI not wired into courier-node yet)"]
 fn a_group_across_three_relays_and_a_removed_member_stops_decrypting() {
     let a = Relay::start("relay-a.test");
-    let b = Relay::start("relay-b.test");
-    let c = Relay::start("relay-c.test");
-    a.peer(&b);
-    a.peer(&c);
-    b.peer(&c);
+    let b = Relay::start_peered("relay-b.test", &[&a]);
+    let c = Relay::start_peered("relay-c.test", &[&a, &b]);
     let alice = User::register(&a, "alice");
     let bob = User::register(&b, "bob");
     let carol = User::register(&c, "carol");
-    ok(alice.run(&["group", "create", "team", &bob.address, &carol.address]));
+    alice.run_when_peered(&["group", "create", "team", &bob.address, &carol.address]);
     ok(alice.run(&["group", "send", "team", "hello team"]));
     assert_eq!(bob.recv_n(1), ["alice@relay-a.test [team]: hello team"]);
     assert_eq!(carol.recv_n(1), ["alice@relay-a.test [team]: hello team"]);
-    ok(bob.run(&["group", "send", "team", "bob here"]));
+    bob.run_when_peered(&["group", "send", "team", "bob here"]);
     assert_eq!(alice.recv_n(1), ["bob@relay-b.test [team]: bob here"]);
     assert_eq!(carol.recv_n(1), ["bob@relay-b.test [team]: bob here"]);
 
@@ -578,14 +589,12 @@ fn a_group_across_three_relays_and_a_removed_member_stops_decrypting() {
 }
 
 #[test]
-#[ignore = "needs `courier peer add` (federation CLI not wired into courier-node yet)"]
 fn a_contact_re_registering_with_a_new_identity_raises_the_identity_change_error() {
     let a = Relay::start("relay-a.test");
-    let mut b = Relay::start("relay-b.test");
-    a.peer(&b);
+    let mut b = Relay::start_peered("relay-b.test", &[&a]);
     let alice = User::register(&a, "alice");
     let bob = User::register(&b, "bob");
-    alice.send(&bob, "before");
+    alice.send_when_peered(&bob, "before");
     assert_eq!(bob.recv_n(1), ["alice@relay-a.test: before"]);
     // Relay B loses its database (same name and key); "bob" registers anew.
     b.stop();
@@ -601,12 +610,18 @@ fn a_contact_re_registering_with_a_new_identity_raises_the_identity_change_error
         }
     }
     b.spawn();
-    b.peer(&a);
     let new_bob = User::register(&b, "bob");
-    let out = alice.run(&["send", &new_bob.address, "after"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = alice.run(&["send", &new_bob.address, "after"]);
+        if out.status.code() != Some(5) || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).starts_with("error: identity changed for bob@relay-b.test"));
-    ok(alice.run(&["trust", &new_bob.address]));
-    alice.send(&new_bob, "after trust");
+    alice.run_when_peered(&["trust", &new_bob.address]);
+    alice.send_when_peered(&new_bob, "after trust");
     assert_eq!(new_bob.recv_n(1), ["alice@relay-a.test: after trust"]);
 }

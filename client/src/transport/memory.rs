@@ -173,6 +173,25 @@ impl MemoryNetwork {
             .unwrap_or(0)
     }
 
+    /// Forgets every token of every relay, as if they all expired or were
+    /// revoked: devices must log in again with a challenge.
+    pub fn revoke_tokens(&self) {
+        if let Ok(mut n) = self.lock() {
+            for relay in n.relays.values_mut() {
+                relay.tokens.clear();
+            }
+        }
+    }
+
+    /// Forgets access tokens only (they expired); refresh tokens still work.
+    pub fn expire_access_tokens(&self) {
+        if let Ok(mut n) = self.lock() {
+            for relay in n.relays.values_mut() {
+                relay.tokens.retain(|t, _| t.starts_with("refresh-"));
+            }
+        }
+    }
+
     /// Drops an account entirely so its username can be registered again
     /// (with new keys): what a relay reset looks like to contacts.
     pub fn forget_account(&self, address: &Address) {
