@@ -123,6 +123,9 @@ pub struct Status {
     pub outbox: Vec<OutboxStatus>,
     /// Sum of `outbox`.
     pub outbox_depth: u64,
+    /// Federation peers: state, last seen, round-trip time, outbox depth,
+    /// delivered/retried/failed counts (live when the relay runs).
+    pub peers: Vec<crate::federation::PeerInfo>,
 }
 
 /// Outbox backlog towards one relay.
@@ -149,6 +152,14 @@ impl fmt::Display for Status {
         for o in &self.outbox {
             writeln!(f, "  {:<24} {}", o.relay, o.pending)?;
         }
+        writeln!(f, "peers:         {}", self.peers.len())?;
+        if !self.peers.is_empty() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            write!(f, "{}", crate::federation::control::table(&self.peers, now))?;
+        }
         Ok(())
     }
 }
@@ -165,6 +176,8 @@ pub async fn status(data_dir: &Path, config: &Config) -> anyhow::Result<Status> 
         .stats()
         .await
         .map_err(|e| anyhow::anyhow!("cannot read the store: {e}"))?;
+    let peers = crate::federation::control::peers(data_dir).await?;
+    let peers = crate::federation::control::with_outbox_depth(peers, store.as_ref()).await?;
     let http = std::fs::read_to_string(data_dir.join(crate::serve::HTTP_ADDR_FILE))
         .ok()
         .map(|s| s.trim().to_owned());
@@ -175,6 +188,7 @@ pub async fn status(data_dir: &Path, config: &Config) -> anyhow::Result<Status> 
         mailbox_depth: stats.mailbox_entries,
         messages: stats.messages,
         outbox_depth: stats.outbox_entries,
+        peers,
         outbox: destinations
             .into_iter()
             .map(|d| OutboxStatus {
@@ -183,4 +197,14 @@ pub async fn status(data_dir: &Path, config: &Config) -> anyhow::Result<Status> 
             })
             .collect(),
     })
+}
+
+/// `courier peer list`: peers with their outbox depth from the store.
+pub async fn peers(
+    data_dir: &Path,
+    config: &Config,
+) -> anyhow::Result<Vec<crate::federation::PeerInfo>> {
+    let peers = crate::federation::control::peers(data_dir).await?;
+    let store = crate::store::open(data_dir, config).await?;
+    crate::federation::control::with_outbox_depth(peers, store.as_ref()).await
 }

@@ -114,13 +114,70 @@ enum PeerCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Forget a peer.
+    /// Stop federating with a peer: disconnect, stop redialling, refuse it
+    /// until added again.
     Remove {
         #[command(flatten)]
         data_dir: DataDir,
         /// The peer's PeerId.
         peer_id: String,
     },
+    /// Accept PEER_ID as the key of relay NAME from now on (after a
+    /// legitimate key change; the first key seen for a name is pinned).
+    Pin {
+        #[command(flatten)]
+        data_dir: DataDir,
+        /// The relay name.
+        name: String,
+        /// Its new PeerId.
+        peer_id: String,
+    },
+}
+
+/// `courier peer …`: through the running relay's control socket, or on
+/// `peers.json` when none runs (see `docs/federation.md`).
+async fn peer(command: PeerCommand) -> anyhow::Result<()> {
+    use courier_node::federation::control;
+    match command {
+        PeerCommand::Add {
+            data_dir,
+            multiaddr,
+        } => println!(
+            "{}",
+            control::peer_add(&data_dir.data_dir, &multiaddr).await?
+        ),
+        PeerCommand::Remove { data_dir, peer_id } => {
+            println!(
+                "{}",
+                control::peer_remove(&data_dir.data_dir, &peer_id).await?
+            )
+        }
+        PeerCommand::Pin {
+            data_dir,
+            name,
+            peer_id,
+        } => println!(
+            "{}",
+            control::peer_pin(&data_dir.data_dir, &name, &peer_id).await?
+        ),
+        PeerCommand::List { data_dir, json } => {
+            let config = admin::existing_config(&data_dir.data_dir)?;
+            let peers = admin::peers(&data_dir.data_dir, &config).await?;
+            if json {
+                println!("{}", serde_json::to_string(&peers)?);
+            } else {
+                print!("{}", control::table(&peers, now_ms()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -239,9 +296,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Peer(_) => anyhow::bail!(
-            "peer commands are not yet available in this build (federation is being wired in)"
-        ),
+        Command::Peer(command) => peer(command).await,
     }
 }
 

@@ -104,6 +104,8 @@ pub(super) struct EventLoop {
     inbound: Arc<dyn Inbound>,
     inbound_permits: Arc<Semaphore>,
     book_dirty: bool,
+    /// The control socket server and its path, stopped with the loop.
+    control: Option<(tokio::task::JoinHandle<()>, PathBuf)>,
 }
 
 fn now_ms() -> u64 {
@@ -227,7 +229,12 @@ impl EventLoop {
             inbound,
             inbound_permits: permits,
             book_dirty: false,
+            control: None,
         })
+    }
+
+    pub(super) fn set_control(&mut self, task: tokio::task::JoinHandle<()>, path: PathBuf) {
+        self.control = Some((task, path));
     }
 
     pub(super) async fn run(mut self) {
@@ -246,6 +253,10 @@ impl EventLoop {
             self.persist();
         }
         self.persist();
+        if let Some((task, path)) = self.control.take() {
+            task.abort();
+            let _ = std::fs::remove_file(path);
+        }
         tracing::info!("federation stopped");
     }
 
@@ -1055,10 +1066,4 @@ fn sign_own(config: &Config, listen: &[Multiaddr]) -> SignedDescriptor {
             issued_ms: now_ms(),
         },
     )
-}
-
-/// Where [`EventLoop`] keeps the peer book between runs.
-#[allow(dead_code)]
-fn peers_path(data_dir: &std::path::Path) -> PathBuf {
-    data_dir.join(super::peers::PEERS_FILE)
 }

@@ -17,6 +17,7 @@
 //! storage besides the peer book in `<data-dir>/peers.json`.
 
 mod codec;
+pub mod control;
 pub mod descriptor;
 mod drainer;
 mod event_loop;
@@ -32,7 +33,7 @@ use courier_protocol::{BundleRequest, BundleResponse, DeliveryAcks, DeliveryBatc
 use courier_relay::federation::{Federation, FederationError, PeerLimits};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use drainer::{Drainer, DrainerConfig, OutboxNotifier};
@@ -69,6 +70,9 @@ pub struct Config {
     pub redial_max_ms: u64,
     /// Most inbound requests handled at once (over all peers).
     pub inbound_concurrent_max: usize,
+    /// Where to serve the admin control socket (`<data-dir>/federation.sock`)
+    /// for `courier peer …`; `None` serves none.
+    pub control_socket: Option<PathBuf>,
 }
 
 impl Config {
@@ -90,6 +94,7 @@ impl Config {
             redial_base_ms: 500,
             redial_max_ms: 30_000,
             inbound_concurrent_max: 64,
+            control_socket: None,
         }
     }
 }
@@ -159,7 +164,7 @@ impl Inbound for RelayInbound {
 }
 
 /// Connection state of a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PeerState {
     /// Connected and descriptors exchanged.
@@ -173,7 +178,7 @@ pub enum PeerState {
 }
 
 /// Counters of one peer since the relay started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerCounters {
     /// Batches sent to it.
     pub batches_sent: u64,
@@ -193,7 +198,7 @@ pub struct PeerCounters {
 }
 
 /// What `courier peer list` and `courier status` show about one peer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerInfo {
     /// Its PeerId.
     pub peer_id: String,
@@ -283,18 +288,20 @@ pub async fn spawn(
     inbound: Arc<dyn Inbound>,
 ) -> Result<(Handle, tokio::task::JoinHandle<()>), Error> {
     let (tx, rx) = mpsc::channel(COMMANDS_MAX);
-    let peer_id = config.keypair.public().to_peer_id();
-    let name = config.name.clone();
-    let event_loop = event_loop::EventLoop::start(config, inbound, rx).await?;
+    let handle = Handle {
+        commands: tx,
+        peer_id: config.keypair.public().to_peer_id(),
+        name: config.name.clone(),
+    };
+    let socket = config.control_socket.clone();
+    let mut event_loop = event_loop::EventLoop::start(config, inbound, rx).await?;
+    if let Some(path) = socket {
+        let served = control::serve(path.clone(), handle.clone())
+            .map_err(|e| Error::Transport(format!("control socket {}: {e}", path.display())))?;
+        event_loop.set_control(served, path);
+    }
     let task = tokio::spawn(event_loop.run());
-    Ok((
-        Handle {
-            commands: tx,
-            peer_id,
-            name,
-        },
-        task,
-    ))
+    Ok((handle, task))
 }
 
 impl Handle {

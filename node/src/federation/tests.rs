@@ -670,3 +670,81 @@ async fn partition_then_heal_delivers_traffic_both_ways_exactly_once() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_commands_talk_to_the_running_relay_and_edit_the_book_when_it_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Keypair::generate_ed25519();
+    let mut fed = Config::new(name("relay-a.example"), key.clone());
+    fed.peers_file = Some(dir.path().join(peers::PEERS_FILE));
+    fed.control_socket = Some(dir.path().join(control::SOCKET_FILE));
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let a_relay = Arc::new(Relay::new(
+        courier_relay::Config::new(name("relay-a.example")),
+        store,
+        Arc::new(SystemClock),
+        Box::new(rand::rngs::StdRng::seed_from_u64(1)),
+    ));
+    let (a, task) = spawn(fed, Arc::new(RelayInbound(a_relay))).await.unwrap();
+    let b = relay("relay-b.example").await;
+
+    let added = control::peer_add(dir.path(), &b.addr.to_string())
+        .await
+        .unwrap();
+    assert!(matches!(added, control::Outcome::Live(ref t) if t.contains("relay-b.example")));
+    let listed = control::peers(dir.path()).await.unwrap();
+    let on_a = listed
+        .iter()
+        .find(|p| p.peer_id == b.peer_id().to_base58())
+        .unwrap();
+    assert_eq!(on_a.state, PeerState::Connected);
+    assert!(control::table(&listed, 0).contains("relay-b.example"));
+    // Bad input: a clear error, nothing changed.
+    assert!(
+        control::peer_add(dir.path(), "/ip4/127.0.0.1/udp/1/quic-v1")
+            .await
+            .is_err()
+    );
+    assert!(
+        control::peer_remove(dir.path(), "not-a-peer")
+            .await
+            .is_err()
+    );
+
+    let removed = control::peer_remove(dir.path(), &b.peer_id().to_base58())
+        .await
+        .unwrap();
+    assert!(matches!(removed, control::Outcome::Live(_)));
+    assert_eq!(a.peer(b.peer_id()).await.unwrap().state, PeerState::Refused);
+
+    // Stopped relay: the commands edit peers.json, read on the next start.
+    a.shutdown().await;
+    task.await.unwrap();
+    assert!(!dir.path().join(control::SOCKET_FILE).exists());
+    let saved = control::peer_add(dir.path(), &b.addr.to_string())
+        .await
+        .unwrap();
+    assert!(matches!(saved, control::Outcome::Saved(_)));
+    let offline = control::peers(dir.path()).await.unwrap();
+    let b_entry = offline
+        .iter()
+        .find(|p| p.peer_id == b.peer_id().to_base58())
+        .unwrap();
+    assert!(b_entry.added);
+    assert_eq!(b_entry.name.as_ref(), Some(&b.name));
+    assert_eq!(b_entry.state, PeerState::Disconnected);
+}
+
+trait PeerOfHandle {
+    async fn peer(&self, peer: PeerId) -> Option<PeerInfo>;
+}
+
+impl PeerOfHandle for Handle {
+    async fn peer(&self, peer: PeerId) -> Option<PeerInfo> {
+        self.peers()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.peer_id == peer.to_base58())
+    }
+}
