@@ -74,6 +74,7 @@ conformance!(
     outbox_expiry_sends_a_failure_notice_to_the_sender_device,
     federated_envelopes_are_deduplicated_and_checked,
     the_notifier_hears_of_new_mail_outbox_entries_and_low_prekeys,
+    concurrent_sends_are_batched_and_each_gets_its_own_answer,
 );
 
 fn id(n: u8) -> EnvelopeId {
@@ -1222,4 +1223,106 @@ async fn the_notifier_hears_of_new_mail_outbox_entries_and_low_prekeys(kind: Kin
             "low bob/1 0"
         ]
     );
+}
+
+async fn concurrent_sends_are_batched_and_each_gets_its_own_answer(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    let c = user(&h, "carol", 3).await;
+    h.relay
+        .accept_message(
+            a.authed(),
+            message(id(200), &[(b.address(), b.device)], b"first"),
+        )
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..120u8 {
+        let relay = Arc::clone(&h.relay);
+        let sender = a.authed().clone();
+        let (to, m) = match n % 12 {
+            // A retry of an accepted message.
+            0 => (vec![(b.address(), b.device)], id(200)),
+            // An unknown device.
+            1 => (vec![(b.address(), DeviceId(9))], id(n)),
+            // Two local recipients.
+            2 => (
+                vec![(b.address(), b.device), (c.address(), c.device)],
+                id(n),
+            ),
+            _ => (vec![(b.address(), b.device)], id(n)),
+        };
+        let body: &[u8] = if n % 12 == 0 { b"first" } else { &[n] };
+        let msg = message(m, &to, body);
+        tasks.push(tokio::spawn(async move {
+            (n, relay.accept_message(&sender, msg).await)
+        }));
+    }
+    let mut seqs = HashSet::new();
+    for t in tasks {
+        let (n, r) = t.await.unwrap();
+        match n % 12 {
+            0 => assert!(r.unwrap().duplicate),
+            1 => assert_eq!(r, Err(RelayError::UnknownDevice)),
+            2 => {
+                let acc = r.unwrap();
+                assert_eq!(acc.delivered.len(), 2);
+                assert!(seqs.insert(acc.delivered[0].seq));
+            }
+            _ => {
+                let acc = r.unwrap();
+                assert!(!acc.duplicate);
+                assert!(seqs.insert(acc.delivered[0].seq), "seq handed out twice");
+            }
+        }
+    }
+    // 1 first + 100 valid for bob; 10 for carol.
+    let f = h.relay.fetch(b.authed(), 0, 500).await.unwrap();
+    assert_eq!(f.envelopes.len(), 101);
+    assert!(f.envelopes.windows(2).all(|w| w[0].seq < w[1].seq));
+    let ids: HashSet<EnvelopeId> = f.envelopes.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), 101);
+    for e in &f.envelopes {
+        if e.id != id(200) {
+            assert_eq!(e.body.as_slice(), &e.id.0[6..7]);
+        }
+    }
+    let s = stats(&h).await;
+    assert_eq!((s.messages, s.mailbox_entries), (101, 111));
+    let all: Vec<u64> = f.envelopes.iter().map(|e| e.seq).collect();
+    assert_eq!(h.relay.ack(b.authed(), &all).await.unwrap().acked, 101);
+    let s = stats(&h).await;
+    assert_eq!((s.bodies, s.mailbox_entries), (10, 10));
+    // A round of only valid sends (stored together, several per statement).
+    let mut tasks = Vec::new();
+    for n in 0..60u8 {
+        let relay = Arc::clone(&h.relay);
+        let sender = a.authed().clone();
+        let msg = message(
+            EnvelopeId::new(T0 + 1, [n; 10]),
+            &[(b.address(), b.device), (c.address(), c.device)],
+            &[n],
+        );
+        tasks.push(tokio::spawn(async move {
+            relay.accept_message(&sender, msg).await.unwrap()
+        }));
+    }
+    let mut bob_seqs = HashSet::new();
+    for t in tasks {
+        let acc = t.await.unwrap();
+        assert_eq!(acc.delivered.len(), 2);
+        assert!(bob_seqs.insert(acc.delivered[0].seq));
+    }
+    let f = h.relay.fetch(b.authed(), 0, 500).await.unwrap();
+    assert_eq!(f.envelopes.len(), 60);
+    for e in &f.envelopes {
+        assert_eq!(e.body.as_slice(), &e.id.0[6..7]);
+        assert!(bob_seqs.contains(&e.seq));
+    }
+    let f = h.relay.fetch(c.authed(), 0, 500).await.unwrap();
+    assert_eq!(f.envelopes.len(), 70);
+    assert!(f.envelopes.windows(2).all(|w| w[0].seq < w[1].seq));
 }

@@ -62,6 +62,7 @@ impl imp::SqlStore {
         let pool = |max: u32| {
             let schema = schema.clone();
             PgPoolOptions::new()
+                .test_before_acquire(false)
                 .max_connections(max)
                 .after_connect(move |conn, _| {
                     let schema = schema.clone();

@@ -149,57 +149,112 @@ where
     }
 }
 
-type Job = Box<dyn WriteJob>;
+/// A queued write. Accepts are kept apart so a batch of them can be stored
+/// with a few multi-row statements instead of several statements each.
+enum Job {
+    Op(Box<dyn WriteJob>),
+    Accept(Box<NewMessage>, oneshot::Sender<Result<AcceptOutcome>>),
+}
+
+fn job<T, F>(op: F, reply: oneshot::Sender<Result<T>>) -> Box<dyn WriteJob>
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T>> + Send + 'static,
+{
+    Box::new(Typed {
+        op: Some(op),
+        result: None,
+        reply,
+    })
+}
+
+fn accept_job(m: NewMessage, reply: oneshot::Sender<Result<AcceptOutcome>>) -> Box<dyn WriteJob> {
+    job(move |c| Box::pin(accept_in(c, m)), reply)
+}
+
+type Accepts = Vec<(NewMessage, oneshot::Sender<Result<AcceptOutcome>>)>;
 
 async fn exec(conn: &mut Conn, sql: &'static str) -> Result<()> {
     sqlx::raw_sql(sql).execute(&mut *conn).await?;
     Ok(())
 }
 
-/// Runs one batch in one transaction; returns the commit result.
-async fn run_batch(conn: &mut Conn, jobs: &mut [Job]) -> Result<()> {
-    let single = jobs.len() == 1;
+/// Runs one batch in one transaction. Accepts first, together (fast path);
+/// if any of them needs individual treatment (duplicate id, unknown device,
+/// full mailbox) the fast path is rolled back and they join `ops`, each
+/// under its own savepoint. Returns the fast path's outcomes, if it ran.
+async fn run_batch(
+    conn: &mut Conn,
+    ops: &mut Vec<Box<dyn WriteJob>>,
+    accepts: &mut Accepts,
+) -> Result<Option<Vec<AcceptOutcome>>> {
     exec(conn, if PG { "BEGIN" } else { "BEGIN IMMEDIATE" }).await?;
-    let mut failed_infra = None;
-    for job in jobs.iter_mut() {
-        // A lone operation needs no savepoint: if it fails the whole
-        // transaction is rolled back below.
-        if !single && let Err(e) = exec(conn, "SAVEPOINT op").await {
-            failed_infra = Some(e);
-            break;
+    match run_in_transaction(conn, ops, accepts).await {
+        Ok(fast) => match exec(conn, "COMMIT").await {
+            Ok(()) => Ok(fast),
+            Err(e) => {
+                let _ = exec(conn, "ROLLBACK").await;
+                Err(e)
+            }
+        },
+        Err(e) => {
+            let _ = exec(conn, "ROLLBACK").await;
+            Err(e)
         }
-        let ok = job.run(conn).await;
+    }
+}
+
+async fn run_in_transaction(
+    conn: &mut Conn,
+    ops: &mut Vec<Box<dyn WriteJob>>,
+    accepts: &mut Accepts,
+) -> Result<Option<Vec<AcceptOutcome>>> {
+    let mut fast = None;
+    if !accepts.is_empty() {
+        exec(conn, "SAVEPOINT accepts").await?;
+        match accept_many(conn, accepts).await {
+            Ok(Some(outcomes)) => {
+                if PG {
+                    exec(conn, "RELEASE SAVEPOINT accepts").await?;
+                }
+                fast = Some(outcomes);
+            }
+            Ok(None) | Err(_) => {
+                exec(conn, "ROLLBACK TO SAVEPOINT accepts").await?;
+                exec(conn, "RELEASE SAVEPOINT accepts").await?;
+                for (m, reply) in accepts.drain(..) {
+                    ops.push(accept_job(m, reply));
+                }
+            }
+        }
+    }
+    // A lone operation needs no savepoint: if it fails the whole
+    // transaction is rolled back (it is alone in it).
+    let single = ops.len() == 1 && fast.is_none();
+    for op in ops.iter_mut() {
+        if !single {
+            exec(conn, "SAVEPOINT op").await?;
+        }
+        let ok = op.run(conn).await;
         if single {
             if !ok {
-                let _ = exec(conn, "ROLLBACK").await;
-                return Ok(());
+                exec(conn, "ROLLBACK").await?;
+                // Nothing else is in this transaction; start an empty one
+                // so the caller's COMMIT has something to end.
+                exec(conn, if PG { "BEGIN" } else { "BEGIN IMMEDIATE" }).await?;
             }
-            continue;
-        }
-        let step = if ok {
+        } else if ok {
             // SQLite: COMMIT releases every savepoint at once; PostgreSQL
             // keeps a subtransaction per open savepoint, so release each.
-            if PG { exec(conn, "RELEASE SAVEPOINT op").await } else { Ok(()) }
-        } else {
-            match exec(conn, "ROLLBACK TO SAVEPOINT op").await {
-                Ok(()) => exec(conn, "RELEASE SAVEPOINT op").await,
-                Err(e) => Err(e),
+            if PG {
+                exec(conn, "RELEASE SAVEPOINT op").await?;
             }
-        };
-        if let Err(e) = step {
-            failed_infra = Some(e);
-            break;
+        } else {
+            exec(conn, "ROLLBACK TO SAVEPOINT op").await?;
+            exec(conn, "RELEASE SAVEPOINT op").await?;
         }
     }
-    if let Some(e) = failed_infra {
-        let _ = exec(conn, "ROLLBACK").await;
-        return Err(e);
-    }
-    if let Err(e) = exec(conn, "COMMIT").await {
-        let _ = exec(conn, "ROLLBACK").await;
-        return Err(e);
-    }
-    Ok(())
+    Ok(fast)
 }
 
 async fn run_writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
@@ -212,9 +267,25 @@ async fn run_writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
                 Err(_) => break,
             }
         }
+        let mut ops: Vec<Box<dyn WriteJob>> = Vec::with_capacity(jobs.len());
+        let mut accepts: Accepts = Vec::new();
+        for j in jobs.drain(..) {
+            match j {
+                Job::Op(op) => ops.push(op),
+                // Federated deliveries skip unknown recipients: the
+                // individual path handles that.
+                Job::Accept(m, reply) if m.skip_unknown => ops.push(accept_job(*m, reply)),
+                Job::Accept(m, reply) => accepts.push((*m, reply)),
+            }
+        }
+        if accepts.len() == 1
+            && let Some((m, reply)) = accepts.pop()
+        {
+            ops.push(accept_job(m, reply));
+        }
         let committed = match pool.acquire().await {
             Ok(mut conn) => {
-                let r = run_batch(&mut conn, &mut jobs).await;
+                let r = run_batch(&mut conn, &mut ops, &mut accepts).await;
                 if r.is_err() {
                     // The connection may be broken; let the pool replace it.
                     conn.close_on_drop();
@@ -223,8 +294,25 @@ async fn run_writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
             }
             Err(e) => Err(e.into()),
         };
-        for job in jobs.drain(..) {
-            job.finish(committed.clone());
+        let fast = committed.as_ref().ok().cloned().flatten();
+        let status = committed.map(|_| ());
+        for op in ops {
+            op.finish(status.clone());
+        }
+        match fast {
+            Some(outcomes) => {
+                for ((_, reply), outcome) in accepts.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            None => {
+                let e = status
+                    .err()
+                    .unwrap_or_else(|| RelayError::Store("accept batch lost".into()));
+                for (_, reply) in accepts {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 }
@@ -237,9 +325,9 @@ pub struct SqlStore {
     writer: mpsc::Sender<Job>,
 }
 
-impl std::fmt::Debug for dyn WriteJob {
+impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WriteJob")
+        f.write_str("Job")
     }
 }
 
@@ -261,13 +349,8 @@ impl SqlStore {
         F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(Typed {
-            op: Some(op),
-            result: None,
-            reply,
-        });
         self.writer
-            .send(job)
+            .send(Job::Op(job(op, reply)))
             .await
             .map_err(|_| RelayError::Store("writer stopped".into()))?;
         answer
@@ -361,14 +444,18 @@ async fn revoke(c: &mut Conn, session: &str) -> Result<()> {
     Ok(())
 }
 
-async fn accept_in(c: &mut Conn, m: NewMessage) -> Result<AcceptOutcome> {
+async fn accept_in(c: &mut Conn, mut m: NewMessage) -> Result<AcceptOutcome> {
     let id = m.id.as_bytes().to_vec();
-    let inserted = q("INSERT INTO messages (id, digest, origin, kind, body, refs, received_ms, expires_ms) VALUES (?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT (id) DO NOTHING")
+    // Assume every local recipient exists; corrected below if some are
+    // skipped (federated delivery), which saves a statement per message.
+    let planned = (m.local.len() + m.remote.len()) as i64;
+    let inserted = q("INSERT INTO messages (id, digest, origin, kind, body, refs, received_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
         .bind(&id[..])
         .bind(&m.digest[..])
         .bind(m.origin.as_str())
         .bind(kind_code(m.kind))
         .bind(m.body.as_slice())
+        .bind(planned)
         .bind(i(m.received_ms))
         .bind(i(m.expires_ms))
         .execute(&mut *c)
@@ -389,7 +476,8 @@ async fn accept_in(c: &mut Conn, m: NewMessage) -> Result<AcceptOutcome> {
         };
     }
     let mut delivered = Vec::with_capacity(m.local.len());
-    for r in m.local {
+    let local = std::mem::take(&mut m.local);
+    for r in local {
         // One statement claims the sequence number and checks the depth.
         let row = q("UPDATE devices SET next_seq = next_seq + 1, depth = depth + 1 WHERE username = ? AND device = ? AND depth < ? RETURNING pk, next_seq - 1")
             .bind(r.user.as_str())
@@ -433,10 +521,23 @@ async fn accept_in(c: &mut Conn, m: NewMessage) -> Result<AcceptOutcome> {
     if delivered.is_empty() && m.remote.is_empty() {
         return Err(RelayError::UnknownDevice);
     }
+    insert_outbox(c, &m).await?;
+    let refs = (delivered.len() + m.remote.len()) as i64;
+    if refs != planned {
+        q("UPDATE messages SET refs = ? WHERE id = ?")
+            .bind(refs)
+            .bind(&id[..])
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(AcceptOutcome::Accepted { delivered })
+}
+
+async fn insert_outbox(c: &mut Conn, m: &NewMessage) -> Result<()> {
     for remote in &m.remote {
         q("INSERT INTO outbox (relay, message_id, recipients, sender_user, sender_device, attempts, next_attempt_ms, expires_ms) VALUES (?, ?, ?, ?, ?, 0, 0, ?)")
             .bind(remote.relay.as_str())
-            .bind(&id[..])
+            .bind(m.id.as_bytes().as_slice())
             .bind(encode(&remote.recipients)?)
             .bind(m.sender.as_ref().map(|(u, _)| u.as_str().to_owned()))
             .bind(m.sender.as_ref().map(|(_, d)| i64::from(d.0)))
@@ -444,13 +545,149 @@ async fn accept_in(c: &mut Conn, m: NewMessage) -> Result<AcceptOutcome> {
             .execute(&mut *c)
             .await?;
     }
-    let refs = (delivered.len() + m.remote.len()) as i64;
-    q("UPDATE messages SET refs = ? WHERE id = ?")
-        .bind(refs)
-        .bind(&id[..])
-        .execute(&mut *c)
-        .await?;
-    Ok(AcceptOutcome::Accepted { delivered })
+    Ok(())
+}
+
+/// Rows per multi-row statement (SQLite allows 32766 parameters, PostgreSQL 65535).
+const CHUNK_ROWS: usize = 400;
+
+/// Placeholder number `n` (1-based) in this dialect.
+fn ph(n: usize) -> String {
+    if PG { format!("${n}") } else { "?".to_owned() }
+}
+
+/// `rows` groups of `cols` placeholders, numbered from `first`.
+fn row_list(first: usize, cols: usize, rows: usize) -> String {
+    let mut out = String::with_capacity(rows * (cols * 4 + 3));
+    let mut n = first;
+    for r in 0..rows {
+        if r > 0 {
+            out.push(',');
+        }
+        out.push('(');
+        for col in 0..cols {
+            if col > 0 {
+                out.push(',');
+            }
+            out.push_str(&ph(n));
+            n += 1;
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `count` placeholders separated by commas, numbered from `first`.
+fn in_list(first: usize, count: usize) -> String {
+    (first..first + count).map(ph).collect::<Vec<_>>().join(",")
+}
+
+/// Stores several local messages with a few multi-row statements: messages,
+/// then one sequence claim per recipient device, then mailbox rows. Returns
+/// `None` (caller rolls back and goes one by one) if any message needs
+/// individual treatment.
+async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptOutcome>>> {
+    let mut ids: Vec<&[u8; 16]> = batch.iter().map(|(m, _)| m.id.as_bytes()).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) || batch.iter().any(|(m, _)| m.local.is_empty() && m.remote.is_empty()) {
+        return Ok(None);
+    }
+    for chunk in batch.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "INSERT INTO messages (id, digest, origin, kind, body, refs, received_ms, expires_ms) VALUES {} ON CONFLICT (id) DO NOTHING",
+            row_list(1, 8, chunk.len())
+        );
+        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+        for (m, _) in chunk {
+            query = query
+                .bind(m.id.as_bytes().as_slice())
+                .bind(&m.digest[..])
+                .bind(m.origin.as_str())
+                .bind(kind_code(m.kind))
+                .bind(m.body.as_slice())
+                .bind((m.local.len() + m.remote.len()) as i64)
+                .bind(i(m.received_ms))
+                .bind(i(m.expires_ms));
+        }
+        let inserted = query.execute(&mut *c).await?.rows_affected();
+        if inserted != chunk.len() as u64 {
+            // A retry (or a conflicting id) is in the batch.
+            return Ok(None);
+        }
+    }
+    // Entries per recipient device, in batch order.
+    let mut order: Vec<(&Username, DeviceId)> = Vec::new();
+    let mut counts: HashMap<(&Username, DeviceId), (i64, i64, i64)> = HashMap::new();
+    for (m, _) in batch {
+        for r in &m.local {
+            let e = counts.entry((&r.user, r.device)).or_insert_with(|| {
+                order.push((&r.user, r.device));
+                (0, 0, 0)
+            });
+            e.0 += 1;
+        }
+    }
+    let depth_max = batch
+        .iter()
+        .map(|(m, _)| m.depth_max)
+        .min()
+        .unwrap_or(0);
+    for key in &order {
+        let Some(slot) = counts.get_mut(key) else { continue };
+        let k = slot.0;
+        let row = q("UPDATE devices SET next_seq = next_seq + ?, depth = depth + ? WHERE username = ? AND device = ? AND depth + ? <= ? RETURNING pk, next_seq - ?")
+            .bind(k)
+            .bind(k)
+            .bind(key.0.as_str())
+            .bind(i64::from(key.1.0))
+            .bind(k)
+            .bind(i64::from(depth_max))
+            .bind(k)
+            .fetch_optional(&mut *c)
+            .await?;
+        let Some(row) = row else {
+            // Unknown device or full mailbox: sort it out one by one.
+            return Ok(None);
+        };
+        slot.1 = row.try_get(0)?;
+        slot.2 = row.try_get(1)?;
+    }
+    // (device pk, seq, message id, header, expires)
+    type MailboxRow<'a> = (i64, i64, &'a [u8], &'a [u8], i64);
+    let mut rows: Vec<MailboxRow<'_>> = Vec::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (m, _) in batch {
+        let mut delivered = Vec::with_capacity(m.local.len());
+        for r in &m.local {
+            let Some(slot) = counts.get_mut(&(&r.user, r.device)) else {
+                return Ok(None);
+            };
+            let seq = slot.2;
+            slot.2 += 1;
+            rows.push((slot.1, seq, m.id.as_bytes(), r.header.as_slice(), i(m.expires_ms)));
+            delivered.push(MailboxRef {
+                user: r.user.clone(),
+                device: r.device,
+                seq: u(seq),
+            });
+        }
+        outcomes.push(AcceptOutcome::Accepted { delivered });
+    }
+    for chunk in rows.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "INSERT INTO mailbox (device_pk, seq, message_id, header, expires_ms) VALUES {}",
+            row_list(1, 5, chunk.len())
+        );
+        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+        for (pk, seq, id, header, expires) in chunk {
+            query = query.bind(*pk).bind(*seq).bind(*id).bind(*header).bind(*expires);
+        }
+        query.execute(&mut *c).await?;
+    }
+    for (m, _) in batch {
+        insert_outbox(c, m).await?;
+    }
+    Ok(Some(outcomes))
 }
 
 const OUTBOX_SELECT: &str = "SELECT o.id, o.relay, o.message_id, g.kind, g.body, o.recipients, o.expires_ms, o.attempts, o.sender_user, o.sender_device FROM outbox o JOIN messages g ON g.id = o.message_id";
@@ -907,7 +1144,14 @@ impl Store for SqlStore {
     }
 
     async fn accept(&self, message: NewMessage) -> Result<AcceptOutcome> {
-        self.write(move |c| Box::pin(accept_in(c, message))).await
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Job::Accept(Box::new(message), reply))
+            .await
+            .map_err(|_| RelayError::Store("writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| RelayError::Store("writer stopped".into()))?
     }
 
     async fn fetch(
@@ -951,17 +1195,31 @@ impl Store for SqlStore {
                     return Ok(0);
                 };
                 let mut acked = 0u32;
-                for seq in seqs {
-                    let row = q("DELETE FROM mailbox WHERE device_pk = ? AND seq = ? RETURNING message_id")
-                        .bind(pk)
-                        .bind(i(seq))
-                        .fetch_optional(&mut *c)
-                        .await?;
-                    if let Some(r) = row {
-                        let id: Vec<u8> = r.try_get(0)?;
-                        release(c, &id).await?;
-                        acked += 1;
+                for chunk in seqs.chunks(CHUNK_ROWS) {
+                    let sql = format!(
+                        "DELETE FROM mailbox WHERE device_pk = {} AND seq IN ({}) RETURNING message_id",
+                        ph(1),
+                        in_list(2, chunk.len())
+                    );
+                    let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql)).bind(pk);
+                    for seq in chunk {
+                        query = query.bind(i(*seq));
                     }
+                    let rows = query.fetch_all(&mut *c).await?;
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    // One entry per (device, message), so each id once.
+                    let sql = format!(
+                        "UPDATE messages SET refs = refs - 1, body = CASE WHEN refs <= 1 THEN NULL ELSE body END WHERE id IN ({})",
+                        in_list(1, rows.len())
+                    );
+                    let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+                    for r in &rows {
+                        query = query.bind(r.try_get::<Vec<u8>, _>(0)?);
+                    }
+                    query.execute(&mut *c).await?;
+                    acked += rows.len() as u32;
                 }
                 if acked > 0 {
                     q("UPDATE devices SET depth = depth - ? WHERE pk = ?")

@@ -71,12 +71,15 @@ impl imp::SqlStore {
             .synchronous(synchronous)
             .busy_timeout(Duration::from_secs(10));
         let write = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .connect_with(base.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
         let read = SqlitePoolOptions::new()
+            .test_before_acquire(false)
+            .test_before_acquire(false)
             .max_connections(options.readers.max(1))
             .connect_with(base.read_only(true))
             .await?;
