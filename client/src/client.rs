@@ -1317,6 +1317,13 @@ impl Inner {
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
+                // The relay asked to slow down: wait and send the same id again.
+                Err(TransportError::Api(e))
+                    if e.code == ErrorCode::RateLimited && attempt < SEND_ATTEMPTS_MAX =>
+                {
+                    tokio::time::sleep(delay.max(Duration::from_secs(1))).await;
+                    delay *= 2;
+                }
                 Err(TransportError::Api(e)) => {
                     if let Some(to) = message.recipients.first().map(|r| r.to.clone())
                         && matches!(e.code, ErrorCode::UnknownUser | ErrorCode::UnknownDevice)
