@@ -21,12 +21,12 @@ fn relay_error(e: courier_relay::RelayError) -> Error {
 
 /// Creates an account and its first device.
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts",
-    request_body(content = Object, description = "`RegisterRequest`"),
+    request_body(content = crate::openapi::RegisterRequestDoc, description = "`RegisterRequest`"),
     responses(
-        (status = 201, description = "`RegisterResponse`", body = Object),
-        (status = 400, description = "`malformed`, `bad_request`, `invalid_signature`, `invalid_address`", body = Object),
-        (status = 403, description = "`invite_required`, `invalid_invite`", body = Object),
-        (status = 409, description = "`username_taken`", body = Object),
+        (status = 201, description = "`RegisterResponse`", body = crate::openapi::RegisterResponseDoc),
+        (status = 400, description = "`malformed`, `bad_request`, `invalid_signature`, `invalid_address`", body = crate::openapi::ErrorBodyDoc),
+        (status = 403, description = "`invite_required`, `invalid_invite`", body = crate::openapi::ErrorBodyDoc),
+        (status = 409, description = "`username_taken`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn register(
     State(state): State<AppState>,
@@ -38,10 +38,10 @@ pub async fn register(
 
 /// Asks for a login challenge for a device.
 #[utoipa::path(post, path = "/v1/auth/challenge", tag = "auth",
-    request_body(content = Object, description = "`ChallengeRequest`"),
+    request_body(content = crate::openapi::ChallengeRequestDoc, description = "`ChallengeRequest`"),
     responses(
-        (status = 200, description = "`ChallengeResponse`", body = Object),
-        (status = 404, description = "`unknown_device`", body = Object),
+        (status = 200, description = "`ChallengeResponse`", body = crate::openapi::ChallengeResponseDoc),
+        (status = 404, description = "`unknown_device`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn challenge(
     State(state): State<AppState>,
@@ -57,11 +57,11 @@ pub async fn challenge(
 
 /// Answers a challenge with the device's signature; returns tokens.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth",
-    request_body(content = Object, description = "`LoginRequest`"),
+    request_body(content = crate::openapi::LoginRequestDoc, description = "`LoginRequest`"),
     responses(
-        (status = 200, description = "`TokenResponse`", body = Object),
-        (status = 400, description = "`invalid_signature`", body = Object),
-        (status = 401, description = "`invalid_challenge` (unknown, expired or already used)", body = Object),
+        (status = 200, description = "`TokenResponse`", body = crate::openapi::TokenResponseDoc),
+        (status = 400, description = "`invalid_signature`", body = crate::openapi::ErrorBodyDoc),
+        (status = 401, description = "`invalid_challenge` (unknown, expired or already used)", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -73,10 +73,10 @@ pub async fn login(
 
 /// Rotates the refresh token; reusing an old one revokes the login session.
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth",
-    request_body(content = Object, description = "`RefreshRequest`"),
+    request_body(content = crate::openapi::RefreshRequestDoc, description = "`RefreshRequest`"),
     responses(
-        (status = 200, description = "`TokenResponse`", body = Object),
-        (status = 401, description = "`invalid_refresh_token`", body = Object),
+        (status = 200, description = "`TokenResponse`", body = crate::openapi::TokenResponseDoc),
+        (status = 401, description = "`invalid_refresh_token`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn refresh(
     State(state): State<AppState>,
@@ -94,7 +94,7 @@ pub async fn refresh(
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
     security(("bearer" = [])),
     responses((status = 204, description = "logged out"),
-        (status = 401, description = "`unauthenticated`, `token_expired`", body = Object)))]
+        (status = 401, description = "`unauthenticated`, `token_expired`", body = crate::openapi::ErrorBodyDoc)))]
 pub async fn logout(State(state): State<AppState>, Authed(device): Authed) -> Result<StatusCode> {
     state.relay.logout(&device).await.map_err(relay_error)?;
     Ok(StatusCode::NO_CONTENT)
@@ -104,8 +104,8 @@ pub async fn logout(State(state): State<AppState>, Authed(device): Authed) -> Re
 #[utoipa::path(get, path = "/v1/devices/{username}", tag = "devices",
     params(("username" = String, Path, description = "a local username")),
     responses(
-        (status = 200, description = "`SignedDeviceList`", body = Object),
-        (status = 404, description = "`unknown_user`", body = Object),
+        (status = 200, description = "`SignedDeviceList`", body = crate::openapi::SignedDeviceListDoc),
+        (status = 404, description = "`unknown_user`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn device_list(
     State(state): State<AppState>,
@@ -123,10 +123,10 @@ pub async fn device_list(
 
 /// A new device asks to join an account; an existing device approves it.
 #[utoipa::path(post, path = "/v1/links", tag = "devices",
-    request_body(content = Object, description = "`LinkRequest`"),
+    request_body(content = crate::openapi::LinkRequestDoc, description = "`LinkRequest`"),
     responses(
-        (status = 201, description = "`LinkResponse`", body = Object),
-        (status = 404, description = "`unknown_user`", body = Object),
+        (status = 201, description = "`LinkResponse`", body = crate::openapi::LinkResponseDoc),
+        (status = 404, description = "`unknown_user`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn open_link(
     State(state): State<AppState>,
@@ -141,8 +141,8 @@ pub async fn open_link(
     security(("bearer" = [])),
     params(("code" = String, Path, description = "the link code")),
     responses(
-        (status = 200, description = "`LinkInfo`", body = Object),
-        (status = 404, description = "`invalid_link_code`", body = Object),
+        (status = 200, description = "`LinkInfo`", body = crate::openapi::LinkInfoDoc),
+        (status = 404, description = "`invalid_link_code`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn link_info(
     State(state): State<AppState>,
@@ -161,12 +161,12 @@ pub async fn link_info(
 #[utoipa::path(post, path = "/v1/links/{code}/approve", tag = "devices",
     security(("bearer" = [])),
     params(("code" = String, Path, description = "the link code")),
-    request_body(content = Object, description = "`ApproveLinkRequest`"),
+    request_body(content = crate::openapi::ApproveLinkRequestDoc, description = "`ApproveLinkRequest`"),
     responses(
-        (status = 200, description = "`ApproveLinkResponse`", body = Object),
-        (status = 400, description = "`invalid_signature`, `bad_request`", body = Object),
-        (status = 404, description = "`invalid_link_code`", body = Object),
-        (status = 409, description = "`too_many_devices`, `conflict`", body = Object),
+        (status = 200, description = "`ApproveLinkResponse`", body = crate::openapi::ApproveLinkResponseDoc),
+        (status = 400, description = "`invalid_signature`, `bad_request`", body = crate::openapi::ErrorBodyDoc),
+        (status = 404, description = "`invalid_link_code`", body = crate::openapi::ErrorBodyDoc),
+        (status = 409, description = "`too_many_devices`, `conflict`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn approve_link(
     State(state): State<AppState>,
@@ -187,8 +187,8 @@ pub async fn approve_link(
     params(("code" = String, Path, description = "the link code"),
            ("secret" = String, Query, description = "the secret from `LinkResponse`")),
     responses(
-        (status = 200, description = "`LinkStatus`", body = Object),
-        (status = 404, description = "`invalid_link_code` (or wrong secret)", body = Object),
+        (status = 200, description = "`LinkStatus`", body = crate::openapi::LinkStatusDoc),
+        (status = 404, description = "`invalid_link_code` (or wrong secret)", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn link_status(
     State(state): State<AppState>,
@@ -206,9 +206,9 @@ pub async fn link_status(
 /// Replaces this device's signed prekey.
 #[utoipa::path(put, path = "/v1/keys/signed-prekey", tag = "keys",
     security(("bearer" = [])),
-    request_body(content = Object, description = "`SignedPreKey`"),
+    request_body(content = crate::openapi::SignedPreKeyDoc, description = "`SignedPreKey`"),
     responses((status = 204, description = "stored"),
-        (status = 400, description = "`invalid_signature`", body = Object)))]
+        (status = 400, description = "`invalid_signature`", body = crate::openapi::ErrorBodyDoc)))]
 pub async fn put_signed_prekey(
     State(state): State<AppState>,
     Authed(device): Authed,
@@ -225,9 +225,9 @@ pub async fn put_signed_prekey(
 /// Adds one-time prekeys to this device's pool.
 #[utoipa::path(post, path = "/v1/keys/one-time", tag = "keys",
     security(("bearer" = [])),
-    request_body(content = Object, description = "`UploadOneTimePreKeys`"),
-    responses((status = 200, description = "`PreKeyCount`", body = Object),
-        (status = 409, description = "`too_many_prekeys`", body = Object)))]
+    request_body(content = crate::openapi::UploadOneTimePreKeysDoc, description = "`UploadOneTimePreKeys`"),
+    responses((status = 200, description = "`PreKeyCount`", body = crate::openapi::PreKeyCountDoc),
+        (status = 409, description = "`too_many_prekeys`", body = crate::openapi::ErrorBodyDoc)))]
 pub async fn upload_one_time(
     State(state): State<AppState>,
     Authed(device): Authed,
@@ -244,7 +244,7 @@ pub async fn upload_one_time(
 /// How many one-time prekeys this device has left.
 #[utoipa::path(get, path = "/v1/keys/count", tag = "keys",
     security(("bearer" = [])),
-    responses((status = 200, description = "`PreKeyCount`", body = Object)))]
+    responses((status = 200, description = "`PreKeyCount`", body = crate::openapi::PreKeyCountDoc)))]
 pub async fn prekey_count(
     State(state): State<AppState>,
     Authed(device): Authed,
@@ -264,9 +264,9 @@ pub async fn prekey_count(
     params(("address" = String, Path, description = "`user@relay`"),
            ("device" = Option<u32>, Query, description = "only this device")),
     responses(
-        (status = 200, description = "`KeyBundleResponse`", body = Object),
-        (status = 400, description = "`invalid_address`", body = Object),
-        (status = 404, description = "`unknown_user`, `unknown_device`, `unknown_relay`", body = Object),
+        (status = 200, description = "`KeyBundleResponse`", body = crate::openapi::KeyBundleResponseDoc),
+        (status = 400, description = "`invalid_address`", body = crate::openapi::ErrorBodyDoc),
+        (status = 404, description = "`unknown_user`, `unknown_device`, `unknown_relay`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn key_bundle(
     State(state): State<AppState>,
@@ -300,14 +300,14 @@ pub async fn key_bundle(
 /// Sends one message to many devices; answers once it is durable.
 #[utoipa::path(post, path = "/v1/messages", tag = "messages",
     security(("bearer" = [])),
-    request_body(content = Object, description = "`OutgoingMessage`"),
+    request_body(content = crate::openapi::OutgoingMessageDoc, description = "`OutgoingMessage`"),
     responses(
-        (status = 201, description = "`SendResponse`: stored", body = Object),
-        (status = 400, description = "`bad_request`, `malformed`", body = Object),
-        (status = 404, description = "`unknown_user`, `unknown_device`, `unknown_relay`", body = Object),
-        (status = 409, description = "`conflict`: the id was used for another message", body = Object),
-        (status = 413, description = "`payload_too_large`, `too_many_recipients`", body = Object),
-        (status = 507, description = "`mailbox_full`", body = Object),
+        (status = 201, description = "`SendResponse`: stored", body = crate::openapi::SendResponseDoc),
+        (status = 400, description = "`bad_request`, `malformed`", body = crate::openapi::ErrorBodyDoc),
+        (status = 404, description = "`unknown_user`, `unknown_device`, `unknown_relay`", body = crate::openapi::ErrorBodyDoc),
+        (status = 409, description = "`conflict`: the id was used for another message", body = crate::openapi::ErrorBodyDoc),
+        (status = 413, description = "`payload_too_large`, `too_many_recipients`", body = crate::openapi::ErrorBodyDoc),
+        (status = 507, description = "`mailbox_full`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn send(
     State(state): State<AppState>,
@@ -339,7 +339,7 @@ pub async fn send(
     security(("bearer" = [])),
     params(("after" = Option<u64>, Query, description = "only envelopes with a greater seq"),
            ("limit" = Option<u32>, Query, description = "1..=500")),
-    responses((status = 200, description = "`FetchResponse`", body = Object)))]
+    responses((status = 200, description = "`FetchResponse`", body = crate::openapi::FetchResponseDoc)))]
 pub async fn fetch(
     State(state): State<AppState>,
     Authed(device): Authed,
@@ -365,8 +365,8 @@ pub async fn fetch(
 /// Deletes delivered envelopes from this device's mailbox.
 #[utoipa::path(post, path = "/v1/messages/ack", tag = "messages",
     security(("bearer" = [])),
-    request_body(content = Object, description = "`AckRequest`"),
-    responses((status = 200, description = "`AckResponse`", body = Object)))]
+    request_body(content = crate::openapi::AckRequestDoc, description = "`AckRequest`"),
+    responses((status = 200, description = "`AckResponse`", body = crate::openapi::AckResponseDoc)))]
 pub async fn ack(
     State(state): State<AppState>,
     Authed(device): Authed,

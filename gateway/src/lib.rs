@@ -17,6 +17,7 @@ pub mod extract;
 pub mod hub;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod ratelimit;
 pub mod state;
 pub mod ws;
@@ -63,6 +64,7 @@ impl courier_relay::Notifier for PushHub {
 #[openapi(
     info(title = "Courier relay API", description = "Client API of a Courier relay. Binary fields are unpadded base64url; times are Unix milliseconds. Errors are `{\"error\": {\"code\", \"message\"}}`; see docs/api.md."),
     modifiers(&BearerAuth),
+    components(schemas(openapi::ErrorBodyDoc)),
 )]
 struct ApiDoc;
 

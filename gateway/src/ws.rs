@@ -45,8 +45,8 @@ enum ServerFrame<'a> {
     params(("access_token" = Option<String>, Query, description = "instead of the Authorization header")),
     responses(
         (status = 101, description = "WebSocket: server sends `ServerFrame` JSON text frames, client sends `ClientFrame` (`{\"type\":\"ack\",\"seqs\":[…]}`)"),
-        (status = 400, description = "`bad_request`: not a WebSocket upgrade", body = Object),
-        (status = 401, description = "`unauthenticated`, `token_expired`", body = Object),
+        (status = 400, description = "`bad_request`: not a WebSocket upgrade", body = crate::openapi::ErrorBodyDoc),
+        (status = 401, description = "`unauthenticated`, `token_expired`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn upgrade(
     State(state): State<AppState>,
