@@ -1972,7 +1972,12 @@ impl Inner {
                 "group id mismatch",
             )));
         }
-        let name = self.file_group(&group, &sender, batch).await?;
+        let (name, member) = self.file_group(&group, &sender, batch).await?;
+        if !member {
+            // A removed member still holding old keys is not heard.
+            tracing::warn!(%sender, group = %name, "group message from a non-member ignored");
+            return Ok(None);
+        }
         if text.is_empty() {
             return Ok(None);
         }
@@ -1991,13 +1996,13 @@ impl Inner {
     }
 
     /// Updates (or creates) the local record of a group from a member's
-    /// message; returns its local name.
+    /// message; returns its local name and whether the sender is a member.
     async fn file_group(
         &mut self,
         info: &GroupInfo,
         sender: &Address,
         batch: &mut Batch,
-    ) -> Result<String, Error> {
+    ) -> Result<(String, bool), Error> {
         let me = self.me()?.account.address.clone();
         let groups = self.store.scan(Table::Groups, "").await?;
         let mut existing = None;
@@ -2011,8 +2016,9 @@ impl Inner {
         // Only a current member may change the group.
         let (name, mut record) = match existing {
             Some((name, record)) => {
-                if !record.info.members.contains(sender) || info.epoch <= record.info.epoch {
-                    return Ok(name);
+                let member = record.info.members.contains(sender);
+                if !member || info.epoch <= record.info.epoch {
+                    return Ok((name, member));
                 }
                 (name, record)
             }
@@ -2033,7 +2039,7 @@ impl Inner {
         record.info.epoch = info.epoch;
         record.left = !info.members.contains(&me);
         batch.put(Table::Groups, name.clone(), json(&record)?);
-        Ok(name)
+        Ok((name, info.members.contains(sender)))
     }
 
     /// Decrypts a pairwise session message from a device, starting a session

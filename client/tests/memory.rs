@@ -413,6 +413,10 @@ async fn a_group_across_three_relays_and_a_removed_member_stops_reading() {
     }
     assert_eq!(texts(&bob.recv().await.unwrap()), ["without carol"]);
     assert_eq!(texts(&alice.recv().await.unwrap()), ["bye carol"]);
+    // Carol, never told, still posts: members do not show it.
+    carol.group_send("team", "still here?").await.unwrap();
+    assert!(alice.recv().await.unwrap().is_empty());
+    assert!(bob.recv().await.unwrap().is_empty());
 
     // Even handed the new bodies, carol holds no sender key that opens them:
     // both alice and bob rotated after the removal.
