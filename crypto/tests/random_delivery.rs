@@ -24,12 +24,12 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn interleaved_conversation_under_random_delivery(
         seed in any::<u64>(),
-        steps in proptest::collection::vec(step(), 1..200),
+        steps in proptest::collection::vec(step(), 1..500),
     ) {
         let mut rng = rng(seed);
         let (mut alice, mut bob) = established(&mut rng, seed % 2 == 0);
@@ -68,6 +68,28 @@ proptest! {
             while let Some((m, text)) = queues[q].pop() {
                 prop_assert_eq!(session.decrypt(&m).unwrap(), text);
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn group_messages_under_random_delivery(
+        seed in any::<u64>(),
+        order in Just((0..60usize).collect::<Vec<_>>()).prop_shuffle(),
+        lost in proptest::collection::btree_set(0..60usize, 0..10),
+    ) {
+        use courier_crypto::{SenderKey, SenderKeyReceiver};
+        let mut rng = rng(seed);
+        let mut sender = SenderKey::generate(&mut rng);
+        let mut receiver = SenderKeyReceiver::from_distribution(&sender.distribution_message()).unwrap();
+        let msgs: Vec<Vec<u8>> = (0..60u32).map(|i| sender.encrypt(&i.to_be_bytes()).unwrap()).collect();
+        for i in order {
+            if lost.contains(&i) { continue; }
+            prop_assert_eq!(receiver.decrypt(&msgs[i]).unwrap(), (i as u32).to_be_bytes());
+            prop_assert!(receiver.decrypt(&msgs[i]).is_err());
         }
     }
 }
