@@ -137,6 +137,20 @@ fn decrypting_the_same_message_twice_fails() {
     // Still usable.
     let m2 = a.encrypt(b"z", &mut rng).unwrap();
     assert_eq!(b.decrypt(&m2).unwrap(), b"z");
+    // After a DH ratchet round trip, replays from the old chain are still duplicates.
+    let r = b.encrypt(b"r", &mut rng).unwrap();
+    assert_eq!(a.decrypt(&r).unwrap(), b"r");
+    let m3 = a.encrypt(b"new chain", &mut rng).unwrap();
+    assert_eq!(b.decrypt(&m3).unwrap(), b"new chain");
+    assert!(matches!(
+        b.decrypt(&m2),
+        Err(Error::DuplicateMessage { index: 2 })
+    ));
+    let mut b = copy(&b);
+    assert!(matches!(
+        b.decrypt(&m1),
+        Err(Error::DuplicateMessage { index: 1 })
+    ));
 }
 
 #[test]

@@ -34,6 +34,9 @@ pub const MESSAGE_KEYS_INFO: &[u8] = b"Courier_Ratchet_MK_v1";
 pub const MAX_SKIP: u32 = 1000;
 /// Default largest number of skipped message keys stored per session.
 pub const MAX_SKIPPED_KEYS: usize = 2000;
+/// How many earlier remote ratchet keys are remembered, so that a replayed
+/// message from an older chain is reported as a duplicate without a DH.
+pub const PREVIOUS_CHAINS_MAX: usize = 8;
 /// Length of an encoded ratchet message header (version, type, key, PN, N).
 pub const HEADER_LEN: usize = 2 + 32 + 4 + 4;
 
@@ -110,6 +113,7 @@ pub struct DoubleRatchet {
     previous_counter: u32,
     their_ratchet: Option<[u8; 32]>,
     receiving: Option<ReceivingChain>,
+    previous_ratchet_keys: Vec<[u8; 32]>,
     skipped: SkippedKeys,
     config: RatchetConfig,
 }
@@ -133,6 +137,7 @@ impl DoubleRatchet {
             previous_counter: 0,
             their_ratchet: Some(*their_ratchet_key),
             receiving: None,
+            previous_ratchet_keys: Vec::new(),
             skipped: SkippedKeys::default(),
             config: RatchetConfig::default(),
         })
@@ -149,6 +154,7 @@ impl DoubleRatchet {
             previous_counter: 0,
             their_ratchet: None,
             receiving: None,
+            previous_ratchet_keys: Vec::new(),
             skipped: SkippedKeys::default(),
             config: RatchetConfig::default(),
         }
@@ -252,6 +258,13 @@ impl DoubleRatchet {
             return Ok(plaintext);
         }
 
+        // A chain we already left: its remaining keys are all in the skipped store.
+        if self.previous_ratchet_keys.contains(&header.ratchet_key) {
+            return Err(Error::DuplicateMessage {
+                index: header.counter,
+            });
+        }
+
         // 3. A new remote ratchet key: DH ratchet step.
         let mut skipped = Vec::new();
         if let Some(receiving) = &self.receiving {
@@ -277,6 +290,12 @@ impl DoubleRatchet {
 
         // Commit.
         self.root = root;
+        if let Some(old) = self.receiving.take() {
+            if self.previous_ratchet_keys.len() >= PREVIOUS_CHAINS_MAX {
+                self.previous_ratchet_keys.remove(0);
+            }
+            self.previous_ratchet_keys.push(old.ratchet_key);
+        }
         self.receiving = Some(ReceivingChain {
             ratchet_key: header.ratchet_key,
             chain,
@@ -335,6 +354,7 @@ impl DoubleRatchet {
                 key: r.chain.key,
                 index: r.chain.index,
             }),
+            previous_ratchet_keys: self.previous_ratchet_keys.clone(),
             skipped: self
                 .skipped
                 .iter()
@@ -386,6 +406,14 @@ impl DoubleRatchet {
                 ratchet_key: r.ratchet_key,
                 chain: ChainKey::new(r.key, r.index),
             }),
+            previous_ratchet_keys: pickle
+                .previous_ratchet_keys
+                .iter()
+                .rev()
+                .take(PREVIOUS_CHAINS_MAX)
+                .rev()
+                .copied()
+                .collect(),
             skipped,
             config,
         })
@@ -441,6 +469,9 @@ pub struct RatchetPickle {
     /// Receiving chain CKr and Nr.
     #[serde(default)]
     pub receiving: Option<ReceivingPickle>,
+    /// Earlier remote ratchet keys, oldest first (public values).
+    #[serde(default)]
+    pub previous_ratchet_keys: Vec<[u8; 32]>,
     /// Stored skipped message keys, oldest first.
     #[serde(default)]
     pub skipped: Vec<SkippedPickle>,
