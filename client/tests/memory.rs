@@ -569,3 +569,29 @@ async fn expired_or_revoked_tokens_are_renewed_without_the_user_noticing() {
         ["one", "two (after refresh)", "three (after a new login)"]
     );
 }
+
+#[tokio::test]
+async fn listening_reconnects_after_the_relay_comes_back() {
+    let net = MemoryNetwork::new();
+    let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
+    let (bob, b) = user(&net, "bob", "relay-a.example", 2).await;
+    let bob = Arc::new(bob);
+    let listener = {
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            bob.listen(std::time::Duration::from_millis(1500), |m| got.push(m.text))
+                .await
+                .unwrap();
+            got
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    alice.send(&b, "before").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    net.set_down(true);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    net.set_down(false);
+    alice.send(&b, "after").await.unwrap();
+    assert_eq!(listener.await.unwrap(), ["before", "after"]);
+}

@@ -55,6 +55,8 @@ fn free_udp_port() -> u16 {
 /// restart keeps its addresses.
 struct Relay {
     child: Option<Child>,
+    /// `open` or `invite`.
+    registration: &'static str,
     /// `COURIER_FEDERATION_BOOTSTRAP`: multiaddrs dialled at start.
     bootstrap: String,
     name: String,
@@ -91,6 +93,7 @@ impl Relay {
             .collect();
         let mut relay = Relay {
             child: None,
+            registration: "open",
             bootstrap: format!("[{}]", addrs.join(",")),
             name: name.to_owned(),
             url: format!("http://{http}"),
@@ -103,7 +106,7 @@ impl Relay {
 
     fn spawn(&mut self) {
         let mut child = Command::new(relay_bin())
-            .args(["serve", "--registration", "open", "--data-dir"])
+            .args(["serve", "--registration", self.registration, "--data-dir"])
             .arg(&self.data_dir)
             .env("RUST_LOG", "warn")
             .env("COURIER_FEDERATION_BOOTSTRAP", &self.bootstrap)
@@ -140,6 +143,28 @@ impl Relay {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// Restarts the relay with invite-only registration.
+    fn invite_only(&mut self) {
+        self.stop();
+        self.registration = "invite";
+        self.spawn();
+    }
+
+    /// A one-time registration code from `courier invite`.
+    fn invite(&self) -> String {
+        let out = Command::new(relay_bin())
+            .args(["invite", "--data-dir"])
+            .arg(&self.data_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "invite: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
     /// The multiaddr other relays dial, from `courier id`.
@@ -300,6 +325,13 @@ fn two_users_on_one_relay_and_the_cli_contract() {
         ]
     );
     assert!(bob.recv().is_empty(), "shown once");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&alice.state), 0o700);
+        assert_eq!(mode(&alice.state.join("client.db")), 0o600);
+    }
     bob.send(&alice, "hi alice");
     let line = ok(alice.run(&["recv", "--json"]));
     let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
@@ -624,4 +656,37 @@ fn a_contact_re_registering_with_a_new_identity_raises_the_identity_change_error
     alice.run_when_peered(&["trust", &new_bob.address]);
     alice.send_when_peered(&new_bob, "after trust");
     assert_eq!(new_bob.recv_n(1), ["alice@relay-a.test: after trust"]);
+}
+
+#[test]
+fn invite_only_relays_need_a_code_to_register() {
+    let mut relay = Relay::start("relay-a.test");
+    relay.invite_only();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("s");
+    let user = "erin@relay-a.test";
+    let out = client(&state, &["register", user, "--relay", &relay.url], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("invite"), "{}", stderr(&out));
+    let code = relay.invite();
+    let out = client(
+        &state,
+        &["register", user, "--relay", &relay.url, "--invite", &code],
+        &[],
+    );
+    assert_eq!(ok(out).trim(), user);
+    // A used code does not register a second account.
+    let out = client(
+        &tmp.path().join("t"),
+        &[
+            "register",
+            "frank@relay-a.test",
+            "--relay",
+            &relay.url,
+            "--invite",
+            &code,
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
 }

@@ -109,6 +109,8 @@ impl MemoryNetwork {
         if let Ok(mut n) = self.lock() {
             n.down = down;
         }
+        // Open subscriptions notice at once, as a dropped connection would.
+        self.notify.notify_waiters();
     }
 
     /// Delivers a copy of an envelope already in `address`'s device mailbox
