@@ -16,6 +16,8 @@
 //! `courier_relay::federation::drain_once`, driven by [`Drainer`]), no
 //! storage besides the peer book in `<data-dir>/peers.json`.
 
+#[cfg(test)]
+mod bench;
 mod codec;
 pub mod control;
 pub mod descriptor;

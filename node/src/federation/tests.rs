@@ -140,45 +140,7 @@ impl TestRelay {
     /// Registers `user` with device 1 directly in the store (delivery does
     /// not look at keys).
     pub(super) async fn user(&self, user: &str) -> AuthedDevice {
-        let username = Username::parse(user).unwrap();
-        let keys = DeviceKeys {
-            identity_key: Bytes::from(vec![1; 32]),
-            dh_key: Bytes::from(vec![2; 32]),
-            dh_key_signature: Bytes::from(vec![3; 64]),
-        };
-        self.store
-            .register(NewAccount {
-                device: DeviceRecord {
-                    user: username.clone(),
-                    device: DeviceId(1),
-                    keys: keys.clone(),
-                    signed_prekey: None,
-                    one_time_count: 0,
-                    created_ms: 0,
-                },
-                device_list: SignedDeviceList {
-                    list: DeviceList {
-                        address: Address::new(username.clone(), self.name.clone()),
-                        version: 1,
-                        devices: vec![DeviceListEntry {
-                            device: DeviceId(1),
-                            identity_key: keys.identity_key,
-                        }],
-                    },
-                    signer: DeviceId(1),
-                    signature: Bytes::from(vec![4; 64]),
-                },
-                invite: None,
-                now_ms: 0,
-            })
-            .await
-            .unwrap();
-        AuthedDevice {
-            user: username,
-            device: DeviceId(1),
-            session: "test".into(),
-            prekeys_low: None,
-        }
+        register(self.store.as_ref(), &self.name, user).await
     }
 
     pub(super) async fn send(&self, from: &AuthedDevice, seq: u32, to: &[&str]) -> EnvelopeId {
@@ -243,6 +205,49 @@ impl TestRelay {
             .unwrap()
             .into_iter()
             .find(|p| p.peer_id == peer.to_base58())
+    }
+}
+
+/// Registers `user` with device 1 on relay `relay` directly in its store.
+pub(super) async fn register(store: &dyn Store, relay: &RelayName, user: &str) -> AuthedDevice {
+    let username = Username::parse(user).unwrap();
+    let keys = DeviceKeys {
+        identity_key: Bytes::from(vec![1; 32]),
+        dh_key: Bytes::from(vec![2; 32]),
+        dh_key_signature: Bytes::from(vec![3; 64]),
+    };
+    store
+        .register(NewAccount {
+            device: DeviceRecord {
+                user: username.clone(),
+                device: DeviceId(1),
+                keys: keys.clone(),
+                signed_prekey: None,
+                one_time_count: 0,
+                created_ms: 0,
+            },
+            device_list: SignedDeviceList {
+                list: DeviceList {
+                    address: Address::new(username.clone(), relay.clone()),
+                    version: 1,
+                    devices: vec![DeviceListEntry {
+                        device: DeviceId(1),
+                        identity_key: keys.identity_key,
+                    }],
+                },
+                signer: DeviceId(1),
+                signature: Bytes::from(vec![4; 64]),
+            },
+            invite: None,
+            now_ms: 0,
+        })
+        .await
+        .unwrap();
+    AuthedDevice {
+        user: username,
+        device: DeviceId(1),
+        session: "test".into(),
+        prekeys_low: None,
     }
 }
 
@@ -747,4 +752,43 @@ impl PeerOfHandle for Handle {
             .into_iter()
             .find(|p| p.peer_id == peer.to_base58())
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_member_group_over_ten_relays_costs_ten_federation_deliveries() {
+    let a = relay("relay-a.example").await;
+    let alice = a.user("alice").await;
+    let mut remotes = Vec::new();
+    let mut to = Vec::new();
+    for r in 0..10 {
+        let remote = relay(&format!("relay-{r}.example")).await;
+        for m in 0..10 {
+            remote.user(&format!("m{m}")).await;
+            to.push(format!("m{m}@relay-{r}.example"));
+        }
+        a.fed.add_peer(remote.addr.clone()).await.unwrap();
+        remotes.push(remote);
+    }
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    a.send(&alice, 1, &to).await;
+    eventually(20, "every relay got the message", || async {
+        a.outbox_depth().await == 0
+    })
+    .await;
+    let mut deliveries = 0;
+    for remote in &remotes {
+        let from_a = remote.peer(a.peer_id()).await.unwrap().counters;
+        assert_eq!(from_a.envelopes_received, 1, "body once per relay");
+        deliveries += from_a.batches_received;
+    }
+    assert_eq!(deliveries, 10);
+    let sent: u64 = a
+        .fed
+        .peers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.counters.batches_sent)
+        .sum();
+    assert_eq!(sent, 10);
 }
