@@ -28,7 +28,7 @@ use sqlx::{Connection, Executor};
 const RELAY: &str = "relay-a.example";
 const BODY_BYTES: usize = 256;
 const HEADER_BYTES: usize = 64;
-const CONCURRENT_TASKS: usize = 64;
+const CONCURRENT_TASKS: usize = 512;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {

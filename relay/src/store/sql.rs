@@ -257,16 +257,36 @@ async fn run_in_transaction(
     Ok(fast)
 }
 
-async fn run_writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
-    let mut jobs: Vec<Job> = Vec::with_capacity(batch_max);
-    while let Some(first) = rx.recv().await {
-        jobs.push(first);
+/// Takes what is queued; then, while that keeps growing, lets the callers'
+/// tasks run (a few yields, microseconds) so callers woken by the previous
+/// commit get into this batch instead of paying for a commit of their own.
+async fn gather(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, batch_max: usize) {
+    const YIELDS_MAX: usize = 4;
+    let mut yields = 0;
+    loop {
+        let before = jobs.len();
         while jobs.len() < batch_max {
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
+        if batch_max == 1 || jobs.len() >= batch_max || yields >= YIELDS_MAX {
+            return;
+        }
+        if yields > 0 && jobs.len() == before {
+            return;
+        }
+        yields += 1;
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn run_writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(batch_max);
+    while let Some(first) = rx.recv().await {
+        jobs.push(first);
+        gather(&mut rx, &mut jobs, batch_max).await;
         let mut ops: Vec<Box<dyn WriteJob>> = Vec::with_capacity(jobs.len());
         let mut accepts: Accepts = Vec::new();
         for j in jobs.drain(..) {
