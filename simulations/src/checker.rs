@@ -60,7 +60,8 @@ struct Receipt {
     /// The mailbox entry (relay-assigned sequence number).
     entry: u64,
     at_ms: u64,
-    decrypted: bool,
+    /// `None` until the device has tried to decrypt it.
+    decrypted: Option<bool>,
 }
 
 /// How one received copy turned out.
@@ -157,6 +158,22 @@ pub struct Checker {
     unknown_receipts: u64,
 }
 
+/// Facts about a copy reaching a device, before decryption.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// The message index (as returned by [`Checker::record_send`]).
+    pub message: usize,
+    /// The receiving device.
+    pub device: DeviceIx,
+    /// The mailbox entry it came from.
+    pub entry: u64,
+    /// When it arrived.
+    pub at_ms: u64,
+    /// True when sender and recipient share a home relay, where the
+    /// mailbox promises FIFO order.
+    pub order_promised: bool,
+}
+
 /// Facts about a received copy, reported by the harness.
 #[derive(Debug, Clone, Copy)]
 pub struct ReceiptFacts {
@@ -229,6 +246,22 @@ impl Checker {
     /// Records a received copy. Returns the send-to-deliver latency of a
     /// first delivery, `None` for a re-fetch or an unknown message.
     pub fn record_receipt(&mut self, r: ReceiptFacts) -> Option<u64> {
+        let latency = self.record_arrival(Arrival {
+            message: r.message,
+            device: r.device,
+            entry: r.entry,
+            at_ms: r.at_ms,
+            order_promised: r.order_promised,
+        });
+        self.record_opened(r.message, r.device, r.entry, r.opened);
+        latency
+    }
+
+    /// Records that a copy reached a device; what it decrypts to follows
+    /// with [`Checker::record_opened`] (deterministic mode decrypts in
+    /// batches, in parallel). Returns the send-to-deliver latency of a first
+    /// delivery, `None` for a re-fetch or an unknown message.
+    pub fn record_arrival(&mut self, r: Arrival) -> Option<u64> {
         let Some(m) = self.messages.get_mut(r.message) else {
             self.unknown_receipts += 1;
             return None;
@@ -241,12 +274,11 @@ impl Checker {
             return None;
         }
         let first = !m.receipts.iter().any(|x| x.device == r.device);
-        let decrypted = r.opened == Opened::Plaintext(m.plaintext_digest);
         m.receipts.push(Receipt {
             device: r.device,
             entry: r.entry,
             at_ms: r.at_ms,
-            decrypted,
+            decrypted: None,
         });
         if first {
             self.stats.deliveries += 1;
@@ -276,6 +308,21 @@ impl Checker {
         let e = self.last_seq.entry(key).or_insert(seq);
         *e = (*e).max(seq);
         first.then(|| r.at_ms.saturating_sub(m.started_ms))
+    }
+
+    /// Records what decrypting the copy from `entry` at `device` gave.
+    pub fn record_opened(&mut self, message: usize, device: DeviceIx, entry: u64, opened: Opened) {
+        let Some(m) = self.messages.get_mut(message) else {
+            return;
+        };
+        let ok = opened == Opened::Plaintext(m.plaintext_digest);
+        if let Some(r) = m
+            .receipts
+            .iter_mut()
+            .find(|x| x.device == device && x.entry == entry)
+        {
+            r.decrypted = Some(ok);
+        }
     }
 
     /// Records a copy of an already processed mailbox entry (fetched again
@@ -332,10 +379,15 @@ impl Checker {
                 let e = per_device.entry(r.device).or_insert((0, r.at_ms));
                 e.0 += 1;
                 decrypts.checked += 1;
-                if !r.decrypted {
+                if r.decrypted != Some(true) {
+                    let what = if r.decrypted.is_none() {
+                        "could not be decrypted (no key arrived)"
+                    } else {
+                        "did not decrypt to what was sent"
+                    };
                     decrypts.violate(|| {
                         format!(
-                            "message {ix} from {} to {} (entry {}) did not decrypt to what was sent",
+                            "message {ix} from {} to {} (entry {}) {what}",
                             describe_device(m.sender),
                             describe_device(r.device),
                             r.entry

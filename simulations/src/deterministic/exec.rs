@@ -85,16 +85,21 @@ impl Executor {
         self.tasks.retain(|_, (o, _)| *o != owner);
     }
 
-    /// Polls woken tasks until none is ready. Returns how many finished.
-    pub fn run(&mut self) -> usize {
-        let mut finished = 0;
+    /// Polls woken tasks until none is ready. Returns the owners of the
+    /// tasks polled (sorted, deduplicated): only their relays can have new
+    /// calls or notices.
+    pub fn run(&mut self) -> Vec<usize> {
+        let mut owners = Vec::new();
         loop {
             let Some(id) = lock(&self.ready).pop_front() else {
-                return finished;
+                owners.sort_unstable();
+                owners.dedup();
+                return owners;
             };
-            let Some((_, task)) = self.tasks.get_mut(&id) else {
+            let Some((owner, task)) = self.tasks.get_mut(&id) else {
                 continue;
             };
+            owners.push(*owner);
             let waker = Waker::from(Arc::new(TaskWaker {
                 id,
                 ready: self.ready.clone(),
@@ -105,7 +110,6 @@ impl Executor {
                 .is_ready()
             {
                 self.tasks.remove(&id);
-                finished += 1;
             }
         }
     }

@@ -29,7 +29,7 @@ use courier_relay::types::{
 };
 use courier_relay::{AuthedDevice, Config, ManualClock, Notifier, Relay, RelayError, Store};
 
-use crate::checker::{Checker, Conversation, DeviceIx, Opened, ReceiptFacts, digest};
+use crate::checker::{Arrival, Checker, Conversation, DeviceIx, Opened, digest};
 use crate::net::{NetStats, Partitions, transmit};
 use crate::queue::EventQueue;
 use crate::report::{FaultMark, LatencySummary, Population, RelaySummary, Report, Series};
@@ -169,6 +169,14 @@ struct Buffered {
     body: Vec<u8>,
 }
 
+/// A received copy waiting to be decrypted.
+struct Inbound {
+    message: usize,
+    entry: u64,
+    header: Vec<u8>,
+    body: Vec<u8>,
+}
+
 struct Device {
     user: u32,
     relay: usize,
@@ -185,6 +193,7 @@ struct Device {
     fetch_again: bool,
     fetch_id: u64,
     poll_gen: u64,
+    inbox: Vec<Inbound>,
     buffered: Vec<Buffered>,
 }
 
@@ -303,7 +312,11 @@ struct World<'s> {
     sabotage: Option<Sabotage>,
     failure_notices: u64,
     rejected_sends: u64,
+    inbox_len: usize,
 }
+
+/// Received copies held before a batch decryption.
+pub const INBOX_FLUSH_AT: usize = 20_000;
 
 fn setup_err(what: &str, e: impl std::fmt::Display) -> SimError {
     SimError::Setup(format!("{what}: {e}"))
@@ -336,6 +349,9 @@ pub fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimError> {
         world.clock.set(EPOCH_MS + at);
         world.handle(ev)?;
         world.settle()?;
+        if world.inbox_len >= INBOX_FLUSH_AT {
+            world.flush_inboxes();
+        }
         events += 1;
         if events.is_multiple_of(8192) {
             bar.set_position(at.min(scenario.duration_ms));
@@ -423,6 +439,7 @@ impl<'s> World<'s> {
             sabotage: options.sabotage,
             failure_notices: 0,
             rejected_sends: 0,
+            inbox_len: 0,
         };
         for i in 0..n {
             world.start_relay(i);
@@ -557,6 +574,7 @@ impl<'s> World<'s> {
                         fetch_again: false,
                         fetch_id: 0,
                         poll_gen: 0,
+                        inbox: Vec::new(),
                         buffered: Vec::new(),
                     });
                 }
@@ -1125,84 +1143,55 @@ impl<'s> World<'s> {
             return;
         };
         let sender_relay = self.devices[record.sender as usize].relay;
+        let accepted = record.accepted_ms.is_some();
         let order_promised = sender_relay == self.devices[device as usize].relay;
-        let n = self.devices.len() as u32;
-        let d = &mut self.devices[device as usize];
-        let opened = d
-            .crypto
-            .open(envelope.header.as_slice(), envelope.body.as_slice(), |a| {
-                (a.device < n).then_some(a.device)
-            });
-        let now = self.q.now_ms();
-        let facts = |opened| ReceiptFacts {
+        let arrival = Arrival {
             message,
             device,
             entry: envelope.seq,
-            at_ms: now,
-            opened,
+            at_ms: self.q.now_ms(),
             order_promised,
         };
-        match opened {
-            Ok(OpenedMessage::Plaintext { plaintext, .. }) => {
-                let installed_key = !d.buffered.is_empty();
-                self.receipt(facts(Opened::Plaintext(digest(&plaintext))));
-                if installed_key {
-                    self.retry_buffered(device);
-                }
-            }
-            Ok(OpenedMessage::AwaitingKey { group, sender }) => {
-                d.buffered.push(Buffered {
-                    message,
-                    entry: envelope.seq,
-                    group,
-                    sender,
-                    body: envelope.body.into_vec(),
-                });
-            }
-            Err(_) => self.receipt(facts(Opened::Failed)),
-        }
-    }
-
-    fn retry_buffered(&mut self, device: DeviceIx) {
-        let d = &mut self.devices[device as usize];
-        let pending = std::mem::take(&mut d.buffered);
-        let now = self.q.now_ms();
-        let mut receipts = Vec::new();
-        for b in pending {
-            if !d.crypto.has_sender_key(b.group, b.sender) {
-                d.buffered.push(b);
-                continue;
-            }
-            let opened = match d.crypto.open_group_body(b.group, b.sender, &b.body) {
-                Ok(p) => Opened::Plaintext(digest(&p)),
-                Err(_) => Opened::Failed,
-            };
-            receipts.push((b, opened));
-        }
-        let relay = self.devices[device as usize].relay;
-        for (b, opened) in receipts {
-            let order_promised = self.devices[b.sender as usize].relay == relay;
-            self.receipt(ReceiptFacts {
-                message: b.message,
-                device,
-                entry: b.entry,
-                at_ms: now,
-                opened,
-                order_promised,
-            });
-        }
-    }
-
-    fn receipt(&mut self, facts: ReceiptFacts) {
-        if let Some(latency) = self.checker.record_receipt(facts) {
+        if let Some(latency) = self.checker.record_arrival(arrival) {
             self.latencies.push(latency);
-            if self
-                .checker
-                .message(facts.message)
-                .is_some_and(|m| m.accepted_ms.is_some())
-            {
+            if accepted {
                 self.delivered += 1;
             }
+        }
+        // Decryption only feeds the checker, so it is batched and run on
+        // both cores (see `flush_inboxes`); each device still decrypts its
+        // copies in arrival order.
+        self.devices[device as usize].inbox.push(Inbound {
+            message,
+            entry: envelope.seq,
+            header: envelope.header.into_vec(),
+            body: envelope.body.into_vec(),
+        });
+        self.inbox_len += 1;
+    }
+
+    /// Decrypts every device's received copies, on two threads (devices
+    /// split in halves; each device's copies in order), and records the
+    /// results in device order — the same results whatever the threads'
+    /// timing.
+    fn flush_inboxes(&mut self) {
+        if self.inbox_len == 0 {
+            return;
+        }
+        self.inbox_len = 0;
+        let n = self.devices.len() as u32;
+        let mid = self.devices.len() / 2;
+        let (left, right) = self.devices.split_at_mut(mid);
+        let (a, b) = std::thread::scope(|s| {
+            let handle = s.spawn(move || open_inboxes(right, mid as u32, n));
+            let a = open_inboxes(left, 0, n);
+            (a, handle.join())
+        });
+        // A panic while decrypting is a bug in the crypto code; that half's
+        // copies then stay undecrypted and `decrypts_to_sent` reports them.
+        let b = b.unwrap_or_default();
+        for (message, device, entry, opened) in a.into_iter().chain(b) {
+            self.checker.record_opened(message, device, entry, opened);
         }
     }
 
@@ -1325,21 +1314,18 @@ impl<'s> World<'s> {
     /// nothing moves.
     fn settle(&mut self) -> Result<(), SimError> {
         loop {
-            let polled = self.exec.run();
-            let mut moved = false;
-            for r in 0..self.relays.len() {
+            let owners = self.exec.run();
+            if owners.is_empty() {
+                return Ok(());
+            }
+            for r in owners {
                 let Some(live) = &self.relays[r].live else {
                     continue;
                 };
-                let calls = live.fed.take_outgoing();
-                for call in calls {
-                    moved = true;
+                for call in live.fed.take_outgoing() {
                     self.carry_call(r, call);
                 }
                 self.process_notices(r);
-            }
-            if polled == 0 && !moved {
-                return Ok(());
             }
         }
     }
@@ -1626,19 +1612,9 @@ impl<'s> World<'s> {
 
     fn report(mut self) -> Report {
         let end = self.q.now_ms();
-        for d in 0..self.devices.len() {
-            // Group messages still waiting for a sender key never decrypted.
-            for b in std::mem::take(&mut self.devices[d].buffered) {
-                self.checker.record_receipt(ReceiptFacts {
-                    message: b.message,
-                    device: d as DeviceIx,
-                    entry: b.entry,
-                    at_ms: end,
-                    opened: Opened::Failed,
-                    order_promised: false,
-                });
-            }
-        }
+        // Group messages still waiting for a sender key after this stay
+        // undecrypted, which `decrypts_to_sent` reports.
+        self.flush_inboxes();
         for (i, slot) in self.relays.iter().enumerate() {
             let found = slot.store.take_plaintext_sightings();
             self.checker.record_store_scan(i, &found);
@@ -1703,6 +1679,61 @@ impl<'s> World<'s> {
                 outbox_depth,
             },
         }
+    }
+}
+
+/// Decrypts the inboxes of `devices` (global indices from `first`), in
+/// order, returning (message, device, entry, result) per copy.
+fn open_inboxes(
+    devices: &mut [Device],
+    first: u32,
+    device_count: u32,
+) -> Vec<(usize, DeviceIx, u64, Opened)> {
+    let mut out = Vec::new();
+    for (k, d) in devices.iter_mut().enumerate() {
+        let me = first + k as u32;
+        for inbound in std::mem::take(&mut d.inbox) {
+            let opened = d.crypto.open(&inbound.header, &inbound.body, |a| {
+                (a.device < device_count).then_some(a.device)
+            });
+            match opened {
+                Ok(OpenedMessage::Plaintext { plaintext, .. }) => {
+                    out.push((
+                        inbound.message,
+                        me,
+                        inbound.entry,
+                        Opened::Plaintext(digest(&plaintext)),
+                    ));
+                    if !d.buffered.is_empty() {
+                        retry_buffered(d, me, &mut out);
+                    }
+                }
+                Ok(OpenedMessage::AwaitingKey { group, sender }) => d.buffered.push(Buffered {
+                    message: inbound.message,
+                    entry: inbound.entry,
+                    group,
+                    sender,
+                    body: inbound.body,
+                }),
+                Err(_) => out.push((inbound.message, me, inbound.entry, Opened::Failed)),
+            }
+        }
+    }
+    out
+}
+
+/// Decrypts buffered group messages whose sender key has arrived.
+fn retry_buffered(d: &mut Device, me: DeviceIx, out: &mut Vec<(usize, DeviceIx, u64, Opened)>) {
+    for b in std::mem::take(&mut d.buffered) {
+        if !d.crypto.has_sender_key(b.group, b.sender) {
+            d.buffered.push(b);
+            continue;
+        }
+        let opened = match d.crypto.open_group_body(b.group, b.sender, &b.body) {
+            Ok(p) => Opened::Plaintext(digest(&p)),
+            Err(_) => Opened::Failed,
+        };
+        out.push((b.message, me, b.entry, opened));
     }
 }
 

@@ -16,8 +16,8 @@ use courier_protocol::{DeviceId, EnvelopeId, RelayName, Username};
 use courier_relay::Result;
 use courier_relay::store::{
     AcceptOutcome, AccessRecord, ChallengeRecord, DeviceRecord, InviteRecord, LinkRecord,
-    NewAccount, NewMessage, NewSession, OutboxDestination, OutboxEntry, OutboxId, PurgeReport,
-    RotateOutcome, StoreStats, TokenHash, TokenHashes,
+    MailboxRef, NewAccount, NewMessage, NewSession, OutboxDestination, OutboxEntry, OutboxId,
+    PurgeReport, RotateOutcome, StoreStats, TokenHash, TokenHashes,
 };
 use courier_relay::types::{Envelope, OneTimePreKey, SignedDeviceList, SignedPreKey};
 use courier_relay::{MemoryStore, Store};
@@ -249,7 +249,11 @@ impl Store for SimStore {
     async fn outbox_expired(&self, now_ms: u64, max: u32) -> Result<Vec<OutboxEntry>> {
         self.inner.outbox_expired(now_ms, max).await
     }
-    async fn outbox_expire(&self, id: OutboxId, notice: Option<NewMessage>) -> Result<()> {
+    async fn outbox_expire(
+        &self,
+        id: OutboxId,
+        notice: Option<NewMessage>,
+    ) -> Result<Vec<MailboxRef>> {
         if let Some(n) = &notice {
             self.scan(n);
         }
