@@ -311,7 +311,9 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
                     .arg("--state")
                     .arg(&state)
                     .arg("register")
-                    .arg(format!("u{local}"))
+                    // The full address, so the client need not guess the
+                    // relay's name.
+                    .arg(format!("u{local}@{}", relay.name))
                     .arg("--relay")
                     .arg(relay.url()),
                 "courier-client register",
