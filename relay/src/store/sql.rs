@@ -378,7 +378,8 @@ impl SqlStore {
             .map_err(|_| RelayError::Store("writer stopped".into()))?
     }
 
-    /// Waits for queued writes and closes the connections.
+    /// Closes the connections. Writes already answered are committed;
+    /// writes still queued fail with a store error.
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
