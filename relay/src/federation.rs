@@ -431,14 +431,25 @@ pub async fn fetch_remote_bundle(
         .fetch_bundle(&address.relay, request)
         .await
         .map_err(|e| ApiError::with_message(e.code(), e.to_string()))??;
-    let wrong_device = device.is_some_and(|d| bundle.bundles.iter().any(|b| b.device != d));
-    if &bundle.address != address || &bundle.device_list.list.address != address || wrong_device {
+    if !bundle_answers(address, device, &bundle) {
         return Err(ApiError::with_message(
             ErrorCode::RelayUnreachable,
             format!("relay {} answered for another address", address.relay),
         ));
     }
     Ok(bundle)
+}
+
+/// Whether `bundle` answers a request for `address` (and only `device`, if
+/// given): a relay must not pass off keys of another account, or a device
+/// list of another address, as the ones asked for.
+pub fn bundle_answers(
+    address: &Address,
+    device: Option<DeviceId>,
+    bundle: &KeyBundleResponse,
+) -> bool {
+    let wrong_device = device.is_some_and(|d| bundle.bundles.iter().any(|b| b.device != d));
+    &bundle.address == address && &bundle.device_list.list.address == address && !wrong_device
 }
 
 #[cfg(test)]

@@ -396,14 +396,27 @@ impl Federation for Handle {
         dest: &RelayName,
         request: BundleRequest,
     ) -> Result<BundleResponse, FederationError> {
-        let dest = dest.clone();
-        self.ask(|reply| Command::Bundle {
-            dest,
-            request,
-            reply,
-        })
-        .await
-        .map_err(|_| FederationError::ShuttingDown)?
+        let (address, device) = (request.address.clone(), request.device);
+        let relay = dest.clone();
+        let answer = self
+            .ask(|reply| Command::Bundle {
+                dest: relay,
+                request,
+                reply,
+            })
+            .await
+            .map_err(|_| FederationError::ShuttingDown)??;
+        // Whoever calls (the gateway included) gets only answers about the
+        // address asked for.
+        if let Ok(bundle) = &answer
+            && !courier_relay::federation::bundle_answers(&address, device, bundle)
+        {
+            return Err(FederationError::Protocol {
+                relay: dest.clone(),
+                reason: "bundle answer names another address or device".into(),
+            });
+        }
+        Ok(answer)
     }
 }
 

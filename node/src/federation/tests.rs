@@ -792,3 +792,60 @@ async fn hundred_member_group_over_ten_relays_costs_ten_federation_deliveries() 
         .sum();
     assert_eq!(sent, 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_bundle_is_fetched_over_federation_and_its_one_time_prekey_used_once() {
+    use courier_protocol::api::{OneTimePreKey, SignedPreKey};
+    let a = relay("relay-a.example").await;
+    let b = relay("relay-b.example").await;
+    let bob = b.user("bob").await;
+    b.store
+        .set_signed_prekey(
+            &bob.user,
+            DeviceId(1),
+            SignedPreKey {
+                id: 1,
+                public: Bytes::from(vec![5; 32]),
+                signature: Bytes::from(vec![6; 64]),
+                created_ms: 1,
+            },
+        )
+        .await
+        .unwrap();
+    b.store
+        .add_one_time_prekeys(
+            &bob.user,
+            DeviceId(1),
+            vec![OneTimePreKey {
+                id: 7,
+                public: Bytes::from(vec![8; 32]),
+            }],
+            100,
+        )
+        .await
+        .unwrap();
+    a.fed.add_peer(b.addr.clone()).await.unwrap();
+    let address = Address::parse("bob@relay-b.example").unwrap();
+    let fetch = || courier_relay::federation::fetch_remote_bundle(&a.fed, &address, None);
+    let first = fetch().await.unwrap();
+    assert_eq!(first.device_list.list.address, address);
+    assert_eq!(first.bundles.len(), 1);
+    assert_eq!(
+        first.bundles[0].one_time_prekey.as_ref().map(|k| k.id),
+        Some(7)
+    );
+    // Consumed on relay B: the next fetch gets none.
+    let second = fetch().await.unwrap();
+    assert!(second.bundles[0].one_time_prekey.is_none());
+    // Unknown user and unknown relay: clear errors.
+    let nobody = Address::parse("nobody@relay-b.example").unwrap();
+    let err = courier_relay::federation::fetch_remote_bundle(&a.fed, &nobody, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::UnknownUser);
+    let elsewhere = Address::parse("x@relay-z.example").unwrap();
+    let err = courier_relay::federation::fetch_remote_bundle(&a.fed, &elsewhere, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::UnknownRelay);
+}
