@@ -43,6 +43,19 @@ pub(super) struct Behaviour {
     deliver: DeliverBehaviour,
 }
 
+/// Prometheus metric names (exported on the gateway's `GET /metrics`).
+pub mod metrics_names {
+    /// Gauge per peer: 1 while connected with descriptors exchanged.
+    pub const CONNECTED: &str = "courier_federation_peer_connected";
+    /// Gauge per peer: last ping round-trip time, seconds.
+    pub const RTT: &str = "courier_federation_peer_rtt_seconds";
+    /// Counter per peer and `result` (delivered, retried, failed):
+    /// envelopes sent and how the peer took them.
+    pub const ENVELOPES_SENT: &str = "courier_federation_envelopes_sent_total";
+    /// Counter per peer: envelopes received from it and admitted.
+    pub const ENVELOPES_RECEIVED: &str = "courier_federation_envelopes_received_total";
+}
+
 type DeliverReply = oneshot::Sender<Result<DeliveryAcks, FederationError>>;
 
 /// Requests for a peer waiting until its hello completes.
@@ -274,6 +287,14 @@ impl EventLoop {
 
     fn rt(&mut self, peer: PeerId) -> &mut Runtime {
         self.runtime.entry(peer).or_default()
+    }
+
+    /// The metrics label of a peer: its relay name, else its PeerId.
+    fn label(&self, peer: &PeerId) -> String {
+        self.book
+            .name_of(peer)
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| peer.to_base58())
     }
 
     fn seen(&mut self, peer: PeerId) {
@@ -640,6 +661,8 @@ impl EventLoop {
                 if num_established == 0 {
                     rt.helloed = false;
                     tracing::info!(peer = %peer_id, cause = ?cause, "peer disconnected");
+                    metrics::gauge!(metrics_names::CONNECTED, "peer" => self.label(&peer_id))
+                        .set(0.0);
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -668,6 +691,8 @@ impl EventLoop {
             }) => {
                 self.seen(peer);
                 self.rt(peer).rtt = Some(rtt);
+                metrics::gauge!(metrics_names::RTT, "peer" => self.label(&peer))
+                    .set(rtt.as_secs_f64());
             }
             BehaviourEvent::Hello(event) => self.on_hello(event),
             BehaviourEvent::Deliver(event) => self.on_deliver(event),
@@ -706,7 +731,9 @@ impl EventLoop {
             self.gossip(peer);
         }
         self.seen(peer);
-        Ok(hello.descriptor.descriptor.name.clone())
+        let name = hello.descriptor.descriptor.name.clone();
+        metrics::gauge!(metrics_names::CONNECTED, "peer" => name.to_string()).set(1.0);
+        Ok(name)
     }
 
     /// Pushes our hello (with what we now know) to every other federating
@@ -896,6 +923,8 @@ impl EventLoop {
                 }
                 rt.counters.batches_received += 1;
                 rt.counters.envelopes_received += n;
+                metrics::counter!(metrics_names::ENVELOPES_RECEIVED, "peer" => name.to_string())
+                    .increment(n);
                 let inbound = self.inbound.clone();
                 let permits = self.inbound_permits.clone();
                 let done = self.done_tx.clone();
@@ -916,13 +945,23 @@ impl EventLoop {
             } => {
                 self.seen(peer);
                 if let Some((_, _, reply)) = self.deliver_out.remove(&request_id) {
+                    let label = self.label(&peer);
                     let c = &mut self.rt(peer).counters;
+                    let (mut done, mut retry, mut failed) = (0, 0, 0);
                     for ack in &response.acks {
                         match AckDisposition::of(ack.status) {
-                            AckDisposition::Done => c.delivered += 1,
-                            AckDisposition::Retry => c.retried += 1,
-                            AckDisposition::Failed(_) => c.failed += 1,
+                            AckDisposition::Done => done += 1,
+                            AckDisposition::Retry => retry += 1,
+                            AckDisposition::Failed(_) => failed += 1,
                         }
+                    }
+                    c.delivered += done;
+                    c.retried += retry;
+                    c.failed += failed;
+                    for (result, n) in [("delivered", done), ("retried", retry), ("failed", failed)]
+                    {
+                        metrics::counter!(metrics_names::ENVELOPES_SENT, "peer" => label.clone(), "result" => result)
+                            .increment(n);
                     }
                     let _ = reply.send(Ok(response));
                 }
@@ -935,6 +974,8 @@ impl EventLoop {
             } => {
                 if let Some((_, n, reply)) = self.deliver_out.remove(&request_id) {
                     self.rt(peer).counters.retried += n as u64;
+                    metrics::counter!(metrics_names::ENVELOPES_SENT, "peer" => self.label(&peer), "result" => "retried")
+                        .increment(n as u64);
                     let relay = self
                         .book
                         .name_of(&peer)

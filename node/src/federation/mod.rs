@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use drainer::{Drainer, DrainerConfig, OutboxNotifier};
+pub use event_loop::metrics_names;
 pub use peers::{Policy, PolicyMode};
 
 /// Settings of the federation swarm.
