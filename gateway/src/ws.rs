@@ -186,6 +186,9 @@ impl<'a> Connection<'a> {
                         .send(Message::Ping(Default::default()))
                         .await
                         .map_err(|e| e.to_string())?;
+                    if self.in_flight.len() >= in_flight_max {
+                        self.forget_acked_elsewhere().await?;
+                    }
                 }
                 _ = shutdown.changed() => {
                     return self.close(close_code::AWAY, "relay shutting down").await;
@@ -217,6 +220,28 @@ impl<'a> Connection<'a> {
         if count > 0 {
             self.socket.flush().await.map_err(|e| e.to_string())?;
             metrics::counter!(crate::metrics::ENVELOPES_DELIVERED).increment(count as u64);
+        }
+        Ok(())
+    }
+
+    /// Drops from the window envelopes acked by another connection of the
+    /// device or over HTTP, which this connection never hears of; without
+    /// this a full window would stall until the client reconnects.
+    async fn forget_acked_elsewhere(&mut self) -> std::result::Result<(), String> {
+        let Some(&first) = self.in_flight.first() else {
+            return Ok(());
+        };
+        let still = self
+            .state
+            .relay
+            .fetch(&self.device, first - 1, self.in_flight.len() as u32)
+            .await
+            .map_err(|e| e.to_string())?;
+        let pending: BTreeSet<u64> = still.envelopes.iter().map(|e| e.seq).collect();
+        let before = self.in_flight.len();
+        self.in_flight.retain(|seq| pending.contains(seq));
+        if self.in_flight.len() < before {
+            self.maybe_more = true;
         }
         Ok(())
     }

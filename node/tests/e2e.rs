@@ -859,3 +859,35 @@ async fn two_federated_relays_carry_bundles_and_pushes_across() {
     assert_eq!(envelope.body.as_slice(), b"across");
     socket.ack(vec![envelope.seq]).await.unwrap();
 }
+
+#[tokio::test]
+async fn acks_made_elsewhere_free_a_full_websocket_window() {
+    let relay = Relay::start(
+        &[],
+        &[
+            ("COURIER_WEBSOCKET_IN_FLIGHT_MAX", "5"),
+            ("COURIER_WEBSOCKET_PING_INTERVAL_MS", "200"),
+        ],
+    );
+    let alice = relay.user("alice").await;
+    let bob = relay.user("bob").await;
+    let to = [(bob.address.clone(), DeviceId(1))];
+    let mut sent = Vec::new();
+    for i in 0..8u8 {
+        let id = envelope_id();
+        alice.send(id, vec![i; 8], &to).await.unwrap();
+        sent.push(id);
+    }
+    let mut socket = bob.connect().await.unwrap();
+    let mut window = Vec::new();
+    for _ in 0..5 {
+        window.push(next_envelope(&mut socket).await.seq);
+    }
+    // Acked over HTTP, not on this connection.
+    assert_eq!(bob.ack(window).await.unwrap().acked, 5);
+    let mut rest = Vec::new();
+    for _ in 0..3 {
+        rest.push(next_envelope(&mut socket).await.id);
+    }
+    assert_eq!(rest, sent[5..]);
+}
