@@ -55,7 +55,9 @@ pub const SEND_ATTEMPTS_MAX: u32 = 4;
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// A remote contact's device list is fetched again when older than this.
-    /// Contacts on the home relay are re-read on every send (cheap).
+    /// Contacts on the home relay are re-read on every send (cheap); a
+    /// remote list comes with key bundles and so costs the contact one-time
+    /// prekeys, hence the longer interval.
     pub device_list_refresh_ms: u64,
     /// One-time prekeys kept on the relay; refilled to this when it reports low.
     pub one_time_prekeys_target: u32,
@@ -74,7 +76,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
-            device_list_refresh_ms: 5_000,
+            device_list_refresh_ms: 60_000,
             one_time_prekeys_target: 100,
             signed_prekey_rotation_ms: 7 * 24 * 3600 * 1000,
             prekey_check_interval_ms: 60_000,
