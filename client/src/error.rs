@@ -71,7 +71,10 @@ impl Error {
     pub(crate) fn about(address: &Address, e: TransportError) -> Self {
         match e {
             TransportError::Api(api)
-                if matches!(api.code, ErrorCode::UnknownUser | ErrorCode::UnknownDevice) =>
+                if matches!(
+                    api.code,
+                    ErrorCode::UnknownUser | ErrorCode::UnknownDevice | ErrorCode::UnknownRelay
+                ) =>
             {
                 Error::UnknownRecipient(address.clone())
             }

@@ -359,6 +359,8 @@ fn two_users_on_one_relay_and_the_cli_contract() {
     let out = alice.run(&["send", "nobody@relay-a.test", "x"]);
     assert_eq!(out.status.code(), Some(4));
     assert_eq!(stderr(&out), "error: unknown recipient nobody@relay-a.test");
+    let out = alice.run(&["send", "bob@no-such-relay.test", "x"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let out = client(&tmp.path().join("empty"), &["send", &bob.address, "x"], &[]);
     assert_eq!(out.status.code(), Some(3));
     assert!(
