@@ -5,12 +5,16 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use courier_protocol::validate::Validate as _;
 use courier_protocol::{Address, ErrorCode, OutgoingMessage};
 
 use crate::error::{Error, Result};
 use crate::extract::{Authed, Json, Query};
 use crate::state::AppState;
 use crate::wire::*;
+
+/// Envelopes per fetch when the client names no `limit`.
+const FETCH_LIMIT_DEFAULT: u32 = 100;
 
 fn relay_error(e: courier_relay::RelayError) -> Error {
     if let courier_relay::RelayError::Store(detail) = &e {
@@ -195,6 +199,7 @@ pub async fn link_status(
     Path(code): Path<String>,
     Query(query): Query<LinkStatusQuery>,
 ) -> Result<axum::Json<LinkStatus>> {
+    query.validate().map_err(Error::code)?;
     let status = state
         .relay
         .link_status(&code, &query.secret)
@@ -314,7 +319,6 @@ pub async fn send(
     Authed(device): Authed,
     Json(message): Json<OutgoingMessage>,
 ) -> Result<impl IntoResponse> {
-    message.validate().map_err(Error::code)?;
     let accepted = state
         .relay
         .accept_message(&device, message)
@@ -345,16 +349,14 @@ pub async fn fetch(
     Authed(device): Authed,
     Query(query): Query<FetchQuery>,
 ) -> Result<axum::Json<FetchResponse>> {
-    let limit = query.limit.unwrap_or(100);
-    if limit == 0 || limit as usize > courier_protocol::limits::FETCH_LIMIT_MAX {
-        return Err(Error::with_message(
-            ErrorCode::BadRequest,
-            "limit must be 1 to 500",
-        ));
-    }
+    query.validate().map_err(Error::code)?;
     let response = state
         .relay
-        .fetch(&device, query.after.unwrap_or(0), limit)
+        .fetch(
+            &device,
+            query.after.unwrap_or(0),
+            query.limit.unwrap_or(FETCH_LIMIT_DEFAULT),
+        )
         .await
         .map_err(relay_error)?;
     metrics::counter!(crate::metrics::ENVELOPES_DELIVERED)
@@ -372,6 +374,6 @@ pub async fn ack(
     Authed(device): Authed,
     Json(request): Json<AckRequest>,
 ) -> Result<axum::Json<AckResponse>> {
-    let acked = crate::ws::ack(&state, &device, &request.seqs).await?;
+    let acked = crate::ws::ack(&state, &device, &request).await?;
     Ok(axum::Json(AckResponse { acked }))
 }

@@ -15,6 +15,8 @@ use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::{IntoResponse, Response};
+use courier_protocol::api::AckRequest;
+use courier_protocol::validate::Validate as _;
 use courier_protocol::ws::ClientFrame;
 use courier_protocol::{ApiError, ErrorCode};
 use courier_relay::AuthedDevice;
@@ -78,20 +80,13 @@ pub async fn upgrade(
         })
 }
 
-/// Acks `seqs` for `device` (HTTP and WebSocket share this).
-pub async fn ack(state: &AppState, device: &AuthedDevice, seqs: &[u64]) -> Result<u32> {
-    if seqs.is_empty() {
-        return Err(Error::with_message(ErrorCode::BadRequest, "no seqs to ack"));
-    }
-    if seqs.len() > courier_protocol::limits::ACK_SEQS_MAX {
-        return Err(Error::with_message(
-            ErrorCode::PayloadTooLarge,
-            "too many seqs in one ack",
-        ));
-    }
+/// Acks for `device` (HTTP and WebSocket share this): the protocol's
+/// limits (1..=500 seqs), then the relay.
+pub async fn ack(state: &AppState, device: &AuthedDevice, request: &AckRequest) -> Result<u32> {
+    request.validate().map_err(Error::code)?;
     let response = state
         .relay
-        .ack(device, seqs)
+        .ack(device, &request.seqs)
         .await
         .map_err(|e| Error::from(e.to_api_error()))?;
     metrics::counter!(crate::metrics::ENVELOPES_ACKED).increment(u64::from(response.acked));
@@ -256,20 +251,23 @@ impl<'a> Connection<'a> {
             }
         };
         match frame {
-            ClientFrame::Ack { seqs } => match ack(self.state, &self.device, &seqs).await {
-                Ok(_) => {
-                    let before = self.in_flight.len();
-                    for seq in &seqs {
-                        self.in_flight.remove(seq);
+            ClientFrame::Ack { seqs } => {
+                let request = AckRequest { seqs };
+                match ack(self.state, &self.device, &request).await {
+                    Ok(_) => {
+                        let before = self.in_flight.len();
+                        for seq in &request.seqs {
+                            self.in_flight.remove(seq);
+                        }
+                        // Room opened in the window: the store may hold more.
+                        if self.in_flight.len() < before {
+                            self.maybe_more = true;
+                        }
+                        Ok(())
                     }
-                    // Room opened in the window: the store may hold more.
-                    if self.in_flight.len() < before {
-                        self.maybe_more = true;
-                    }
-                    Ok(())
+                    Err(e) => self.send_error(e.error).await,
                 }
-                Err(e) => self.send_error(e.error).await,
-            },
+            }
         }
     }
 

@@ -891,3 +891,62 @@ async fn acks_made_elsewhere_free_a_full_websocket_window() {
     }
     assert_eq!(rest, sent[5..]);
 }
+
+#[tokio::test]
+async fn bad_acks_fetches_and_frames_are_refused() {
+    let relay = Relay::start(&[], &[]);
+    let alice = relay.user("alice").await;
+    let get = |path: &str| {
+        relay
+            .req(Method::GET, path)
+            .bearer_auth(alice.access_token())
+    };
+    expect_error(
+        get("/v1/messages?limit=0").send().await.unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        get("/v1/messages?limit=501").send().await.unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        get("/v1/messages?limit=x").send().await.unwrap(),
+        400,
+        "malformed",
+    )
+    .await;
+    expect_error(
+        get("/v1/messages?after=1&zzz=1").send().await.unwrap(),
+        400,
+        "malformed",
+    )
+    .await;
+    let err = alice.ack(vec![]).await.unwrap_err().to_string();
+    assert!(err.contains("bad_request"), "{err}");
+    let err = alice
+        .ack((1..=501).collect())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("payload_too_large"), "{err}");
+
+    let mut socket = alice.connect().await.unwrap();
+    socket.send_text("{\"type\":\"nack\"}").await.unwrap();
+    socket
+        .send_text("{\"type\":\"ack\",\"seqs\":[]}")
+        .await
+        .unwrap();
+    let mut codes = Vec::new();
+    while codes.len() < 2 {
+        match socket.next_within(WAIT).await.unwrap() {
+            Some(ServerFrame::Error { error }) => codes.push(error.code.as_str()),
+            Some(ServerFrame::PrekeysLow { .. }) => {}
+            other => panic!("expected error frames, got {other:?}"),
+        }
+    }
+    assert_eq!(codes, ["malformed", "bad_request"]);
+}
