@@ -370,6 +370,10 @@ fn two_users_on_one_relay_and_the_cli_contract() {
     );
     let out = alice.run(&["send", "not-an-address", "x"]);
     assert_eq!(out.status.code(), Some(2));
+    let out = alice.run(&["send", "bob@relay-a.test"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("error: "), "{}", stderr(&out));
     let out = alice.run(&["group", "send", "nope", "x"]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(stderr(&out), "error: unknown group nope");
