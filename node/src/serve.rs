@@ -181,11 +181,6 @@ async fn start_federation(
     let (handle, task) = federation::spawn(fed, inbound)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the federation on {}: {e}", f.p2p))?;
-    if let Ok(addrs) = handle.listen_addrs().await {
-        for addr in addrs {
-            tracing::info!(%addr, "federation listening");
-        }
-    }
     for addr in bootstrap {
         let handle = handle.clone();
         tokio::spawn(async move {

@@ -950,3 +950,41 @@ async fn bad_acks_fetches_and_frames_are_refused() {
     }
     assert_eq!(codes, ["malformed", "bad_request"]);
 }
+
+#[tokio::test]
+async fn cors_preflight_and_gzip_follow_the_config() {
+    let relay = Relay::start(
+        &[],
+        &[("COURIER_HTTP_CORS_ORIGINS", "[\"https://app.example\"]")],
+    );
+    let preflight = relay
+        .req(Method::OPTIONS, "/v1/messages")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = relay
+        .req(Method::GET, "/healthz")
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+    let doc = relay
+        .req(Method::GET, "/v1/openapi.json")
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(doc.headers()["content-encoding"], "gzip");
+}
