@@ -12,6 +12,32 @@
 //! What it deliberately does not do: cryptography itself (that is
 //! `courier-crypto`), or any relay-side logic. Message layout and usage are
 //! in `docs/client.md`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use courier_client::{Client, ClientParts, MemoryNetwork, MemoryStore, SystemClock};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let net = MemoryNetwork::new();
+//! let parts = |relay: &str, seed: u8| -> Result<ClientParts, courier_client::TransportError> {
+//!     Ok(ClientParts {
+//!         transport: Arc::new(net.relay(relay)?),
+//!         store: Arc::new(MemoryStore::new()),
+//!         clock: Arc::new(SystemClock),
+//!         rng_seed: Some([seed; 32]),
+//!         config: Default::default(),
+//!     })
+//! };
+//! let alice = Client::open(parts("relay-a.example", 1)?).await?;
+//! let bob = Client::open(parts("relay-b.example", 2)?).await?;
+//! alice.register("alice", None, "", &[]).await?;
+//! let b = bob.register("bob", None, "", &[]).await?;
+//! alice.send(&b, "hi").await?;
+//! assert_eq!(bob.recv().await?[0].text, "hi");
+//! # Ok(())
+//! # }
+//! ```
 
 mod client;
 pub mod content;
