@@ -187,16 +187,19 @@ impl Gateway {
         grace: Duration,
     ) -> std::io::Result<()> {
         let router = self.router();
-        let (stop_http, stop_http_rx) = watch::channel(false);
-        let tx = self.shutdown;
         let connections = self.state.connections.clone();
+        // One signal for both: WebSockets close themselves on it, the HTTP
+        // server stops accepting and drains on it.
+        let stopping = self.state.shutdown.clone();
+        let signal = self.shutdown;
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: closing websockets, finishing requests");
-            let _ = tx.send(true);
-            let _ = stop_http.send(true);
+            // Receivers keep seeing `true` after the sender is dropped, and
+            // `changed()` then returns at once: both read as "stopping".
+            let _ = signal.send(true);
         });
-        let mut stop = stop_http_rx.clone();
+        let mut stop = stopping.clone();
         let server = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -204,9 +207,13 @@ impl Gateway {
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         });
-        let mut stop = stop_http_rx;
-        let served = tokio::spawn(async move { server.await });
-        let _ = stop.wait_for(|s| *s).await;
+        let mut served = tokio::spawn(async move { server.await });
+        let mut stop = stopping;
+        tokio::select! {
+            // The server failed before any shutdown signal.
+            result = &mut served => return result.map_err(std::io::Error::other)?,
+            _ = stop.wait_for(|s| *s) => {}
+        }
         let drained = async {
             connections.wait_idle().await;
             served.await

@@ -18,10 +18,6 @@ use crate::state::AppState;
 /// The header carrying the request id, in both directions.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The id of the request being handled, in request extensions.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
-
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 fn request_id(req: &Request) -> HeaderValue {
@@ -62,7 +58,6 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let started = Instant::now();
     let id = request_id(&req);
     req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
-    req.extensions_mut().insert(RequestId(id.clone()));
     let route = req
         .extensions()
         .get::<MatchedPath>()
