@@ -595,3 +595,20 @@ async fn listening_reconnects_after_the_relay_comes_back() {
     alice.send(&b, "after").await.unwrap();
     assert_eq!(listener.await.unwrap(), ["before", "after"]);
 }
+
+#[tokio::test]
+async fn a_first_message_from_an_unreachable_relay_waits_without_blocking_others() {
+    let net = MemoryNetwork::new();
+    let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
+    let (carol, _) = user(&net, "carol", "relay-b.example", 3).await;
+    let (bob, b) = user(&net, "bob", "relay-b.example", 2).await;
+    alice.send(&b, "from afar").await.unwrap();
+    carol.send(&b, "from nearby").await.unwrap();
+    // Bob cannot read alice's device list while relay-a is gone.
+    net.set_relay_down("relay-a.example", true);
+    assert_eq!(texts(&bob.recv().await.unwrap()), ["from nearby"]);
+    assert_eq!(net.pending(&b, DeviceId(1)), 1, "alice's message waits");
+    net.set_relay_down("relay-a.example", false);
+    assert_eq!(texts(&bob.recv().await.unwrap()), ["from afar"]);
+    assert_eq!(net.pending(&b, DeviceId(1)), 0);
+}

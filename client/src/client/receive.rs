@@ -76,6 +76,20 @@ impl Inner {
                 | Err(Error::MissingSenderKey) => {
                     return Ok(Outcome::Later);
                 }
+                // The sender's keys could not be read now (its relay is down):
+                // leave the envelope for later instead of blocking the mailbox.
+                Err(Error::RelayUnreachable(m)) | Err(Error::BadResponse(m)) => {
+                    tracing::warn!(envelope = %id, reason = %m, "sender's device list unavailable; will retry");
+                    return Ok(Outcome::Later);
+                }
+                // A claimed sender that does not exist cannot be verified.
+                Err(Error::UnknownRecipient(address)) => {
+                    tracing::warn!(envelope = %id, %address, "dropping envelope from an unknown sender");
+                    let mut batch = Batch::new();
+                    batch.put(Table::Processed, id.clone(), now.to_be_bytes().to_vec());
+                    self.store.apply(batch).await?;
+                    return Ok(Outcome::Done);
+                }
                 Err(Error::IdentityChanged { address }) => {
                     // Surfaced in the conversation, never silently trusted.
                     tracing::warn!(%address, "message from a changed identity refused");

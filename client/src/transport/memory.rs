@@ -67,6 +67,7 @@ struct Net {
     counter: u64,
     now_ms: u64,
     down: bool,
+    down_relays: std::collections::BTreeSet<RelayName>,
 }
 
 /// A set of in-memory relays that reach each other. Cheap to clone (shared).
@@ -194,6 +195,23 @@ impl MemoryNetwork {
         }
     }
 
+    /// Makes one relay unreachable (`true`) or reachable again: its users'
+    /// calls fail as unreachable and other relays answer `relay_unreachable`
+    /// for anything that needs it.
+    pub fn set_relay_down(&self, name: &str, down: bool) {
+        let Ok(name) = RelayName::parse(name) else {
+            return;
+        };
+        if let Ok(mut n) = self.lock() {
+            if down {
+                n.down_relays.insert(name);
+            } else {
+                n.down_relays.remove(&name);
+            }
+        }
+        self.notify.notify_waiters();
+    }
+
     /// Drops an account entirely so its username can be registered again
     /// (with new keys): what a relay reset looks like to contacts.
     pub fn forget_account(&self, address: &Address) {
@@ -228,7 +246,7 @@ impl MemoryTransport {
         f: impl FnOnce(&mut Net, &RelayName) -> Result<R, TransportError>,
     ) -> Result<R, TransportError> {
         let mut net = self.net.lock()?;
-        if net.down {
+        if net.down || net.down_relays.contains(&self.relay) {
             return Err(TransportError::Unreachable(format!("{}: down", self.relay)));
         }
         net.counter += 1;
@@ -252,6 +270,9 @@ impl MemoryTransport {
 }
 
 fn relay_mut<'a>(net: &'a mut Net, name: &RelayName) -> Result<&'a mut Relay, TransportError> {
+    if net.down_relays.contains(name) {
+        return Err(api(ErrorCode::RelayUnreachable));
+    }
     net.relays
         .get_mut(name)
         .ok_or_else(|| api(ErrorCode::UnknownRelay))
