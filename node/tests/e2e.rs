@@ -579,13 +579,17 @@ async fn kill_9_during_sends_loses_and_duplicates_nothing() {
     let bob = relay.user("bob").await;
     let to = [(bob.address.clone(), DeviceId(1))];
 
+    // Sends 16 at a time until the relay is gone (or a bound is hit), so
+    // the kill lands mid-load however fast the machine is.
     let sender = {
         let alice = alice.clone();
         let to = to.clone();
         tokio::spawn(async move {
             let mut accepted = Vec::new();
+            let mut failed = 0u32;
             let mut tasks = tokio::task::JoinSet::new();
-            for i in 0..2000u32 {
+            let mut i = 0u32;
+            while failed == 0 && i < 200_000 {
                 let alice = alice.clone();
                 let to = to.clone();
                 tasks.spawn(async move {
@@ -596,26 +600,28 @@ async fn kill_9_during_sends_loses_and_duplicates_nothing() {
                         .ok()
                         .map(|_| id)
                 });
-                if tasks.len() >= 16
-                    && let Some(done) = tasks.join_next().await
-                    && let Some(id) = done.unwrap()
-                {
-                    accepted.push(id);
+                i += 1;
+                if tasks.len() >= 16 {
+                    match tasks.join_next().await {
+                        Some(Ok(Some(id))) => accepted.push(id),
+                        _ => failed += 1,
+                    }
                 }
             }
             while let Some(done) = tasks.join_next().await {
-                if let Some(id) = done.unwrap() {
-                    accepted.push(id);
+                match done {
+                    Ok(Some(id)) => accepted.push(id),
+                    _ => failed += 1,
                 }
             }
-            accepted
+            (accepted, failed)
         })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
     relay.kill9();
-    let accepted = sender.await.unwrap();
+    let (accepted, failed) = sender.await.unwrap();
     assert!(!accepted.is_empty(), "some sends succeeded before the kill");
-    assert!(accepted.len() < 2000, "the kill interrupted the load");
+    assert!(failed > 0, "the kill interrupted the load");
 
     relay.restart();
     let mut bob = bob;
