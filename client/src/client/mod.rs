@@ -643,11 +643,14 @@ impl Client {
                     backoff = Duration::from_millis(100);
                     last_error = None;
                     // Catch up over HTTP too: a relay may push only new envelopes.
-                    self.receive_pending().await?;
-                    for m in self.take_inbox().await? {
-                        on_message(m);
+                    let mut result = self.receive_pending().await.map(|_| ());
+                    if result.is_ok() {
+                        for m in self.take_inbox().await? {
+                            on_message(m);
+                        }
+                        result = self.pump(sub.as_mut(), deadline, &mut on_message).await;
                     }
-                    match self.pump(sub.as_mut(), deadline, &mut on_message).await {
+                    match result {
                         Ok(()) => {}
                         Err(Error::RelayUnreachable(m)) => {
                             last_error = Some(Error::RelayUnreachable(m));
@@ -658,10 +661,14 @@ impl Client {
                 Err(Error::RelayUnreachable(m)) => {
                     last_error = Some(Error::RelayUnreachable(m));
                     // HTTP fallback while the WebSocket is down.
-                    if self.receive_pending().await.is_ok() {
-                        for m in self.take_inbox().await? {
-                            on_message(m);
+                    match self.receive_pending().await {
+                        Ok(_) => {
+                            for m in self.take_inbox().await? {
+                                on_message(m);
+                            }
                         }
+                        Err(Error::RelayUnreachable(_)) => {}
+                        Err(e) => return Err(e),
                     }
                 }
                 Err(e) => return Err(e),
