@@ -73,13 +73,9 @@ impl Content {
 
     /// Parses JSON bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::Crypto(courier_crypto::Error::Malformed(leak_free(e))))
+        // The parser's message could quote decrypted bytes; it is not kept.
+        serde_json::from_slice(bytes).map_err(|_| malformed("message content"))
     }
-}
-
-fn leak_free(_e: serde_json::Error) -> &'static str {
-    "message content is not valid"
 }
 
 /// SHA-256 of a body: binds each recipient's header to the shared body.

@@ -132,7 +132,6 @@ pub struct SendReceipt {
 }
 
 /// A link started by [`Client::link_start`] on a new device.
-#[derive(Debug)]
 pub struct PendingLink {
     /// Show this to the user; they run `approve CODE` on an existing device.
     pub code: String,
@@ -140,6 +139,16 @@ pub struct PendingLink {
     address: Address,
     identity: Identity,
     expires_ms: u64,
+}
+
+impl std::fmt::Debug for PendingLink {
+    // The polling secret and the new identity stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLink")
+            .field("code", &self.code)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One of this account's devices, for [`Client::devices`].
