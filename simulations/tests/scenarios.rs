@@ -202,6 +202,18 @@ fn relay_that_loses_an_outbox_entry_is_caught_by_the_checker() {
 }
 
 #[test]
+fn messages_max_caps_the_workload_exactly() {
+    let scenario = Scenario::parse(&BASE.replace(
+        "send_until_ms = 16000",
+        "send_until_ms = 16000\nmessages_max = 25",
+    ))
+    .unwrap();
+    let r = run_scenario(&scenario, 9, None);
+    assert_eq!(r.delivery.messages_started, 25);
+    assert!(r.passed(), "{}", r.summary());
+}
+
+#[test]
 fn every_shipped_scenario_is_valid() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
     let mut names: Vec<_> = std::fs::read_dir(&dir)

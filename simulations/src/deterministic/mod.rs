@@ -793,8 +793,8 @@ impl<'s> World<'s> {
     // --- workload and sending ---
 
     fn workload(&mut self) -> Result<(), SimError> {
-        self.schedule_next_send();
         self.messages += 1;
+        self.schedule_next_send();
         let users = self.users.len() as u64;
         let u = self.work_rng.below(users) as usize;
         let user = &self.users[u];
