@@ -1,6 +1,8 @@
 //! End-to-end: the `courier-client` binary against real `courier serve`
 //! processes on 127.0.0.1 (one relay, and federated relays).
 //!
+//! Relays peer with `courier peer add` or, where a test restarts them, with
+//! `COURIER_FEDERATION_BOOTSTRAP`.
 //! The relay binary is found next to this crate's binary (`target/debug/courier`);
 //! if it is missing, `cargo build -p courier-node --bin courier` runs once.
 
@@ -181,6 +183,21 @@ impl Relay {
             .find(|l| l.contains("/p2p/"))
             .expect("a full multiaddr")
             .to_owned()
+    }
+
+    /// `courier peer add` on this (running) relay for `other`.
+    fn peer_add(&self, other: &Relay) {
+        let out = Command::new(relay_bin())
+            .args(["peer", "add", "--data-dir"])
+            .arg(&self.data_dir)
+            .arg(other.multiaddr())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "peer add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Every byte of the relay's database files (main file and WAL).
@@ -600,9 +617,13 @@ fn two_users_on_two_relays() {
 
 #[test]
 fn a_group_across_three_relays_and_a_removed_member_stops_decrypting() {
+    // Peered the operator's way: A adds B and C; B and C learn each other
+    // from the descriptors A shares.
     let a = Relay::start("relay-a.test");
-    let b = Relay::start_peered("relay-b.test", &[&a]);
-    let c = Relay::start_peered("relay-c.test", &[&a, &b]);
+    let b = Relay::start("relay-b.test");
+    let c = Relay::start("relay-c.test");
+    a.peer_add(&b);
+    a.peer_add(&c);
     let alice = User::register(&a, "alice");
     let bob = User::register(&b, "bob");
     let carol = User::register(&c, "carol");
