@@ -391,6 +391,7 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
     let mut summaries = vec![RelaySummary::default(); n];
     let mut seqs = vec![0u64; total];
     let mut pending: Vec<Vec<(usize, usize, Vec<u8>)>> = vec![Vec::new(); total];
+    let mut outbox_samples: Vec<Vec<u64>> = vec![Vec::new(); n];
     loop {
         let now_ms = start.elapsed().as_millis() as u64;
         if now_ms >= scenario.duration_ms {
@@ -525,6 +526,7 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
         }
         if Instant::now() >= next_poll {
             receive_all(binaries, &mut users, &mut checker, &mut latencies, start);
+            sample_outboxes(binaries, &relays, &mut outbox_samples, &mut summaries);
             next_poll = Instant::now() + poll;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -566,6 +568,7 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
             }
         }
         receive_all(binaries, &mut users, &mut checker, &mut latencies, start);
+        sample_outboxes(binaries, &relays, &mut outbox_samples, &mut summaries);
         let owed: u64 = (0..checker.message_count())
             .filter_map(|i| checker.message(i))
             .filter(|m| m.accepted_ms.is_some())
@@ -590,7 +593,8 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
             .map_or_else(|| format!("user {d}"), |u| format!("{}/d1", u.address))
     };
     let invariants = checker.verdicts(&describe);
-    let bucket_ms = (end_ms / 240).max(1000);
+    // Outbox depth is sampled once per poll, so the series use that step.
+    let bucket_ms = poll.as_millis() as u64;
     let mut deliveries = vec![0u64; (end_ms / bucket_ms + 1) as usize];
     for t in checker.first_delivery_times() {
         if let Some(b) = deliveries.get_mut((t / bucket_ms) as usize) {
@@ -623,7 +627,7 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
         series: Series {
             bucket_ms,
             deliveries,
-            outbox_depth: vec![Vec::new(); n],
+            outbox_depth: outbox_samples,
         },
     })
 }
@@ -686,6 +690,30 @@ fn receive_all(
                 latencies.push(l);
             }
         }
+    }
+}
+
+/// Appends each relay's outbox depth (`courier status --json`, field
+/// `outbox_depth`; 0 when unreadable, e.g. while the relay restarts).
+fn sample_outboxes(
+    binaries: &Binaries,
+    relays: &[RelayProc],
+    samples: &mut [Vec<u64>],
+    summaries: &mut [RelaySummary],
+) {
+    for ((relay, series), summary) in relays.iter().zip(samples).zip(summaries) {
+        let depth = Command::new(&binaries.courier)
+            .arg("status")
+            .arg("--data-dir")
+            .arg(&relay.data_dir)
+            .arg("--json")
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .and_then(|v| v.get("outbox_depth").and_then(serde_json::Value::as_u64))
+            .unwrap_or(0);
+        series.push(depth);
+        summary.outbox_depth_max = summary.outbox_depth_max.max(depth);
     }
 }
 
