@@ -248,8 +248,10 @@ async fn run_case(
 }
 
 /// Rows/s of plain `INSERT INTO t (id, body)` on one connection, 512 rows
-/// per transaction, same durability settings as the store.
-async fn baseline(env: &Env, kind: Kind, secs: f64) -> f64 {
+/// per transaction, same durability settings as the store; one statement
+/// per row, or (`multi_row`) 128 rows per statement.
+async fn baseline(env: &Env, kind: Kind, secs: f64, multi_row: bool) -> f64 {
+    let per_statement = if multi_row { 128 } else { 1 };
     let body = vec![7u8; BODY_BYTES];
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let start = Instant::now();
@@ -259,7 +261,7 @@ async fn baseline(env: &Env, kind: Kind, secs: f64) -> f64 {
             use std::str::FromStr;
             let opts = sqlx::sqlite::SqliteConnectOptions::from_str("sqlite:")
                 .unwrap()
-                .filename(env.dir.path().join("baseline.db"))
+                .filename(env.dir.path().join(format!("baseline-{multi_row}.db")))
                 .create_if_missing(true)
                 .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
@@ -267,40 +269,46 @@ async fn baseline(env: &Env, kind: Kind, secs: f64) -> f64 {
             c.execute("CREATE TABLE t (id BLOB PRIMARY KEY, body BLOB NOT NULL)")
                 .await
                 .unwrap();
+            let values = vec!["(?, ?)"; per_statement].join(",");
+            let insert = format!("INSERT INTO t (id, body) VALUES {values}");
             while Instant::now() < deadline {
                 let mut tx = c.begin().await.unwrap();
-                for _ in 0..512 {
-                    n += 1;
-                    sqlx::query("INSERT INTO t (id, body) VALUES (?, ?)")
-                        .bind(n.to_be_bytes().to_vec())
-                        .bind(&body[..])
-                        .execute(&mut *tx)
-                        .await
-                        .unwrap();
+                for _ in 0..512 / per_statement {
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(insert.as_str()));
+                    for _ in 0..per_statement {
+                        n += 1;
+                        q = q.bind(n.to_be_bytes().to_vec()).bind(&body[..]);
+                    }
+                    q.execute(&mut *tx).await.unwrap();
                 }
                 tx.commit().await.unwrap();
             }
         }
         Kind::Postgres => {
             let url = env.pg_url.as_deref().unwrap();
-            let schema = format!("relay_bench_{}_baseline", std::process::id());
+            let schema = format!("relay_bench_{}_baseline_{multi_row}", std::process::id());
             let mut c = sqlx::PgConnection::connect(url).await.unwrap();
             c.execute(sqlx::AssertSqlSafe(format!(
                 "CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (id BYTEA PRIMARY KEY, body BYTEA NOT NULL)"
             )))
             .await
             .unwrap();
-            let insert = format!("INSERT INTO {schema}.t (id, body) VALUES ($1, $2)");
+            let values: Vec<String> = (0..per_statement)
+                .map(|r| format!("(${}, ${})", 2 * r + 1, 2 * r + 2))
+                .collect();
+            let insert = format!(
+                "INSERT INTO {schema}.t (id, body) VALUES {}",
+                values.join(",")
+            );
             while Instant::now() < deadline {
                 let mut tx = c.begin().await.unwrap();
-                for _ in 0..512 {
-                    n += 1;
-                    sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
-                        .bind(n.to_be_bytes().to_vec())
-                        .bind(&body[..])
-                        .execute(&mut *tx)
-                        .await
-                        .unwrap();
+                for _ in 0..512 / per_statement {
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(insert.as_str()));
+                    for _ in 0..per_statement {
+                        n += 1;
+                        q = q.bind(n.to_be_bytes().to_vec()).bind(&body[..]);
+                    }
+                    q.execute(&mut *tx).await.unwrap();
                 }
                 tx.commit().await.unwrap();
             }
@@ -366,11 +374,15 @@ fn main() {
             }
         }
         println!();
-        println!("| baseline: raw batched INSERT (512 rows/transaction, one connection) | rows/s |");
-        println!("|---|---|");
+        println!(
+            "| baseline: raw batched INSERT, 512 rows/transaction, one connection | 1 row/statement, rows/s | 128 rows/statement, rows/s |"
+        );
+        println!("|---|---|---|");
         for &(kind, name) in &kinds {
             if kind != Kind::Memory {
-                println!("| {name} | {:.0} |", baseline(&env, kind, secs).await);
+                let single = baseline(&env, kind, secs, false).await;
+                let multi = baseline(&env, kind, secs, true).await;
+                println!("| {name} | {single:.0} | {multi:.0} |");
             }
         }
     });
