@@ -9,6 +9,7 @@
 //! calls [`PushHub::notify`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use courier_protocol::{DeviceId, Username};
@@ -16,10 +17,29 @@ use tokio::sync::Notify;
 
 type DeviceKey = (Username, DeviceId);
 
+/// What the connections of one device share: the wake-up, and a pending
+/// "prekeys low" notice (`NO_NOTICE` when none).
+#[derive(Debug)]
+struct Device {
+    notify: Notify,
+    prekeys_low: AtomicU32,
+}
+
+const NO_NOTICE: u32 = u32::MAX;
+
+impl Default for Device {
+    fn default() -> Self {
+        Device {
+            notify: Notify::new(),
+            prekeys_low: AtomicU32::new(NO_NOTICE),
+        }
+    }
+}
+
 /// Per-device wake-ups for connected receivers. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct PushHub {
-    devices: Arc<Mutex<HashMap<DeviceKey, Arc<Notify>>>>,
+    devices: Arc<Mutex<HashMap<DeviceKey, Arc<Device>>>>,
 }
 
 impl std::fmt::Debug for PushHub {
@@ -42,8 +62,20 @@ impl PushHub {
         // Woken under the lock (cheap: it only marks waiters) so that the
         // reference count `Subscription::drop` reads is never inflated.
         let devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(notify) = devices.get(&(user.clone(), device)) {
-            notify.notify_waiters();
+        if let Some(entry) = devices.get(&(user.clone(), device)) {
+            entry.notify.notify_waiters();
+        }
+    }
+
+    /// Tells the connections of `(user, device)` that only `remaining`
+    /// one-time prekeys are left; they send a `prekeys_low` frame.
+    pub fn prekeys_low(&self, user: &Username, device: DeviceId, remaining: u32) {
+        let devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = devices.get(&(user.clone(), device)) {
+            entry
+                .prekeys_low
+                .store(remaining.min(NO_NOTICE - 1), Ordering::SeqCst);
+            entry.notify.notify_waiters();
         }
     }
 
@@ -51,7 +83,7 @@ impl PushHub {
     /// returned [`Subscription`] drops.
     pub fn subscribe(&self, user: Username, device: DeviceId) -> Subscription {
         let key = (user, device);
-        let notify = self
+        let device = self
             .devices
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -61,7 +93,7 @@ impl PushHub {
         Subscription {
             hub: self.clone(),
             key,
-            notify,
+            device,
         }
     }
 
@@ -78,7 +110,7 @@ impl PushHub {
 pub struct Subscription {
     hub: PushHub,
     key: DeviceKey,
-    notify: Arc<Notify>,
+    device: Arc<Device>,
 }
 
 impl Subscription {
@@ -86,7 +118,15 @@ impl Subscription {
     /// `notified()` future *before* reading the mailbox so that an enqueue
     /// between the read and the wait is not missed.
     pub fn notify(&self) -> &Notify {
-        &self.notify
+        &self.device.notify
+    }
+
+    /// Takes the pending "prekeys low" notice, if any.
+    pub fn take_prekeys_low(&self) -> Option<u32> {
+        match self.device.prekeys_low.swap(NO_NOTICE, Ordering::SeqCst) {
+            NO_NOTICE => None,
+            remaining => Some(remaining),
+        }
     }
 }
 
@@ -98,7 +138,7 @@ impl Drop for Subscription {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         // Two holders left means the map and this subscription: the last one.
-        if Arc::strong_count(&self.notify) <= 2 {
+        if Arc::strong_count(&self.device) <= 2 {
             devices.remove(&self.key);
         }
     }

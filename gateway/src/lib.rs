@@ -58,6 +58,10 @@ impl courier_relay::Notifier for PushHub {
     fn mailbox(&self, user: &Username, device: DeviceId, _seq: u64) {
         PushHub::notify(self, user, device);
     }
+
+    fn prekeys_low(&self, user: &Username, device: DeviceId, remaining: u32) {
+        PushHub::prekeys_low(self, user, device, remaining);
+    }
 }
 
 #[derive(utoipa::OpenApi)]

@@ -148,6 +148,11 @@ impl<'a> Connection<'a> {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
+            if let Some(remaining) = subscription.take_prekeys_low() {
+                self.send(&ServerFrame::PrekeysLow { remaining }).await?;
+                self.socket.flush().await.map_err(|e| e.to_string())?;
+            }
+
             if self.maybe_more && self.in_flight.len() < in_flight_max {
                 self.push_pending(in_flight_max).await?;
                 continue;

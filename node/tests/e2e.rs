@@ -994,3 +994,26 @@ async fn cors_preflight_and_gzip_follow_the_config() {
         .unwrap();
     assert_eq!(doc.headers()["content-encoding"], "gzip");
 }
+
+#[tokio::test]
+async fn a_connected_device_is_told_when_its_prekeys_run_low() {
+    let relay = Relay::start(&[], &[("COURIER_RELAY_PREKEYS_LOW_WATER", "3")]);
+    let alice = relay.user("alice").await;
+    let bob = relay.user("bob").await;
+    bob.upload_keys(4).await.unwrap();
+    let mut socket = bob.connect().await.unwrap();
+    // 4 left, low water 3: nothing yet.
+    assert!(
+        socket
+            .next_within(Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    alice.bundle(&bob.address).await.unwrap();
+    alice.bundle(&bob.address).await.unwrap();
+    match socket.next_within(WAIT).await.unwrap() {
+        Some(ServerFrame::PrekeysLow { remaining }) => assert!(remaining < 3, "{remaining}"),
+        other => panic!("expected prekeys_low, got {other:?}"),
+    }
+}
