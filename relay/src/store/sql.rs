@@ -648,6 +648,9 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
             e.0 += 1;
         }
     }
+    // Claim in a fixed order, so two processes sharing PostgreSQL lock
+    // device rows in the same order and cannot deadlock each other here.
+    order.sort();
     let depth_max = batch
         .iter()
         .map(|(m, _)| m.depth_max)
