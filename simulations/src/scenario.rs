@@ -87,6 +87,10 @@ pub struct Scenario {
     /// Relay ↔ relay links.
     #[serde(default)]
     pub federation_link: Link,
+    /// Relay ↔ relay links that differ from `federation_link` (e.g. one
+    /// slow intercontinental pair).
+    #[serde(default)]
+    pub link_overrides: Vec<LinkOverride>,
     /// Client ↔ home relay links.
     #[serde(default)]
     pub client_link: Link,
@@ -289,6 +293,16 @@ impl Default for Link {
             reorder_delay_ms_max: default_reorder_delay(),
         }
     }
+}
+
+/// A different link model between two relays (both directions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkOverride {
+    /// The two relay indices.
+    pub relays: [u32; 2],
+    /// The link between them.
+    pub link: Link,
 }
 
 /// A jitter distribution, in milliseconds, added to the fixed latency.
@@ -501,6 +515,15 @@ impl Scenario {
         u64::from(self.relays.count) * u64::from(self.users.per_relay)
     }
 
+    /// The link model between relays `a` and `b`: an override naming the
+    /// pair, else `federation_link`.
+    pub fn federation_link_between(&self, a: u32, b: u32) -> &Link {
+        self.link_overrides
+            .iter()
+            .find(|o| o.relays == [a, b] || o.relays == [b, a])
+            .map_or(&self.federation_link, |o| &o.link)
+    }
+
     /// When the workload stops starting new sends.
     pub fn send_until_ms(&self) -> u64 {
         self.workload.send_until_ms.unwrap_or(self.duration_ms)
@@ -634,6 +657,16 @@ impl Scenario {
             ));
         }
         validate_link(&self.federation_link, "federation_link")?;
+        for (i, o) in self.link_overrides.iter().enumerate() {
+            let [a, b] = o.relays;
+            if a >= r.count || b >= r.count || a == b {
+                return Err(invalid(
+                    format!("link_overrides[{i}].relays"),
+                    "must name two different existing relays",
+                ));
+            }
+            validate_link(&o.link, &format!("link_overrides[{i}].link"))?;
+        }
         validate_link(&self.client_link, "client_link")?;
         self.validate_faults()
     }
@@ -816,6 +849,22 @@ rate_per_sec = 5
         assert_eq!(s.faults.len(), 4);
         assert_eq!(s.faults[1].action, FaultAction::Crash { relay: 1 });
         assert!(matches!(s.federation_link.jitter, Jitter::Normal { .. }));
+    }
+
+    #[test]
+    fn link_override_applies_to_its_pair_only() {
+        let text = format!(
+            "{SMALL}\n[[link_overrides]]\nrelays = [2, 0]\nlink = {{ latency_ms = 300, loss = 0.5 }}\n"
+        );
+        let s = Scenario::parse(&text).unwrap();
+        assert_eq!(s.federation_link_between(0, 2).latency_ms, 300);
+        assert_eq!(s.federation_link_between(2, 0).loss, 0.5);
+        assert_eq!(s.federation_link_between(0, 1).latency_ms, 10);
+        let bad = format!("{SMALL}\n[[link_overrides]]\nrelays = [1, 1]\nlink = {{}}\n");
+        assert!(matches!(
+            Scenario::parse(&bad).unwrap_err(),
+            ScenarioError::Invalid { field, .. } if field == "link_overrides[0].relays"
+        ));
     }
 
     #[test]

@@ -1362,7 +1362,7 @@ impl<'s> World<'s> {
             return;
         }
         let fate = transmit(
-            &self.sc.federation_link,
+            self.sc.federation_link_between(r as u32, to as u32),
             &mut self.net_rng,
             &mut self.fed_stats,
         );
@@ -1409,7 +1409,7 @@ impl<'s> World<'s> {
             return Ok(());
         }
         let fate = transmit(
-            &self.sc.federation_link,
+            self.sc.federation_link_between(to as u32, from as u32),
             &mut self.net_rng,
             &mut self.fed_stats,
         );
@@ -1435,7 +1435,7 @@ impl<'s> World<'s> {
                 continue;
             }
             let fate = transmit(
-                &self.sc.federation_link,
+                self.sc.federation_link_between(r as u32, p as u32),
                 &mut self.net_rng,
                 &mut self.fed_stats,
             );
