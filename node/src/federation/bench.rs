@@ -9,6 +9,10 @@
 //! real QUIC on 127.0.0.1. Messages enter relay A through
 //! `Relay::accept_message` (no HTTP), leave through the outbox drainer and
 //! count as received when relay B's `accept_batch` has stored them.
+//! `COURIER_BENCH_STORE=memory` uses in-memory stores instead, to see the
+//! federation path without the disk; `COURIER_BENCH_MESSAGES` (default
+//! 20,000) sets the throughput run's size, `COURIER_BENCH_RATE` the latency
+//! run's rate (default half the measured throughput).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,14 +118,19 @@ async fn pair() -> Pair {
         .into_iter()
         .enumerate()
     {
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(
-                dirs.path().join(format!("{relay_name}.db")),
-                SqliteOptions::default(),
-            )
-            .await
-            .unwrap(),
-        );
+        let store: Arc<dyn Store> =
+            if std::env::var("COURIER_BENCH_STORE").as_deref() == Ok("memory") {
+                Arc::new(courier_relay::MemoryStore::new())
+            } else {
+                Arc::new(
+                    SqliteStore::open(
+                        dirs.path().join(format!("{relay_name}.db")),
+                        SqliteOptions::default(),
+                    )
+                    .await
+                    .unwrap(),
+                )
+            };
         let wake = Drainer::waker();
         let relay = Arc::new(
             Relay::new(
@@ -162,7 +171,14 @@ async fn pair() -> Pair {
         batches: AtomicU64::new(0),
         envelopes: AtomicU64::new(0),
     });
-    let drainer = Drainer::spawn(a.clone(), counting.clone(), wake, DrainerConfig::default());
+    let mut drain = DrainerConfig::default();
+    if let Some(w) = std::env::var("COURIER_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        drain.workers_per_destination = w;
+    }
+    let drainer = Drainer::spawn(a.clone(), counting.clone(), wake, drain);
     let alice = register(a.store().as_ref(), a.name(), "alice").await;
     for i in 0..16 {
         register(b.store().as_ref(), b.name(), &format!("bob{i}")).await;
@@ -261,7 +277,12 @@ async fn cross_relay_throughput_latency_and_bytes() {
     );
 
     // Latency at half that rate, paced, for ~5 s.
-    let half = (rate / 2.0).max(1.0);
+    // `COURIER_BENCH_RATE` measures latency at a fixed rate instead.
+    let half = std::env::var("COURIER_BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(rate / 2.0)
+        .max(1.0);
     let m = (half * 5.0) as u64;
     let interval = Duration::from_secs_f64(1.0 / half);
     let before = p.timed.count.load(Ordering::Relaxed);
