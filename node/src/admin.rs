@@ -115,6 +115,8 @@ pub struct Status {
     pub peer_id: String,
     /// Address of the running relay's HTTP API, if one wrote it.
     pub http: Option<String>,
+    /// Registered accounts (users).
+    pub users: u64,
     /// Envelopes waiting in all mailboxes.
     pub mailbox_depth: u64,
     /// Stored message records (kept for deduplication until they expire).
@@ -146,6 +148,7 @@ impl fmt::Display for Status {
             "http:          {}",
             self.http.as_deref().unwrap_or("(not running)")
         )?;
+        writeln!(f, "users:         {}", self.users)?;
         writeln!(f, "mailbox depth: {}", self.mailbox_depth)?;
         writeln!(f, "messages:      {}", self.messages)?;
         writeln!(f, "outbox depth:  {}", self.outbox_depth)?;
@@ -185,6 +188,7 @@ pub async fn status(data_dir: &Path, config: &Config) -> anyhow::Result<Status> 
         name: config.name.clone(),
         peer_id: identity::peer_id(&key).to_string(),
         http,
+        users: stats.accounts,
         mailbox_depth: stats.mailbox_entries,
         messages: stats.messages,
         outbox_depth: stats.outbox_entries,

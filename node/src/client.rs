@@ -97,6 +97,10 @@ pub fn sign_list(list: DeviceList, signer: DeviceId, key: &SigningKey) -> Signed
 
 /// A shared HTTP client (connection pool) for many devices.
 pub fn http_client() -> reqwest::Client {
+    // Built together with courier-client, reqwest has rustls but no crypto
+    // provider and panics without one; alone it has no TLS and this is
+    // harmless. Err means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(64)

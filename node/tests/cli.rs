@@ -85,9 +85,10 @@ fn commands_on_a_missing_relay_or_bad_config_fail_with_one_line() {
 }
 
 #[tokio::test]
-async fn status_reports_mailbox_depth_while_the_relay_runs() {
+async fn status_reports_users_and_mailbox_depth_while_the_relay_runs() {
     let relay = Relay::start(&[], &[]);
     let alice = relay.user("alice").await;
+    relay.user("bob").await;
     for _ in 0..3 {
         alice
             .send(
@@ -105,8 +106,12 @@ async fn status_reports_mailbox_depth_while_the_relay_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["users"], 2);
     assert_eq!(status["mailbox_depth"], 3);
     assert_eq!(status["outbox_depth"], 0);
     assert_eq!(status["name"], "localhost");
     assert_eq!(status["http"], relay.url.trim_start_matches("http://"));
+    let text = relay.admin(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("users:         2"), "{text}");
 }

@@ -54,6 +54,7 @@ macro_rules! conformance {
 
 conformance!(
     usernames_are_case_folded_and_unique,
+    stats_count_accounts_and_a_refused_registration_adds_none,
     invite_policy_requires_a_valid_single_use_code,
     forged_device_list_or_dh_key_signature_is_rejected_at_registration,
     login_needs_the_device_signature_and_a_fresh_challenge,
@@ -133,6 +134,33 @@ async fn usernames_are_case_folded_and_unique(kind: Kind) {
     assert_eq!(
         list.list.devices[0].identity_key,
         device_keys(&signing_key(1)).identity_key
+    );
+}
+
+async fn stats_count_accounts_and_a_refused_registration_adds_none(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    assert_eq!(stats(&h).await.accounts, 0);
+    h.relay
+        .register(register_request("alice", &signing_key(1), None))
+        .await
+        .unwrap();
+    h.relay
+        .register(register_request("bob", &signing_key(2), None))
+        .await
+        .unwrap();
+    let taken = h
+        .relay
+        .register(register_request("ALICE", &signing_key(3), None))
+        .await;
+    assert_eq!(taken, Err(RelayError::UsernameTaken));
+    assert_eq!(
+        stats(&h).await,
+        StoreStats {
+            accounts: 2,
+            ..StoreStats::default()
+        }
     );
 }
 
@@ -605,6 +633,7 @@ async fn message_for_five_devices_stores_the_body_once(kind: Kind) {
     assert_eq!(
         stats(&h).await,
         StoreStats {
+            accounts: 6,
             messages: 1,
             bodies: 1,
             mailbox_entries: 5,
@@ -830,7 +859,13 @@ async fn expired_entries_are_purged(kind: Kind) {
     assert_eq!((s.messages, s.bodies, s.mailbox_entries), (1, 1, 1));
     h.clock.advance(3600 * 1000);
     h.relay.purge_expired().await.unwrap();
-    assert_eq!(stats(&h).await, StoreStats::default());
+    assert_eq!(
+        stats(&h).await,
+        StoreStats {
+            accounts: 2,
+            ..StoreStats::default()
+        }
+    );
     // A purge frees depth: the mailbox takes new mail.
     h.relay
         .accept_message(
@@ -920,7 +955,13 @@ async fn unknown_recipient_refuses_the_whole_message(kind: Kind) {
         )
         .await;
     assert_eq!(r, Err(RelayError::UnknownUser));
-    assert_eq!(stats(&h).await, StoreStats::default());
+    assert_eq!(
+        stats(&h).await,
+        StoreStats {
+            accounts: 2,
+            ..StoreStats::default()
+        }
+    );
     // Malformed: no recipients, oversized body, duplicate recipient, bad ttl.
     let mut m = message(id(2), &[], b"x");
     assert!(h.relay.accept_message(a.authed(), m.clone()).await.is_err());
@@ -942,7 +983,13 @@ async fn unknown_recipient_refuses_the_whole_message(kind: Kind) {
     m = message(id(2), &[(b.address(), b.device)], b"x");
     m.ttl_secs = 0;
     assert!(h.relay.accept_message(a.authed(), m).await.is_err());
-    assert_eq!(stats(&h).await, StoreStats::default());
+    assert_eq!(
+        stats(&h).await,
+        StoreStats {
+            accounts: 2,
+            ..StoreStats::default()
+        }
+    );
 }
 
 async fn remote_recipients_go_to_the_outbox_once_per_relay(kind: Kind) {

@@ -675,6 +675,7 @@ impl Store for MemoryStore {
     async fn stats(&self) -> Result<StoreStats> {
         let s = self.lock();
         Ok(StoreStats {
+            accounts: s.accounts.len() as u64,
             messages: s.messages.len() as u64,
             bodies: s.messages.values().filter(|m| m.body.is_some()).count() as u64,
             mailbox_entries: s

@@ -297,6 +297,8 @@ pub struct PurgeReport {
 /// Counts of stored things (metrics and tests).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
+    /// Registered accounts (users).
+    pub accounts: u64,
     /// Message records (dedup keys), with or without body.
     pub messages: u64,
     /// Stored bodies.

@@ -1438,10 +1438,11 @@ impl Store for SqlStore {
     }
 
     async fn stats(&self) -> Result<StoreStats> {
-        let r = q("SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM messages WHERE body IS NOT NULL), (SELECT COUNT(*) FROM mailbox), (SELECT COUNT(*) FROM outbox)")
+        let r = q("SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM messages WHERE body IS NOT NULL), (SELECT COUNT(*) FROM mailbox), (SELECT COUNT(*) FROM outbox), (SELECT COUNT(*) FROM accounts)")
             .fetch_one(&self.read)
             .await?;
         Ok(StoreStats {
+            accounts: u(r.try_get(4)?),
             messages: u(r.try_get(0)?),
             bodies: u(r.try_get(1)?),
             mailbox_entries: u(r.try_get(2)?),
