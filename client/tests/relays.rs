@@ -357,20 +357,14 @@ fn two_users_on_one_relay_and_the_cli_contract() {
     assert!(v["group"].is_null());
     assert!(v["sent_at"].as_u64().unwrap() > 1_600_000_000_000);
 
-    // Without the relay's name the client tries the URL's host and
-    // "localhost"; a relay named otherwise gets a one-line hint.
+    // A bare USER: the relay tells its name (`GET /v1/relay`).
     let tmp = tempfile::tempdir().unwrap();
-    let out = client(
+    let out = ok(client(
         &tmp.path().join("s"),
         &["register", "dave", "--relay", &relay.url],
         &[],
-    );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("register as USER@RELAYNAME"),
-        "{}",
-        stderr(&out)
-    );
+    ));
+    assert_eq!(out.trim(), "dave@relay-a.test");
 
     // One-line errors and exit codes.
     let out = alice.run(&["send", "nobody@relay-a.test", "x"]);
@@ -716,4 +710,112 @@ fn invite_only_relays_need_a_code_to_register() {
         &[],
     );
     assert!(!out.status.success());
+}
+
+#[test]
+fn a_bare_user_registers_under_the_name_the_relay_reports() {
+    // The URL's host (127.0.0.1) and `localhost` are both wrong here: only
+    // `GET /v1/relay` can tell the client this relay's name.
+    let relay = Relay::start("relay-named.test");
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let address = ok(client(
+        &state,
+        &["register", "alice", "--relay", &relay.url],
+        &[],
+    ));
+    assert_eq!(address.trim(), "alice@relay-named.test");
+    let info: serde_json::Value = serde_json::from_str(&http_get(&relay.url, "/v1/relay")).unwrap();
+    assert_eq!(info["name"], "relay-named.test");
+    assert_eq!(info["registration"], "open");
+    assert!(info["version"].as_str().is_some_and(|v| !v.is_empty()));
+}
+
+/// The body of a plain HTTP/1.1 GET (no client library needed for one call).
+fn http_get(url: &str, path: &str) -> String {
+    use std::io::Write;
+    let host = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+#[test]
+fn a_relay_without_the_info_endpoint_makes_the_client_guess_names() {
+    // An older relay: `GET /v1/relay` is `not_found` and every registration
+    // is refused as naming another relay. The client must fall back to its
+    // guesses (URL host, then `localhost`) and end with the hint.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let seen = seen_tx.clone();
+            std::thread::spawn(move || old_relay_connection(conn, seen));
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let out = client(
+        &tmp.path().join("state"),
+        &["register", "alice", "--relay", &url],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("USER@RELAYNAME"), "{}", stderr(&out));
+    let seen: Vec<String> = seen_rx.try_iter().collect();
+    assert_eq!(seen.first().map(String::as_str), Some("GET /v1/relay"));
+    let posts = seen.iter().filter(|r| *r == "POST /v1/accounts").count();
+    assert!(posts >= 1, "no guessed registration: {seen:?}");
+}
+
+/// Serves one keep-alive connection of a relay that predates `/v1/relay`.
+fn old_relay_connection(conn: std::net::TcpStream, seen: std::sync::mpsc::Sender<String>) {
+    use std::io::Write;
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = header.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let request: String = line.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        let (status, code) = if request == "GET /v1/relay" {
+            ("404 Not Found", "not_found")
+        } else {
+            ("400 Bad Request", "bad_request")
+        };
+        let _ = seen.send(request);
+        let body = format!(r#"{{"error":{{"code":"{code}","message":"no"}}}}"#);
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
 }

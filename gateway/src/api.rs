@@ -23,6 +23,22 @@ fn relay_error(e: courier_relay::RelayError) -> Error {
     Error::from(e.to_api_error())
 }
 
+/// Public facts about this relay: its name (the part after `@` of its
+/// users' addresses), software version and registration policy.
+#[utoipa::path(get, path = "/v1/relay", tag = "relay",
+    responses((status = 200, description = "`RelayInfo`", body = crate::openapi::RelayInfoDoc)))]
+pub async fn relay_info(State(state): State<AppState>) -> axum::Json<RelayInfo> {
+    let registration = match state.relay.config().registration {
+        courier_relay::Registration::Open => RegistrationPolicy::Open,
+        courier_relay::Registration::Invite => RegistrationPolicy::Invite,
+    };
+    axum::Json(RelayInfo {
+        name: state.relay.name().clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        registration,
+    })
+}
+
 /// Creates an account and its first device.
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts",
     request_body(content = crate::openapi::RegisterRequestDoc, description = "`RegisterRequest`"),

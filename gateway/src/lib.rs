@@ -240,6 +240,7 @@ impl Gateway {
 
 fn api_router(state: AppState) -> OpenApiRouter<AppState> {
     let public = OpenApiRouter::new()
+        .routes(routes!(api::relay_info))
         .routes(routes!(api::register))
         .routes(routes!(api::challenge))
         .routes(routes!(api::login))

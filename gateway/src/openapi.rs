@@ -10,6 +10,17 @@
 
 use utoipa::ToSchema;
 
+/// `courier_protocol::api::RelayInfo`.
+#[derive(ToSchema)]
+#[schema(as = RelayInfo)]
+pub struct RelayInfoDoc {
+    /// The relay's name, the part after `@` of its users' addresses.
+    name: String,
+    version: String,
+    /// `open` or `invite`.
+    registration: String,
+}
+
 /// `courier_protocol::api::DeviceKeys`.
 #[derive(ToSchema)]
 #[schema(as = DeviceKeys)]
@@ -331,6 +342,9 @@ mod tests {
         let envelope = json!({"seq": 1, "id": id, "origin": "localhost", "header": "AA",
             "body": "AA", "received_ms": 1, "expires_ms": 2, "kind": "message"});
 
+        check::<RelayInfoDoc, wire::RelayInfo>(
+            json!({"name": "localhost", "version": "0.1.0", "registration": "invite"}),
+        );
         check::<DeviceKeysDoc, wire::DeviceKeys>(keys.clone());
         check::<DeviceListEntryDoc, wire::DeviceListEntry>(entry);
         check::<DeviceListDoc, wire::DeviceList>(list);

@@ -22,6 +22,8 @@ use crate::{Address, ApiError, Bytes, DeviceId, EnvelopeId, ErrorCode, RelayName
 pub mod paths {
     /// Prefix of every versioned endpoint.
     pub const PREFIX: &str = "/v1";
+    /// `GET` → [`super::RelayInfo`] (no auth).
+    pub const RELAY: &str = "/v1/relay";
     /// `POST`: [`super::RegisterRequest`] → [`super::RegisterResponse`].
     pub const ACCOUNTS: &str = "/v1/accounts";
     /// `POST`: [`super::ChallengeRequest`] → [`super::ChallengeResponse`].
@@ -68,6 +70,37 @@ pub mod paths {
 /// Response header telling an authenticated device its one-time prekey pool
 /// is low; the value is the number remaining.
 pub const PREKEYS_LOW_HEADER: &str = "courier-prekeys-low";
+
+/// Most bytes of [`RelayInfo::version`].
+pub const RELAY_VERSION_BYTES_MAX: usize = 64;
+
+/// Who may create an account on a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationPolicy {
+    /// Anyone.
+    Open,
+    /// Only holders of an operator-made invite code.
+    Invite,
+}
+
+/// Public facts about a relay (`GET /v1/relay`), so a client can learn the
+/// name its addresses end in before registering. Holds no secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayInfo {
+    /// The relay's name: the part after `@` of its users' addresses.
+    pub name: RelayName,
+    /// The relay software's version (informational).
+    pub version: String,
+    /// Who may register.
+    pub registration: RegistrationPolicy,
+}
+
+impl Validate for RelayInfo {
+    fn validate(&self) -> Result<(), ErrorCode> {
+        text_max(&self.version, RELAY_VERSION_BYTES_MAX)
+    }
+}
 
 /// A device's long-term public keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

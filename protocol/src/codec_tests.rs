@@ -219,6 +219,8 @@ wire_types! {
     device_list_entry: DeviceListEntry = s::device_list_entry(), Deny;
     device_list: DeviceList = s::device_list(), Deny;
     signed_device_list: SignedDeviceList = s::signed_device_list(), Deny;
+    registration_policy: RegistrationPolicy = s::registration_policy(), NotObject;
+    relay_info: RelayInfo = s::relay_info(), Ignore;
     register_request: RegisterRequest = s::register_request(), Deny;
     register_response: RegisterResponse = s::register_response(), Ignore;
     challenge_request: ChallengeRequest = s::challenge_request(), Deny;

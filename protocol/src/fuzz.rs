@@ -115,7 +115,8 @@ pub fn decode_any_json_request(data: &[u8]) -> usize {
 
 /// Every JSON body a client decodes from its relay.
 pub fn decode_any_json_response(data: &[u8]) -> usize {
-    json_one::<RegisterResponse>(data, crate::limits::HTTP_BODY_BYTES_MAX)
+    json_one::<RelayInfo>(data, crate::limits::HTTP_BODY_BYTES_MAX)
+        + json_one::<RegisterResponse>(data, crate::limits::HTTP_BODY_BYTES_MAX)
         + json_one::<ChallengeResponse>(data, crate::limits::HTTP_BODY_BYTES_MAX)
         + json_one::<TokenResponse>(data, crate::limits::HTTP_BODY_BYTES_MAX)
         + json_one::<SignedDeviceList>(data, crate::limits::HTTP_BODY_BYTES_MAX)

@@ -263,6 +263,23 @@ pub fn upload_one_time_prekeys() -> impl Strategy<Value = UploadOneTimePreKeys> 
     })
 }
 
+pub fn registration_policy() -> impl Strategy<Value = RegistrationPolicy> {
+    prop_oneof![
+        Just(RegistrationPolicy::Open),
+        Just(RegistrationPolicy::Invite)
+    ]
+}
+
+pub fn relay_info() -> impl Strategy<Value = RelayInfo> {
+    (relay_name(), "[0-9a-z.+-]{0,64}", registration_policy()).prop_map(
+        |(name, version, registration)| RelayInfo {
+            name,
+            version,
+            registration,
+        },
+    )
+}
+
 pub fn prekey_count() -> impl Strategy<Value = PreKeyCount> {
     (any::<u32>(), any::<u32>()).prop_map(|(one_time, low_water)| PreKeyCount {
         one_time,

@@ -134,6 +134,7 @@ always_valid!(
     crate::Bytes,
     crate::ErrorCode,
     crate::api::EnvelopeKind,
+    crate::api::RegistrationPolicy,
     crate::api::FailedRecipient,
     crate::federation::AckStatus,
     crate::federation::EnvelopeAck,

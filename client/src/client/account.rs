@@ -17,8 +17,12 @@ impl Inner {
         let user = Username::parse(username).map_err(|e| Error::Invalid(e.to_string()))?;
         let identity = Identity::generate(&mut self.rng);
         let keys = device_keys(&identity);
-        let mut names: Vec<String> = self.transport.relay_name().into_iter().collect();
-        names.extend(candidates.iter().cloned());
+        // The relay says its name; only a relay without `GET /v1/relay`
+        // leaves the caller's guesses to try.
+        let names: Vec<String> = match self.transport.relay_info().await? {
+            Some(info) => vec![info.name.to_string()],
+            None => candidates.to_vec(),
+        };
         let mut last = None;
         for name in names {
             let Ok(relay) = RelayName::parse(&name) else {

@@ -417,9 +417,10 @@ impl Client {
     }
 
     /// Creates an account `username` on the home relay with this device as
-    /// device 1, uploads its keys and returns the full address. `relay_name`
-    /// is the relay's name as used in addresses; when `None` the transport's
-    /// name is used, or names are tried from `relay_name_candidates`.
+    /// device 1, uploads its keys and returns the full address. The relay's
+    /// name (the part after `@`) comes from the relay (`GET /v1/relay`);
+    /// only a relay without that endpoint makes the client try the names in
+    /// `relay_name_candidates` in turn.
     pub async fn register(
         &self,
         username: &str,

@@ -143,8 +143,13 @@ const NO_BODY: Option<&()> = None;
 
 #[async_trait]
 impl Transport for HttpTransport {
-    fn relay_name(&self) -> Option<String> {
-        None
+    async fn relay_info(&self) -> Result<Option<courier_protocol::api::RelayInfo>, TransportError> {
+        match self.call(Method::GET, "/v1/relay", None, NO_BODY).await {
+            Ok(info) => Ok(Some(info)),
+            // An older relay without the endpoint: the caller guesses.
+            Err(TransportError::Api(e)) if e.code == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, TransportError> {

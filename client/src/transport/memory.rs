@@ -314,8 +314,12 @@ fn tokens(
 
 #[async_trait]
 impl Transport for MemoryTransport {
-    fn relay_name(&self) -> Option<String> {
-        Some(self.relay.to_string())
+    async fn relay_info(&self) -> Result<Option<courier_protocol::api::RelayInfo>, TransportError> {
+        Ok(Some(courier_protocol::api::RelayInfo {
+            name: self.relay.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            registration: courier_protocol::api::RegistrationPolicy::Open,
+        }))
     }
 
     async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, TransportError> {

@@ -48,9 +48,10 @@ pub trait Subscription: Send {
 /// The client API of a home relay (`docs/api-outline.md`).
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
-    /// The relay's name, as it appears in its users' addresses, if known
-    /// before registering (the HTTP transport learns it from registration).
-    fn relay_name(&self) -> Option<String>;
+    /// `GET /v1/relay`: the relay's name (as it appears in its users'
+    /// addresses), version and registration policy. `Ok(None)` when the
+    /// relay predates the endpoint (it answers `not_found`).
+    async fn relay_info(&self) -> Result<Option<courier_protocol::api::RelayInfo>, TransportError>;
     /// `POST /v1/accounts`.
     async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, TransportError>;
     /// `POST /v1/auth/challenge`.
