@@ -46,6 +46,23 @@ impl Relay {
             .await
     }
 
+    /// Makes `relay`'s backlog due now, for when the relay comes back after
+    /// an outage: entries backing off (up to `outbox_backoff_max_ms`) would
+    /// otherwise wait out their backoff although the peer is reachable again.
+    /// Entries leased to an attempt in flight are not touched. Returns how
+    /// many entries were woken; the notifier hears of any.
+    pub async fn outbox_wake(&self, relay: &RelayName) -> Result<u64> {
+        let now = self.now_ms();
+        let woken = self
+            .store
+            .outbox_wake(relay, now, now + self.config.outbox_lease_ms)
+            .await?;
+        if woken > 0 {
+            self.notifier.outbox(relay);
+        }
+        Ok(woken)
+    }
+
     /// Deletes entries the destination acknowledged (accepted or duplicate).
     pub async fn outbox_mark_delivered(&self, ids: &[OutboxId]) -> Result<u32> {
         self.store.outbox_delete(ids).await

@@ -789,6 +789,7 @@ impl EventLoop {
                         .send_response(channel, reply);
                     self.rt(peer).helloed = true;
                     self.flush_queued(peer);
+                    self.peer_up(name.clone());
                     for w in self.add_waiters.remove(&peer).unwrap_or_default() {
                         let _ = w.send(Ok(name.clone()));
                     }
@@ -815,6 +816,7 @@ impl EventLoop {
                         rt.helloed = true;
                         rt.hello_retried = false;
                         self.flush_queued(peer);
+                        self.peer_up(name.clone());
                         for w in self.add_waiters.remove(&peer).unwrap_or_default() {
                             let _ = w.send(Ok(name.clone()));
                         }
@@ -864,6 +866,12 @@ impl EventLoop {
             }
             request_response::Event::ResponseSent { .. } => {}
         }
+    }
+
+    /// Tells the relay that `name` completed a hello, off the event loop.
+    fn peer_up(&self, name: RelayName) {
+        let inbound = self.inbound.clone();
+        tokio::spawn(async move { inbound.peer_up(name).await });
     }
 
     /// The relay name of an admitted, allowed, unblocked peer.

@@ -147,6 +147,8 @@ pub trait Inbound: Send + Sync + 'static {
     async fn deliver(&self, from: RelayName, batch: DeliveryBatch) -> DeliveryAcks;
     /// Answers a key bundle request from relay `from`.
     async fn bundle(&self, from: RelayName, request: BundleRequest) -> BundleResponse;
+    /// Relay `name` has just completed a hello: it is reachable again.
+    async fn peer_up(&self, _name: RelayName) {}
 }
 
 /// [`Inbound`] over a relay: deliveries go to
@@ -163,6 +165,19 @@ impl Inbound for RelayInbound {
 
     async fn bundle(&self, _from: RelayName, request: BundleRequest) -> BundleResponse {
         courier_relay::federation::answer_bundle(&self.0, request).await
+    }
+
+    async fn peer_up(&self, name: RelayName) {
+        // A peer that comes back gets its backlog now, not after the
+        // (possibly minutes-long) backoff its entries were given while it
+        // was away.
+        match self.0.outbox_wake(&name).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(relay = %name, woken = n, "peer is back; its backlog is due now")
+            }
+            Err(e) => tracing::warn!(relay = %name, error = %e, "cannot wake the outbox"),
+        }
     }
 }
 

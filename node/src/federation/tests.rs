@@ -39,6 +39,8 @@ pub(super) struct Options {
     pub(super) listen: Option<Multiaddr>,
     pub(super) drain: bool,
     pub(super) peers_file: Option<std::path::PathBuf>,
+    /// Outbox retry backoff (base, max) in ms.
+    pub(super) backoff_ms: (u64, u64),
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             listen: None,
             drain: true,
             peers_file: None,
+            backoff_ms: (100, 1000),
         }
     }
 }
@@ -60,8 +63,7 @@ pub(super) async fn start(
 ) -> TestRelay {
     let relay_name = name(relay_name);
     let mut config = courier_relay::Config::new(relay_name.clone());
-    config.outbox_backoff_base_ms = 100;
-    config.outbox_backoff_max_ms = 1000;
+    (config.outbox_backoff_base_ms, config.outbox_backoff_max_ms) = options.backoff_ms;
     config.outbox_lease_ms = 5000;
     let wake = Drainer::waker();
     let notifier = Arc::new(OutboxNotifier::new(Arc::new(NoNotifier), wake.clone()));
@@ -623,6 +625,66 @@ async fn thousand_messages_for_a_stopped_relay_arrive_exactly_once_after_restart
     got.sort();
     sent.sort();
     assert_eq!(got, sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_comes_back_gets_its_backlog_without_waiting_out_the_backoff() {
+    // Backoff of a minute or more: without the wake-up on hello the backlog
+    // would sit for at least 30 s after B is back.
+    let a = start(
+        "relay-a.example",
+        Keypair::generate_ed25519(),
+        Arc::new(MemoryStore::new()),
+        Options {
+            backoff_ms: (60_000, 600_000),
+            ..Options::default()
+        },
+    )
+    .await;
+    let b_key = Keypair::generate_ed25519();
+    let b_store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut b = start(
+        "relay-b.example",
+        b_key.clone(),
+        b_store.clone(),
+        Options::default(),
+    )
+    .await;
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    a.fed.add_peer(b.addr.clone()).await.unwrap();
+    let listen = without_p2p(&b.addr);
+    b.stop().await;
+
+    for i in 0..20u32 {
+        a.send(&alice, i, &["bob@relay-b.example"]).await;
+    }
+    eventually(20, "A tried B and backed off", || async {
+        let now = a.relay.now_ms();
+        a.relay
+            .outbox_destinations()
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.pending == 20 && d.next_attempt_ms > now + 20_000)
+    })
+    .await;
+
+    let b = start(
+        "relay-b.example",
+        b_key,
+        b_store,
+        Options {
+            listen: Some(listen),
+            ..Options::default()
+        },
+    )
+    .await;
+    eventually(15, "the backlog arrives right after the hello", || async {
+        total(&b, std::slice::from_ref(&bob)).await.len() >= 20
+    })
+    .await;
+    assert_unique(&total(&b, std::slice::from_ref(&bob)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

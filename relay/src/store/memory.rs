@@ -672,6 +672,18 @@ impl Store for MemoryStore {
         Ok(by.into_values().collect())
     }
 
+    async fn outbox_wake(&self, relay: &RelayName, now_ms: u64, later_than_ms: u64) -> Result<u64> {
+        let mut s = self.lock();
+        let mut n = 0;
+        for o in s.outbox.values_mut() {
+            if &o.entry.relay == relay && o.next_attempt_ms > later_than_ms {
+                o.next_attempt_ms = now_ms;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     async fn stats(&self) -> Result<StoreStats> {
         let s = self.lock();
         Ok(StoreStats {

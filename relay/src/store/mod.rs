@@ -442,6 +442,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<MailboxRef>>;
     /// Destinations with a backlog.
     async fn outbox_destinations(&self) -> Result<Vec<OutboxDestination>>;
+    /// Makes `relay`'s entries that are backing off until after
+    /// `later_than_ms` due at `now_ms` (leased entries, which are due no later
+    /// than the lease end, are left alone); returns how many.
+    async fn outbox_wake(&self, relay: &RelayName, now_ms: u64, later_than_ms: u64) -> Result<u64>;
 
     // --- observation ---
 

@@ -1437,6 +1437,22 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn outbox_wake(&self, relay: &RelayName, now_ms: u64, later_than_ms: u64) -> Result<u64> {
+        let relay = relay.to_string();
+        self.write(move |c| {
+            Box::pin(async move {
+                let done = q("UPDATE outbox SET next_attempt_ms = ? WHERE relay = ? AND next_attempt_ms > ?")
+                    .bind(i(now_ms))
+                    .bind(relay)
+                    .bind(i(later_than_ms))
+                    .execute(&mut *c)
+                    .await?;
+                Ok(done.rows_affected())
+            })
+        })
+        .await
+    }
+
     async fn stats(&self) -> Result<StoreStats> {
         let r = q("SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM messages WHERE body IS NOT NULL), (SELECT COUNT(*) FROM mailbox), (SELECT COUNT(*) FROM outbox), (SELECT COUNT(*) FROM accounts)")
             .fetch_one(&self.read)

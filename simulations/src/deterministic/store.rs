@@ -262,6 +262,9 @@ impl Store for SimStore {
     async fn outbox_destinations(&self) -> Result<Vec<OutboxDestination>> {
         self.inner.outbox_destinations().await
     }
+    async fn outbox_wake(&self, relay: &RelayName, now_ms: u64, later_than_ms: u64) -> Result<u64> {
+        self.inner.outbox_wake(relay, now_ms, later_than_ms).await
+    }
     async fn stats(&self) -> Result<StoreStats> {
         self.inner.stats().await
     }
