@@ -126,9 +126,10 @@ impl Relay {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("relay started");
+        // Own the child before anything can panic, so drop kills it.
+        let started = rx.recv_timeout(Duration::from_secs(60));
         self.child = Some(child);
+        started.expect("relay started");
     }
 
     /// SIGTERM and wait: the relay flushes and exits.

@@ -1,17 +1,37 @@
 //! Loopback mode against real `courier` and `courier-client` processes.
-//! Skips (with a note) when those binaries have not been built into the
-//! workspace target directory.
+//! The binaries are taken from this test's own target directory (wherever
+//! `CARGO_TARGET_DIR` puts it) and built there first if they are missing.
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use courier_simulations::loopback::{self, Binaries, LoopbackError};
 use courier_simulations::scenario::Scenario;
 
-fn built(name: &str) -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/debug")
-        .join(name);
-    path.is_file().then_some(path)
+/// `<target>/debug/<name>`, built with cargo if it is not there yet.
+fn built(name: &str) -> PathBuf {
+    // This test runs as <target>/debug/deps/loopback-<hash>.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in <target>/debug/deps");
+    let path = dir.join(name);
+    if !path.is_file() {
+        let package = if name == "courier" {
+            "courier-node"
+        } else {
+            "courier-client"
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", package, "--bin", name])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building {name} failed");
+    }
+    assert!(path.is_file(), "no {name} at {}", path.display());
+    path
 }
 
 #[test]
@@ -38,12 +58,7 @@ fn oversized_scenario_is_refused_before_starting_anything() {
 
 #[test]
 fn two_real_relays_deliver_everything_and_store_no_plaintext() {
-    let (Some(courier), Some(courier_client)) = (built("courier"), built("courier-client")) else {
-        eprintln!(
-            "skipping: build courier-node and courier-client first (target/debug/courier, courier-client)"
-        );
-        return;
-    };
+    let (courier, courier_client) = (built("courier"), built("courier-client"));
     let s = Scenario::parse(
         r#"
 name = "loopback-test"

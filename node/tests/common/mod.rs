@@ -85,6 +85,10 @@ impl Relay {
         for (k, v) in &envs {
             command.env(k, v);
         }
+        // Everything that can fail before the child is owned by a `Relay`
+        // (whose drop kills it) happens first or kills it itself, so a failed
+        // test never leaves a relay running behind it.
+        let http = client::http_client();
         let mut child = command.spawn().expect("spawn courier serve");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -96,9 +100,11 @@ impl Relay {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("relay printed its address");
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("relay did not print its address");
+        };
         let name = args
             .iter()
             .position(|a| a == "--name")
@@ -109,7 +115,7 @@ impl Relay {
             url: format!("http://{addr}"),
             name: RelayName::parse(&name).unwrap(),
             data_dir: data_dir.to_owned(),
-            http: client::http_client(),
+            http,
             args,
             envs,
             stderr,
