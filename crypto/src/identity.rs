@@ -13,7 +13,7 @@ use crate::Error;
 use crate::wire::Reader;
 
 /// Prefix of the message the Ed25519 key signs to certify the X25519 key
-/// (the `dh_key_signature` of `DeviceKeys` in `docs/api-outline.md`).
+/// (the `dh_key_signature` of `DeviceKeys` in `docs/protocol.md`).
 pub const IDENTITY_DH_SIGNATURE_CONTEXT: &[u8] = b"courier-dh-key-v1";
 
 /// Length of [`PublicIdentity::to_bytes`].

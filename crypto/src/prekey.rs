@@ -13,7 +13,7 @@ use crate::wire::{self, Reader, kind};
 
 /// Prefix of the message an identity signs to certify a signed prekey; the
 /// message is `context || id u32 || public(32) || created_ms u64` (as in
-/// `docs/api-outline.md`).
+/// `docs/protocol.md`).
 pub const SIGNED_PREKEY_SIGNATURE_CONTEXT: &[u8] = b"courier-signed-prekey-v1";
 
 /// Length of [`SignedPreKeyPublic::to_bytes`].

@@ -1,5 +1,5 @@
 //! The wire types the relay speaks, re-exported from `courier-protocol`
-//! (`api` and `federation` modules, named as in `docs/api-outline.md`), plus
+//! (`api` and `federation` modules, named as in `docs/protocol.md`), plus
 //! the storage encoding of [`EnvelopeKind`].
 
 pub use courier_protocol::api::{

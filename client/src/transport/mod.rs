@@ -45,7 +45,7 @@ pub trait Subscription: Send {
     async fn ack(&mut self, seqs: &[u64]) -> Result<(), TransportError>;
 }
 
-/// The client API of a home relay (`docs/api-outline.md`).
+/// The client API of a home relay (`docs/protocol.md`).
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// `GET /v1/relay`: the relay's name (as it appears in its users'
