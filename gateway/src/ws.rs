@@ -20,7 +20,7 @@ use courier_protocol::validate::Validate as _;
 use courier_protocol::ws::ClientFrame;
 use courier_protocol::{ApiError, ErrorCode};
 use courier_relay::AuthedDevice;
-use futures::SinkExt;
+use futures::{FutureExt as _, SinkExt};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -155,7 +155,11 @@ impl<'a> Connection<'a> {
 
             if self.maybe_more && self.in_flight.len() < in_flight_max {
                 self.push_pending(in_flight_max).await?;
-                continue;
+                if self.maybe_more && self.in_flight.len() < in_flight_max {
+                    continue;
+                }
+                // Fall through with the same `notified`, enabled before the
+                // read: an enqueue that raced with the read still wakes us.
             }
 
             tokio::select! {
@@ -193,6 +197,11 @@ impl<'a> Connection<'a> {
                 _ = shutdown.changed() => {
                     return self.close(close_code::AWAY, "relay shutting down").await;
                 }
+            }
+            // `notified` is dropped at the end of this turn: keep what it
+            // heard while another branch (an ack, a ping) ran.
+            if !self.maybe_more && notified.as_mut().now_or_never().is_some() {
+                self.maybe_more = true;
             }
         }
     }
@@ -260,13 +269,13 @@ impl<'a> Connection<'a> {
                 let request = AckRequest { seqs };
                 match ack(self.state, &self.device, &request).await {
                     Ok(_) => {
-                        let before = self.in_flight.len();
+                        // No store read here: `maybe_more` is still true if
+                        // the last read stopped at the window, and a
+                        // notification sets it for anything newer, so an
+                        // ack alone never needs a fetch (one fewer store
+                        // round trip per ack).
                         for seq in &request.seqs {
                             self.in_flight.remove(seq);
-                        }
-                        // Room opened in the window: the store may hold more.
-                        if self.in_flight.len() < before {
-                            self.maybe_more = true;
                         }
                         Ok(())
                     }

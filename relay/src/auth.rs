@@ -145,20 +145,41 @@ impl Relay {
             .rotate_refresh(&hash_secret(refresh_token), now, tokens)
             .await?
         {
-            RotateOutcome::Rotated { .. } => Ok(response),
-            RotateOutcome::Reused | RotateOutcome::Invalid => Err(RelayError::InvalidRefreshToken),
+            RotateOutcome::Rotated { user, device } => {
+                // The store deleted the session's old access tokens.
+                self.access_cache.forget_device(&user, device);
+                Ok(response)
+            }
+            RotateOutcome::Reused => {
+                // Some session was revoked; the outcome does not say which.
+                self.access_cache.clear();
+                Err(RelayError::InvalidRefreshToken)
+            }
+            RotateOutcome::Invalid => Err(RelayError::InvalidRefreshToken),
         }
     }
 
     /// Checks an access token. Revocation is immediate: a revoked session's
-    /// tokens are gone from the store.
+    /// tokens are gone from the store and from this relay's token cache
+    /// (another process sharing the store sees it within
+    /// [`crate::Config::access_cache_ms`]).
     pub async fn authenticate(&self, access_token: &str) -> Result<AuthedDevice> {
-        let record = self
-            .store
-            .access(&hash_secret(access_token))
-            .await?
-            .ok_or(RelayError::Unauthenticated)?;
-        if record.expires_ms <= self.now_ms() {
+        let hash = hash_secret(access_token);
+        let now = self.now_ms();
+        let record = match self.access_cache.get(&hash, now) {
+            Some(record) => record,
+            None => {
+                let generation = self.access_cache.generation();
+                let record = self
+                    .store
+                    .access(&hash)
+                    .await?
+                    .ok_or(RelayError::Unauthenticated)?;
+                self.access_cache.fill(hash, &record, generation, now);
+                record
+            }
+        };
+        if record.expires_ms <= now {
             return Err(RelayError::TokenExpired);
         }
         let low = self.config.prekeys_low_water;
@@ -172,6 +193,9 @@ impl Relay {
 
     /// Ends the caller's session: its access and refresh tokens stop working.
     pub async fn logout(&self, device: &AuthedDevice) -> Result<()> {
-        self.store.revoke_session(&device.session).await
+        let revoked = self.store.revoke_session(&device.session).await;
+        // Also on failure: the store may have committed before the error.
+        self.access_cache.forget_session(&device.session);
+        revoked
     }
 }

@@ -46,6 +46,8 @@ impl Relay {
                 self.config.prekeys_per_device_max,
             )
             .await?;
+        self.access_cache
+            .set_prekeys(&device.user, device.device, count);
         Ok(self.prekey_count_of(count))
     }
 
@@ -100,6 +102,10 @@ impl Relay {
             };
             let (one_time_prekey, remaining) =
                 self.store.take_one_time_prekey(user, record.device).await?;
+            if one_time_prekey.is_some() {
+                self.access_cache
+                    .set_prekeys(user, record.device, remaining);
+            }
             if one_time_prekey.is_some() && remaining < self.config.prekeys_low_water {
                 self.notifier.prekeys_low(user, record.device, remaining);
             }

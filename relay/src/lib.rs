@@ -6,6 +6,7 @@
 //! Stores: [`MemoryStore`] (always; simulations), [`SqliteStore`] (feature
 //! `sqlite`) and [`PostgresStore`] (feature `postgres`). See `docs/storage.md`.
 
+mod access_cache;
 pub mod account;
 pub mod auth;
 pub mod clock;

@@ -8,6 +8,7 @@ use courier_protocol::limits::{DEVICES_PER_ACCOUNT_MAX, ONE_TIME_PREKEYS_PER_DEV
 use courier_protocol::{DeviceId, RelayName, Username};
 use rand_core::CryptoRng;
 
+use crate::access_cache::AccessCache;
 use crate::clock::Clock;
 use crate::store::Store;
 
@@ -29,6 +30,14 @@ pub struct Config {
     pub registration: Registration,
     /// Lifetime of an access token.
     pub access_token_ms: u64,
+    /// Most access tokens kept in the in-process cache that spares each
+    /// request a store read (0 turns the cache off).
+    pub access_cache_max: usize,
+    /// How long a cached access token is trusted before it is read from
+    /// the store again. Within one process revocation is immediate anyway;
+    /// this bounds how long a logout made through another process sharing
+    /// the database goes unseen here.
+    pub access_cache_ms: u64,
     /// Lifetime of a refresh token (each rotation starts a new one).
     pub refresh_token_ms: u64,
     /// Lifetime of a login challenge.
@@ -54,12 +63,14 @@ pub struct Config {
 
 impl Config {
     /// Defaults for a relay called `name`: open registration, 15-minute access
-    /// tokens, 30-day refresh tokens, low water 20, 10 000 entries per mailbox.
+    /// tokens (up to 100 000 cached for 30 s), 30-day refresh tokens, low water 20, 10 000 entries per mailbox.
     pub fn new(name: RelayName) -> Self {
         Config {
             name,
             registration: Registration::Open,
             access_token_ms: 15 * 60 * 1000,
+            access_cache_max: 100_000,
+            access_cache_ms: 30 * 1000,
             refresh_token_ms: 30 * 24 * 3600 * 1000,
             challenge_ms: 60 * 1000,
             link_ms: 10 * 60 * 1000,
@@ -119,6 +130,7 @@ pub struct Relay {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) rng: Mutex<Random>,
     pub(crate) notifier: Arc<dyn Notifier>,
+    pub(crate) access_cache: AccessCache,
 }
 
 impl std::fmt::Debug for Relay {
@@ -133,8 +145,10 @@ impl Relay {
     /// A relay over `store`, reading time from `clock` and drawing
     /// randomness from `rng`, with no notifier.
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>, rng: Random) -> Self {
+        let access_cache = AccessCache::new(config.access_cache_max, config.access_cache_ms);
         Relay {
             config,
+            access_cache,
             store,
             clock,
             rng: Mutex::new(rng),

@@ -60,6 +60,7 @@ conformance!(
     login_needs_the_device_signature_and_a_fresh_challenge,
     refresh_token_rotates_and_reuse_revokes_the_session,
     access_tokens_expire_and_logout_revokes_immediately,
+    cached_access_tokens_follow_rotation_logout_reuse_and_prekey_changes,
     linking_a_device_needs_approval_signed_by_an_existing_device,
     forged_signed_prekey_is_rejected,
     one_time_prekeys_are_capped_handed_out_once_and_low_water_is_reported,
@@ -347,6 +348,67 @@ async fn access_tokens_expire_and_logout_revokes_immediately(kind: Kind) {
     assert_eq!(
         h.relay.refresh(&t.refresh_token).await,
         Err(RelayError::InvalidRefreshToken)
+    );
+}
+
+async fn cached_access_tokens_follow_rotation_logout_reuse_and_prekey_changes(kind: Kind) {
+    let Some(h) = Harness::with(kind, |c| c.prekeys_low_water = 3).await else {
+        return;
+    };
+    let d = user(&h, "alice", 1).await;
+    let first = d.tokens.clone().unwrap();
+    // Cached by the login helper's authenticate; the prekey hint follows
+    // this relay's own uploads and hand-outs without a store read.
+    assert_eq!(d.authed().prekeys_low, Some(0));
+    h.relay
+        .upload_one_time_prekeys(d.authed(), otks(0..4))
+        .await
+        .unwrap();
+    let a = h.relay.authenticate(&first.access_token).await.unwrap();
+    assert_eq!(a.prekeys_low, None);
+    h.relay.key_bundle(&d.address(), None).await.unwrap();
+    h.relay.key_bundle(&d.address(), None).await.unwrap();
+    let a = h.relay.authenticate(&first.access_token).await.unwrap();
+    assert_eq!(a.prekeys_low, Some(2));
+    // Rotation deletes the old access token: refused at once.
+    let second = h.relay.refresh(&first.refresh_token).await.unwrap();
+    assert_eq!(
+        h.relay.authenticate(&first.access_token).await,
+        Err(RelayError::Unauthenticated)
+    );
+    // Reuse of a rotated refresh token revokes the cached current one.
+    h.relay.authenticate(&second.access_token).await.unwrap();
+    assert!(h.relay.refresh(&first.refresh_token).await.is_err());
+    assert_eq!(
+        h.relay.authenticate(&second.access_token).await,
+        Err(RelayError::Unauthenticated)
+    );
+    // A second relay process on the same store keeps its own cache: it sees
+    // a logout made through the first only after `access_cache_ms`.
+    let mut d = d;
+    d.login(&h).await;
+    let token = d.tokens.clone().unwrap().access_token;
+    let other = courier_relay::Relay::new(
+        h.relay.config().clone(),
+        h.store.clone(),
+        h.clock.clone(),
+        Box::new(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(8)),
+    );
+    other.authenticate(&token).await.unwrap();
+    h.relay.logout(d.authed()).await.unwrap();
+    assert_eq!(
+        h.relay.authenticate(&token).await,
+        Err(RelayError::Unauthenticated),
+        "immediate in the process that logged out"
+    );
+    assert!(
+        other.authenticate(&token).await.is_ok(),
+        "the documented lag"
+    );
+    h.clock.advance(h.relay.config().access_cache_ms);
+    assert_eq!(
+        other.authenticate(&token).await,
+        Err(RelayError::Unauthenticated)
     );
 }
 

@@ -1,0 +1,157 @@
+//! In-process cache of access tokens, so an authenticated request does not
+//! read the store. Keyed by the token's SHA-256, like the store.
+//!
+//! Revocation stays immediate within this process: logout, a refresh
+//! (rotation deletes the session's old access tokens) and a reused refresh
+//! token drop entries here before the call returns, and an entry filled
+//! from a store read that raced with such a drop is not kept (the
+//! generation check). Other processes sharing the database do not see this
+//! process's drops: there an entry lives at most `access_cache_ms`
+//! (docs/storage.md).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use courier_protocol::{DeviceId, Username};
+
+use crate::store::{AccessRecord, TokenHash};
+
+struct Cached {
+    session: String,
+    user: Username,
+    device: DeviceId,
+    expires_ms: u64,
+    /// Read from the store again after this.
+    fresh_until_ms: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    tokens: HashMap<TokenHash, Cached>,
+    /// One-time prekeys left per device of a cached token, as read with it
+    /// or as this process last changed it (for the low-water hint).
+    prekeys: HashMap<(Username, DeviceId), u32>,
+    /// Bumped by every drop; a fill that started before a drop is refused.
+    generation: u64,
+}
+
+pub(crate) struct AccessCache {
+    inner: Mutex<Inner>,
+    entries_max: usize,
+    ttl_ms: u64,
+}
+
+impl AccessCache {
+    /// A cache of at most `entries_max` tokens, each trusted for `ttl_ms`
+    /// after it was read from the store. `entries_max == 0` disables it.
+    pub(crate) fn new(entries_max: usize, ttl_ms: u64) -> Self {
+        AccessCache {
+            inner: Mutex::new(Inner::default()),
+            entries_max,
+            ttl_ms,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock only means a panic elsewhere mid-update; the maps
+        // stay consistent enough for a cache (worst case: a miss).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached record of `token`, if fresh.
+    pub(crate) fn get(&self, token: &TokenHash, now_ms: u64) -> Option<AccessRecord> {
+        if self.entries_max == 0 {
+            return None;
+        }
+        let mut inner = self.lock();
+        let c = inner.tokens.get(token)?;
+        if c.fresh_until_ms <= now_ms {
+            inner.tokens.remove(token);
+            return None;
+        }
+        let one_time_count = *inner.prekeys.get(&(c.user.clone(), c.device))?;
+        Some(AccessRecord {
+            session: c.session.clone(),
+            user: c.user.clone(),
+            device: c.device,
+            expires_ms: c.expires_ms,
+            one_time_count,
+        })
+    }
+
+    /// The generation to pass to [`AccessCache::fill`] after a store read.
+    pub(crate) fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Keeps `record`, read from the store when the cache was at
+    /// `generation`, unless something was dropped since.
+    pub(crate) fn fill(
+        &self,
+        token: TokenHash,
+        record: &AccessRecord,
+        generation: u64,
+        now_ms: u64,
+    ) {
+        if self.entries_max == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.generation != generation {
+            return;
+        }
+        if inner.tokens.len() >= self.entries_max {
+            inner.tokens.retain(|_, c| c.fresh_until_ms > now_ms);
+            if inner.tokens.len() >= self.entries_max {
+                // Bounded memory over hit rate: start over.
+                inner.tokens.clear();
+                inner.prekeys.clear();
+            }
+        }
+        inner
+            .prekeys
+            .insert((record.user.clone(), record.device), record.one_time_count);
+        inner.tokens.insert(
+            token,
+            Cached {
+                session: record.session.clone(),
+                user: record.user.clone(),
+                device: record.device,
+                expires_ms: record.expires_ms,
+                fresh_until_ms: now_ms.saturating_add(self.ttl_ms),
+            },
+        );
+    }
+
+    /// Drops every token of `session`.
+    pub(crate) fn forget_session(&self, session: &str) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.tokens.retain(|_, c| c.session != session);
+    }
+
+    /// Drops every token of one device (its session's tokens were rotated).
+    pub(crate) fn forget_device(&self, user: &Username, device: DeviceId) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner
+            .tokens
+            .retain(|_, c| !(c.device == device && c.user == *user));
+    }
+
+    /// Drops everything (a session was revoked and we do not know which).
+    pub(crate) fn clear(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.tokens.clear();
+        inner.prekeys.clear();
+    }
+
+    /// Records a device's new one-time prekey count, if it is cached.
+    pub(crate) fn set_prekeys(&self, user: &Username, device: DeviceId, count: u32) {
+        let mut inner = self.lock();
+        if let Some(c) = inner.prekeys.get_mut(&(user.clone(), device)) {
+            *c = count;
+        }
+    }
+}
