@@ -77,6 +77,7 @@ conformance!(
     federated_envelopes_are_deduplicated_and_checked,
     the_notifier_hears_of_new_mail_outbox_entries_and_low_prekeys,
     concurrent_sends_are_batched_and_each_gets_its_own_answer,
+    outbox_wake_makes_backed_off_entries_due_but_leaves_leased_ones,
 );
 
 fn id(n: u8) -> EnvelopeId {
@@ -1434,4 +1435,62 @@ async fn concurrent_sends_are_batched_and_each_gets_its_own_answer(kind: Kind) {
     let f = h.relay.fetch(c.authed(), 0, 500).await.unwrap();
     assert_eq!(f.envelopes.len(), 70);
     assert!(f.envelopes.windows(2).all(|w| w[0].seq < w[1].seq));
+}
+
+async fn outbox_wake_makes_backed_off_entries_due_but_leaves_leased_ones(kind: Kind) {
+    let Some(h) = Harness::with(kind, |c| {
+        c.outbox_lease_ms = 1000;
+        c.outbox_backoff_base_ms = 60_000;
+        c.outbox_backoff_max_ms = 600_000;
+    })
+    .await
+    else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let rb = RelayName::parse("relay-b.example").unwrap();
+    let rc = RelayName::parse("relay-c.example").unwrap();
+    for n in 1..=2 {
+        let to = [(remote("x", "relay-b.example"), DeviceId(1))];
+        h.relay
+            .accept_message(a.authed(), message(id(n), &to, b"b"))
+            .await
+            .unwrap();
+    }
+    let to = [(remote("y", "relay-c.example"), DeviceId(1))];
+    h.relay
+        .accept_message(a.authed(), message(id(3), &to, b"c"))
+        .await
+        .unwrap();
+    // One relay-b entry backs off for a minute or more; the other is leased
+    // to an attempt in flight. relay-c's entry backs off too.
+    let taken = h.relay.outbox_take_batch(&rb, 1).await.unwrap();
+    h.relay.outbox_reschedule(&taken[0]).await.unwrap();
+    let leased = h.relay.outbox_take_batch(&rb, 1).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    let c = h.relay.outbox_take_batch(&rc, 1).await.unwrap();
+    h.relay.outbox_reschedule(&c[0]).await.unwrap();
+    assert!(h.relay.outbox_take_batch(&rb, 10).await.unwrap().is_empty());
+
+    assert_eq!(
+        h.relay.outbox_wake(&rb).await.unwrap(),
+        1,
+        "only the backed-off one"
+    );
+    let due = h.relay.outbox_take_batch(&rb, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, taken[0].id);
+    assert_ne!(
+        due[0].id, leased[0].id,
+        "the leased entry is not offered twice"
+    );
+    assert!(
+        h.relay.outbox_take_batch(&rc, 10).await.unwrap().is_empty(),
+        "other destinations keep their backoff"
+    );
+    assert_eq!(
+        h.relay.outbox_wake(&rb).await.unwrap(),
+        0,
+        "nothing left to wake"
+    );
 }
