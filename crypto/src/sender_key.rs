@@ -351,19 +351,11 @@ pub struct SenderKeyPickle {
     #[serde(default)]
     pub skipped: Vec<crate::ratchet::SkippedPickle>,
     /// [`RatchetConfig::max_skip`].
-    #[serde(default = "default_max_skip")]
+    #[serde(default = "crate::ratchet::default_max_skip")]
     pub max_skip: u32,
     /// [`RatchetConfig::max_skipped_keys`].
-    #[serde(default = "default_max_skipped_keys")]
+    #[serde(default = "crate::ratchet::default_max_skipped_keys")]
     pub max_skipped_keys: usize,
-}
-
-fn default_max_skip() -> u32 {
-    MAX_SKIP
-}
-
-fn default_max_skipped_keys() -> usize {
-    MAX_SKIPPED_KEYS
 }
 
 impl SenderKeyPickle {

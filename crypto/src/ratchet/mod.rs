@@ -483,11 +483,12 @@ pub struct RatchetPickle {
     pub max_skipped_keys: usize,
 }
 
-fn default_max_skip() -> u32 {
+// Serde defaults shared by every pickle that carries a `RatchetConfig`.
+pub(crate) fn default_max_skip() -> u32 {
     MAX_SKIP
 }
 
-fn default_max_skipped_keys() -> usize {
+pub(crate) fn default_max_skipped_keys() -> usize {
     MAX_SKIPPED_KEYS
 }
 
