@@ -868,6 +868,22 @@ impl EventLoop {
         }
     }
 
+    /// Runs a peer's request against the relay off the event loop, at most
+    /// `inbound_concurrent_max` at once; the answer comes back as [`Done`].
+    fn spawn_inbound<F, Fut>(&self, work: F)
+    where
+        F: FnOnce(Arc<dyn Inbound>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Done> + Send + 'static,
+    {
+        let inbound = self.inbound.clone();
+        let permits = self.inbound_permits.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let _ = done.send(work(inbound).await).await;
+        });
+    }
+
     /// Tells the relay that `name` completed a hello, off the event loop.
     fn peer_up(&self, name: RelayName) {
         let inbound = self.inbound.clone();
@@ -933,13 +949,8 @@ impl EventLoop {
                 rt.counters.envelopes_received += n;
                 metrics::counter!(metrics_names::ENVELOPES_RECEIVED, "peer" => name.to_string())
                     .increment(n);
-                let inbound = self.inbound.clone();
-                let permits = self.inbound_permits.clone();
-                let done = self.done_tx.clone();
-                tokio::spawn(async move {
-                    let _permit = permits.acquire_owned().await;
-                    let acks = inbound.deliver(name, request).await;
-                    let _ = done.send(Done::Deliver(channel, acks)).await;
+                self.spawn_inbound(move |inbound| async move {
+                    Done::Deliver(channel, inbound.deliver(name, request).await)
                 });
             }
             request_response::Event::Message {
@@ -1023,13 +1034,8 @@ impl EventLoop {
                         .send_response(channel, refusal);
                     return;
                 };
-                let inbound = self.inbound.clone();
-                let permits = self.inbound_permits.clone();
-                let done = self.done_tx.clone();
-                tokio::spawn(async move {
-                    let _permit = permits.acquire_owned().await;
-                    let answer = inbound.bundle(name, request).await;
-                    let _ = done.send(Done::Bundle(channel, answer)).await;
+                self.spawn_inbound(move |inbound| async move {
+                    Done::Bundle(channel, inbound.bundle(name, request).await)
                 });
             }
             request_response::Event::Message {
