@@ -149,17 +149,19 @@ impl Relay {
         origin: &RelayName,
         envelopes: Vec<FedEnvelope>,
     ) -> Vec<EnvelopeAck> {
-        let mut acks = Vec::with_capacity(envelopes.len());
-        for envelope in envelopes {
+        // All at once: the store gathers them into one transaction (one
+        // commit for the batch instead of one per envelope). The store keeps
+        // their order, so a device's entries keep the batch's order.
+        let accepts = envelopes.into_iter().map(|envelope| async move {
             let id = envelope.id;
             let status = match self.accept_one_federated(origin, envelope).await {
                 Ok(true) => AckStatus::Accepted,
                 Ok(false) => AckStatus::Duplicate,
                 Err(e) => AckStatus::Rejected(e.code()),
             };
-            acks.push(EnvelopeAck { id, status });
-        }
-        acks
+            EnvelopeAck { id, status }
+        });
+        futures::future::join_all(accepts).await
     }
 
     async fn accept_one_federated(

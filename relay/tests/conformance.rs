@@ -78,6 +78,8 @@ conformance!(
     the_notifier_hears_of_new_mail_outbox_entries_and_low_prekeys,
     concurrent_sends_are_batched_and_each_gets_its_own_answer,
     outbox_wake_makes_backed_off_entries_due_but_leaves_leased_ones,
+    concurrent_acks_from_many_devices_are_each_counted_once,
+    a_federated_batch_is_stored_in_order_with_its_odd_envelopes_answered_alone,
 );
 
 fn id(n: u8) -> EnvelopeId {
@@ -1493,4 +1495,140 @@ async fn outbox_wake_makes_backed_off_entries_due_but_leaves_leased_ones(kind: K
         0,
         "nothing left to wake"
     );
+}
+
+async fn concurrent_acks_from_many_devices_are_each_counted_once(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    let c = user(&h, "carol", 3).await;
+    // 40 messages to bob and carol (a body each, two refs each).
+    for n in 0..40u8 {
+        h.relay
+            .accept_message(
+                a.authed(),
+                message(
+                    id(n),
+                    &[(b.address(), b.device), (c.address(), c.device)],
+                    &[n],
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    let seqs = |d: &TestDevice| {
+        let relay = Arc::clone(&h.relay);
+        let authed = d.authed().clone();
+        async move {
+            relay
+                .fetch(&authed, 0, 100)
+                .await
+                .unwrap()
+                .envelopes
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<u64>>()
+        }
+    };
+    let bob = seqs(&b).await;
+    let carol = seqs(&c).await;
+    assert_eq!((bob.len(), carol.len()), (40, 40));
+    // Everyone acks at once, one seq per call (what many WebSocket
+    // connections do), so the store sees them in shared batches: bob's
+    // seqs twice (a retry), carol's once plus one that does not exist,
+    // and alice "acks" bob's seqs, which must not touch bob's mailbox.
+    let mut tasks = Vec::new();
+    for (who, list) in [(&b, &bob), (&b, &bob), (&c, &carol), (&a, &bob)] {
+        for seq in list.iter().copied().chain([99_999]) {
+            let relay = Arc::clone(&h.relay);
+            let authed = who.authed().clone();
+            let name = who.user.clone();
+            tasks.push(tokio::spawn(async move {
+                (name, relay.ack(&authed, &[seq]).await.unwrap().acked)
+            }));
+        }
+    }
+    let mut acked: std::collections::HashMap<Username, u32> = Default::default();
+    for t in tasks {
+        let (name, n) = t.await.unwrap();
+        assert!(n <= 1, "one seq acked at most once per call");
+        *acked.entry(name).or_default() += n;
+    }
+    assert_eq!(acked[&b.user], 40, "each of bob's entries counted once");
+    assert_eq!(acked[&c.user], 40);
+    assert_eq!(acked[&a.user], 0);
+    let s = stats(&h).await;
+    assert_eq!((s.bodies, s.mailbox_entries), (0, 0));
+    // Depth went back to zero: a full mailbox's worth fits again.
+    for n in 0..3u8 {
+        h.relay
+            .accept_message(
+                a.authed(),
+                message(
+                    EnvelopeId::new(T0 + 1, [n; 10]),
+                    &[(b.address(), b.device)],
+                    b"again",
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    let f = h.relay.fetch(b.authed(), 0, 10).await.unwrap();
+    assert_eq!(f.envelopes.len(), 3);
+    assert!(
+        f.envelopes[0].seq > *bob.last().unwrap(),
+        "seqs never reused"
+    );
+}
+
+async fn a_federated_batch_is_stored_in_order_with_its_odd_envelopes_answered_alone(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let b = user(&h, "bob", 2).await;
+    let c = user(&h, "carol", 3).await;
+    let origin = RelayName::parse("relay-b.example").unwrap();
+    let env = |n: u8, to: Vec<(Username, DeviceId)>| FedEnvelope {
+        id: id(n),
+        body: Bytes(vec![n; 4]),
+        recipients: to
+            .into_iter()
+            .map(|(user, device)| FedRecipient {
+                user,
+                device,
+                header: Bytes(vec![9; 4]),
+            })
+            .collect(),
+        expires_ms: T0 + 60_000,
+        kind: EnvelopeKind::Message,
+    };
+    // 100 envelopes in one delivery; every 10th also names an unknown
+    // device (stored for the known one), and the last repeats the first.
+    let mut batch: Vec<FedEnvelope> = (0..100u8)
+        .map(|n| {
+            let mut to = vec![(b.user.clone(), b.device), (c.user.clone(), c.device)];
+            if n % 10 == 0 {
+                to.push((Username::parse("nobody").unwrap(), DeviceId(1)));
+            }
+            env(n, to)
+        })
+        .collect();
+    batch.push(batch[0].clone());
+    let acks = h.relay.accept_federated(&origin, batch).await;
+    assert_eq!(acks.len(), 101);
+    for (n, ack) in acks.iter().take(100).enumerate() {
+        assert_eq!(ack.id, id(n as u8));
+        assert_eq!(ack.status, AckStatus::Accepted, "envelope {n}");
+    }
+    assert_eq!(acks[100].status, AckStatus::Duplicate);
+    for d in [&b, &c] {
+        let f = h.relay.fetch(d.authed(), 0, 500).await.unwrap();
+        let order: Vec<EnvelopeId> = f.envelopes.iter().map(|e| e.id).collect();
+        let expected: Vec<EnvelopeId> = (0..100u8).map(id).collect();
+        assert_eq!(order, expected, "the batch's order is each mailbox's order");
+    }
+    let s = stats(&h).await;
+    assert_eq!((s.messages, s.mailbox_entries), (100, 200));
 }

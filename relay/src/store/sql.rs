@@ -154,6 +154,16 @@ where
 enum Job {
     Op(Box<dyn WriteJob>),
     Accept(Box<NewMessage>, oneshot::Sender<Result<AcceptOutcome>>),
+    Ack(Box<AckJob>),
+}
+
+/// A queued ack. Acks from every connection in a batch are applied together
+/// with four statements, whatever their number.
+struct AckJob {
+    user: Username,
+    device: DeviceId,
+    seqs: Vec<u64>,
+    reply: oneshot::Sender<Result<u32>>,
 }
 
 fn job<T, F>(op: F, reply: oneshot::Sender<Result<T>>) -> Box<dyn WriteJob>
@@ -173,6 +183,17 @@ fn accept_job(m: NewMessage, reply: oneshot::Sender<Result<AcceptOutcome>>) -> B
 }
 
 type Accepts = Vec<(NewMessage, oneshot::Sender<Result<AcceptOutcome>>)>;
+type Acks = Vec<AckJob>;
+
+/// What a batch's fast paths produced, answered after COMMIT.
+#[derive(Default)]
+struct Fast {
+    /// Outcomes of the batched accepts, if that path ran.
+    accepts: Option<Vec<AcceptOutcome>>,
+    /// Entries deleted per ack job, or why the acks failed (they were
+    /// rolled back; the rest of the batch was not).
+    acks: Option<Result<Vec<u32>>>,
+}
 
 async fn exec(conn: &mut Conn, sql: &'static str) -> Result<()> {
     sqlx::raw_sql(sql).execute(&mut *conn).await?;
@@ -187,9 +208,10 @@ async fn run_batch(
     conn: &mut Conn,
     ops: &mut Vec<Box<dyn WriteJob>>,
     accepts: &mut Accepts,
-) -> Result<Option<Vec<AcceptOutcome>>> {
+    acks: &Acks,
+) -> Result<Fast> {
     exec(conn, if PG { "BEGIN" } else { "BEGIN IMMEDIATE" }).await?;
-    match run_in_transaction(conn, ops, accepts).await {
+    match run_in_transaction(conn, ops, accepts, acks).await {
         Ok(fast) => match exec(conn, "COMMIT").await {
             Ok(()) => Ok(fast),
             Err(e) => {
@@ -208,8 +230,22 @@ async fn run_in_transaction(
     conn: &mut Conn,
     ops: &mut Vec<Box<dyn WriteJob>>,
     accepts: &mut Accepts,
-) -> Result<Option<Vec<AcceptOutcome>>> {
-    let mut fast = None;
+    acks: &Acks,
+) -> Result<Fast> {
+    let mut fast = Fast::default();
+    if !acks.is_empty() {
+        exec(conn, "SAVEPOINT acks").await?;
+        let result = ack_many(conn, acks).await;
+        if result.is_ok() {
+            if PG {
+                exec(conn, "RELEASE SAVEPOINT acks").await?;
+            }
+        } else {
+            exec(conn, "ROLLBACK TO SAVEPOINT acks").await?;
+            exec(conn, "RELEASE SAVEPOINT acks").await?;
+        }
+        fast.acks = Some(result);
+    }
     if !accepts.is_empty() {
         exec(conn, "SAVEPOINT accepts").await?;
         match accept_many(conn, accepts).await {
@@ -217,7 +253,7 @@ async fn run_in_transaction(
                 if PG {
                     exec(conn, "RELEASE SAVEPOINT accepts").await?;
                 }
-                fast = Some(outcomes);
+                fast.accepts = Some(outcomes);
             }
             Ok(None) | Err(_) => {
                 exec(conn, "ROLLBACK TO SAVEPOINT accepts").await?;
@@ -230,7 +266,7 @@ async fn run_in_transaction(
     }
     // A lone operation needs no savepoint: if it fails the whole
     // transaction is rolled back (it is alone in it).
-    let single = ops.len() == 1 && fast.is_none();
+    let single = ops.len() == 1 && fast.accepts.is_none() && fast.acks.is_none();
     for op in ops.iter_mut() {
         if !single {
             exec(conn, "SAVEPOINT op").await?;
@@ -289,13 +325,12 @@ async fn run_writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
         gather(&mut rx, &mut jobs, batch_max).await;
         let mut ops: Vec<Box<dyn WriteJob>> = Vec::with_capacity(jobs.len());
         let mut accepts: Accepts = Vec::new();
+        let mut acks: Acks = Vec::new();
         for j in jobs.drain(..) {
             match j {
                 Job::Op(op) => ops.push(op),
-                // Federated deliveries skip unknown recipients: the
-                // individual path handles that.
-                Job::Accept(m, reply) if m.skip_unknown => ops.push(accept_job(*m, reply)),
                 Job::Accept(m, reply) => accepts.push((*m, reply)),
+                Job::Ack(ack) => acks.push(*ack),
             }
         }
         if accepts.len() == 1
@@ -305,7 +340,7 @@ async fn run_writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
         }
         let committed = match pool.acquire().await {
             Ok(mut conn) => {
-                let r = run_batch(&mut conn, &mut ops, &mut accepts).await;
+                let r = run_batch(&mut conn, &mut ops, &mut accepts, &acks).await;
                 if r.is_err() {
                     // The connection may be broken; let the pool replace it.
                     conn.close_on_drop();
@@ -314,23 +349,45 @@ async fn run_writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
             }
             Err(e) => Err(e.into()),
         };
-        let fast = committed.as_ref().ok().cloned().flatten();
-        let status = committed.map(|_| ());
+        let (fast, status) = match committed {
+            Ok(fast) => (fast, Ok(())),
+            Err(e) => (Fast::default(), Err(e)),
+        };
         for op in ops {
             op.finish(status.clone());
         }
-        match fast {
+        let lost = || {
+            status
+                .clone()
+                .err()
+                .unwrap_or_else(|| RelayError::Store("batch lost".into()))
+        };
+        match fast.accepts {
             Some(outcomes) => {
                 for ((_, reply), outcome) in accepts.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
             }
             None => {
-                let e = status
-                    .err()
-                    .unwrap_or_else(|| RelayError::Store("accept batch lost".into()));
                 for (_, reply) in accepts {
-                    let _ = reply.send(Err(e.clone()));
+                    let _ = reply.send(Err(lost()));
+                }
+            }
+        }
+        match fast.acks {
+            Some(Ok(counts)) => {
+                for (ack, count) in acks.into_iter().zip(counts) {
+                    let _ = ack.reply.send(Ok(count));
+                }
+            }
+            Some(Err(e)) => {
+                for ack in acks {
+                    let _ = ack.reply.send(Err(e.clone()));
+                }
+            }
+            None => {
+                for ack in acks {
+                    let _ = ack.reply.send(Err(lost()));
                 }
             }
         }
@@ -555,16 +612,57 @@ async fn accept_in(c: &mut Conn, mut m: NewMessage) -> Result<AcceptOutcome> {
 }
 
 async fn insert_outbox(c: &mut Conn, m: &NewMessage) -> Result<()> {
-    for remote in &m.remote {
-        q("INSERT INTO outbox (relay, message_id, recipients, sender_user, sender_device, attempts, next_attempt_ms, expires_ms) VALUES (?, ?, ?, ?, ?, 0, 0, ?)")
-            .bind(remote.relay.as_str())
-            .bind(m.id.as_bytes().as_slice())
-            .bind(encode(&remote.recipients)?)
-            .bind(m.sender.as_ref().map(|(u, _)| u.as_str().to_owned()))
-            .bind(m.sender.as_ref().map(|(_, d)| i64::from(d.0)))
-            .bind(i(m.expires_ms))
-            .execute(&mut *c)
-            .await?;
+    insert_outboxes(c, std::iter::once(m)).await
+}
+
+/// One outbox row per (message, destination relay), in multi-row statements.
+async fn insert_outboxes<'m>(c: &mut Conn, messages: impl Iterator<Item = &'m NewMessage>) -> Result<()> {
+    // (relay, message id, recipients, sender user, sender device, expires)
+    type OutboxRow<'a> = (&'a str, &'a [u8], Vec<u8>, Option<&'a str>, Option<i64>, i64);
+    let mut rows: Vec<OutboxRow<'m>> = Vec::new();
+    for m in messages {
+        for remote in &m.remote {
+            rows.push((
+                remote.relay.as_str(),
+                m.id.as_bytes().as_slice(),
+                encode(&remote.recipients)?,
+                m.sender.as_ref().map(|(u, _)| u.as_str()),
+                m.sender.as_ref().map(|(_, d)| i64::from(d.0)),
+                i(m.expires_ms),
+            ));
+        }
+    }
+    for chunk in rows.chunks(CHUNK_ROWS) {
+        let mut values = String::new();
+        for (n, _) in chunk.iter().enumerate() {
+            if n > 0 {
+                values.push(',');
+            }
+            let p = n * 6;
+            values.push_str(&format!(
+                "({}, {}, {}, {}, {}, 0, 0, {})",
+                ph(p + 1),
+                ph(p + 2),
+                ph(p + 3),
+                ph(p + 4),
+                ph(p + 5),
+                ph(p + 6)
+            ));
+        }
+        let sql = format!(
+            "INSERT INTO outbox (relay, message_id, recipients, sender_user, sender_device, attempts, next_attempt_ms, expires_ms) VALUES {values}"
+        );
+        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+        for (relay, id, recipients, user, device, expires) in chunk {
+            query = query
+                .bind(*relay)
+                .bind(*id)
+                .bind(&recipients[..])
+                .bind(*user)
+                .bind(*device)
+                .bind(*expires);
+        }
+        query.execute(&mut *c).await?;
     }
     Ok(())
 }
@@ -598,9 +696,89 @@ fn row_list(first: usize, cols: usize, rows: usize) -> String {
     out
 }
 
-/// `count` placeholders separated by commas, numbered from `first`.
-fn in_list(first: usize, count: usize) -> String {
-    (first..first + count).map(ph).collect::<Vec<_>>().join(",")
+/// Applies every ack of a batch with four statements: look up the devices,
+/// delete their entries, release the messages, lower the depths. Returns the
+/// number of entries each job deleted (an entry acked twice in one batch
+/// counts for the first job). Unknown devices and seqs delete nothing.
+async fn ack_many(c: &mut Conn, acks: &Acks) -> Result<Vec<u32>> {
+    let mut devices: Vec<(&Username, DeviceId)> = acks.iter().map(|a| (&a.user, a.device)).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    let mut pks: HashMap<(&Username, DeviceId), i64> = HashMap::with_capacity(devices.len());
+    for chunk in devices.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "WITH d(username, device) AS (VALUES {}) SELECT devices.pk, devices.username, devices.device FROM devices JOIN d ON devices.username = d.username AND devices.device = d.device",
+            row_list(1, 2, chunk.len())
+        );
+        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+        for (user, device) in chunk {
+            query = query.bind(user.as_str()).bind(i64::from(device.0));
+        }
+        for r in query.fetch_all(&mut *c).await? {
+            let user = username(r.try_get(1)?)?;
+            let device = device_id(r.try_get(2)?)?;
+            if let Ok(k) = devices.binary_search(&(&user, device)) {
+                pks.insert(devices[k], r.try_get(0)?);
+            }
+        }
+    }
+    // (device pk, seq) -> index of the first job acking it.
+    let mut wanted: HashMap<(i64, i64), usize> = HashMap::new();
+    for (n, ack) in acks.iter().enumerate() {
+        if let Some(&pk) = pks.get(&(&ack.user, ack.device)) {
+            for seq in &ack.seqs {
+                wanted.entry((pk, i(*seq))).or_insert(n);
+            }
+        }
+    }
+    let keys: Vec<(i64, i64)> = wanted.keys().copied().collect();
+    let mut counts = vec![0u32; acks.len()];
+    let mut released: HashMap<Vec<u8>, i64> = HashMap::new();
+    let mut depths: HashMap<i64, i64> = HashMap::new();
+    for chunk in keys.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "WITH a(pk, seq) AS (VALUES {}) DELETE FROM mailbox WHERE (device_pk, seq) IN (SELECT pk, seq FROM a) RETURNING device_pk, seq, message_id",
+            row_list(1, 2, chunk.len())
+        );
+        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+        for (pk, seq) in chunk {
+            query = query.bind(*pk).bind(*seq);
+        }
+        for r in query.fetch_all(&mut *c).await? {
+            let pk: i64 = r.try_get(0)?;
+            let seq: i64 = r.try_get(1)?;
+            if let Some(&n) = wanted.get(&(pk, seq)) {
+                counts[n] += 1;
+            }
+            *released.entry(r.try_get(2)?).or_default() += 1;
+            *depths.entry(pk).or_default() += 1;
+        }
+    }
+    let released: Vec<(Vec<u8>, i64)> = released.into_iter().collect();
+    for chunk in released.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "WITH r(id, n) AS (VALUES {}) UPDATE messages SET refs = refs - r.n, body = CASE WHEN refs <= r.n THEN NULL ELSE body END FROM r WHERE messages.id = r.id",
+            row_list(1, 2, chunk.len())
+        );
+        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+        for (id, n) in chunk {
+            query = query.bind(&id[..]).bind(*n);
+        }
+        query.execute(&mut *c).await?;
+    }
+    let depths: Vec<(i64, i64)> = depths.into_iter().collect();
+    for chunk in depths.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "WITH d(pk, n) AS (VALUES {}) UPDATE devices SET depth = depth - d.n FROM d WHERE devices.pk = d.pk",
+            row_list(1, 2, chunk.len())
+        );
+        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+        for (pk, n) in chunk {
+            query = query.bind(*pk).bind(*n);
+        }
+        query.execute(&mut *c).await?;
+    }
+    Ok(counts)
 }
 
 /// Stores several local messages with a few multi-row statements: messages,
@@ -656,25 +834,9 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
         .map(|(m, _)| m.depth_max)
         .min()
         .unwrap_or(0);
-    for key in &order {
-        let Some(slot) = counts.get_mut(key) else { continue };
-        let k = slot.0;
-        let row = q("UPDATE devices SET next_seq = next_seq + ?, depth = depth + ? WHERE username = ? AND device = ? AND depth + ? <= ? RETURNING pk, next_seq - ?")
-            .bind(k)
-            .bind(k)
-            .bind(key.0.as_str())
-            .bind(i64::from(key.1.0))
-            .bind(k)
-            .bind(i64::from(depth_max))
-            .bind(k)
-            .fetch_optional(&mut *c)
-            .await?;
-        let Some(row) = row else {
-            // Unknown device or full mailbox: sort it out one by one.
-            return Ok(None);
-        };
-        slot.1 = row.try_get(0)?;
-        slot.2 = row.try_get(1)?;
+    if !claim_sequences(c, &order, &mut counts, depth_max).await? {
+        // Unknown device or full mailbox: sort it out one by one.
+        return Ok(None);
     }
     // (device pk, seq, message id, header, expires)
     type MailboxRow<'a> = (i64, i64, &'a [u8], &'a [u8], i64);
@@ -708,10 +870,63 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
         }
         query.execute(&mut *c).await?;
     }
-    for (m, _) in batch {
-        insert_outbox(c, m).await?;
-    }
+    insert_outboxes(c, batch.iter().map(|(m, _)| m)).await?;
     Ok(Some(outcomes))
+}
+
+/// Claims `k` sequence numbers for each device in `order` (sorted), `k`
+/// being `counts[device].0`; fills in `.1` (device pk) and `.2` (first seq).
+/// One statement per chunk of devices instead of one per device. False if
+/// a device is unknown or its mailbox would exceed `depth_max`.
+async fn claim_sequences<'a>(
+    c: &mut Conn,
+    order: &[(&'a Username, DeviceId)],
+    counts: &mut HashMap<(&'a Username, DeviceId), (i64, i64, i64)>,
+    depth_max: u32,
+) -> Result<bool> {
+    for chunk in order.chunks(CHUNK_ROWS) {
+        if PG {
+            // Row locks in key order first: the UPDATE … FROM below locks
+            // in join order, which two processes could see differently.
+            let sql = format!(
+                "WITH v(username, device) AS (VALUES {}) SELECT 1 FROM devices JOIN v ON devices.username = v.username AND devices.device = v.device ORDER BY devices.username, devices.device FOR UPDATE OF devices",
+                row_list(1, 2, chunk.len())
+            );
+            let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+            for key in chunk {
+                query = query.bind(key.0.as_str()).bind(i64::from(key.1.0));
+            }
+            query.fetch_all(&mut *c).await?;
+        }
+        let sql = format!(
+            "WITH v(username, device, k) AS (VALUES {}) UPDATE devices SET next_seq = devices.next_seq + v.k, depth = devices.depth + v.k FROM v WHERE devices.username = v.username AND devices.device = v.device AND devices.depth + v.k <= {} RETURNING devices.pk, devices.username, devices.device, devices.next_seq",
+            row_list(1, 3, chunk.len()),
+            ph(chunk.len() * 3 + 1)
+        );
+        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+        for key in chunk {
+            let k = counts.get(key).map_or(0, |slot| slot.0);
+            query = query.bind(key.0.as_str()).bind(i64::from(key.1.0)).bind(k);
+        }
+        let rows = query.bind(i64::from(depth_max)).fetch_all(&mut *c).await?;
+        if rows.len() != chunk.len() {
+            return Ok(false);
+        }
+        for r in rows {
+            let user = username(r.try_get(1)?)?;
+            let device = device_id(r.try_get(2)?)?;
+            let Ok(k) = chunk.binary_search(&(&user, device)) else {
+                return Ok(false);
+            };
+            let Some(slot) = counts.get_mut(&chunk[k]) else {
+                return Ok(false);
+            };
+            let next: i64 = r.try_get(3)?;
+            slot.1 = r.try_get(0)?;
+            slot.2 = next - slot.0;
+        }
+    }
+    Ok(true)
 }
 
 const OUTBOX_SELECT: &str = "SELECT o.id, o.relay, o.message_id, g.kind, g.body, o.recipients, o.expires_ms, o.attempts, o.sender_user, o.sender_device FROM outbox o JOIN messages g ON g.id = o.message_id";
@@ -1211,55 +1426,20 @@ impl Store for SqlStore {
     }
 
     async fn ack(&self, user: &Username, device: DeviceId, seqs: &[u64]) -> Result<u32> {
-        let user = user.clone();
-        let seqs = seqs.to_vec();
-        self.write(move |c| {
-            Box::pin(async move {
-                // The device's key by subquery, not a separate SELECT: one
-                // round trip to the database fewer per ack (an unknown
-                // device simply deletes nothing).
-                let mut acked = 0u32;
-                for chunk in seqs.chunks(CHUNK_ROWS) {
-                    let sql = format!(
-                        "DELETE FROM mailbox WHERE device_pk = (SELECT pk FROM devices WHERE username = {} AND device = {}) AND seq IN ({}) RETURNING message_id",
-                        ph(1),
-                        ph(2),
-                        in_list(3, chunk.len())
-                    );
-                    let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql))
-                        .bind(user.as_str())
-                        .bind(i64::from(device.0));
-                    for seq in chunk {
-                        query = query.bind(i(*seq));
-                    }
-                    let rows = query.fetch_all(&mut *c).await?;
-                    if rows.is_empty() {
-                        continue;
-                    }
-                    // One entry per (device, message), so each id once.
-                    let sql = format!(
-                        "UPDATE messages SET refs = refs - 1, body = CASE WHEN refs <= 1 THEN NULL ELSE body END WHERE id IN ({})",
-                        in_list(1, rows.len())
-                    );
-                    let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-                    for r in &rows {
-                        query = query.bind(r.try_get::<Vec<u8>, _>(0)?);
-                    }
-                    query.execute(&mut *c).await?;
-                    acked += rows.len() as u32;
-                }
-                if acked > 0 {
-                    q("UPDATE devices SET depth = depth - ? WHERE username = ? AND device = ?")
-                        .bind(i64::from(acked))
-                        .bind(user.as_str())
-                        .bind(i64::from(device.0))
-                        .execute(&mut *c)
-                        .await?;
-                }
-                Ok(acked)
-            })
-        })
-        .await
+        let (reply, answer) = oneshot::channel();
+        let job = AckJob {
+            user: user.clone(),
+            device,
+            seqs: seqs.to_vec(),
+            reply,
+        };
+        self.writer
+            .send(Job::Ack(Box::new(job)))
+            .await
+            .map_err(|_| RelayError::Store("writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| RelayError::Store("writer stopped".into()))?
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<PurgeReport> {
