@@ -145,6 +145,10 @@ pub struct FederationConfig {
     pub deny: Vec<String>,
     /// Multiaddrs (ending in `/p2p/PeerId`) dialled at start.
     pub bootstrap: Vec<String>,
+    /// Most relays the peer book (`peers.json`) holds; when full, relays
+    /// learned through gossip that never connected are evicted first, and
+    /// operator-added or operator-pinned peers never.
+    pub peers_max: usize,
 }
 
 impl Default for FederationConfig {
@@ -157,6 +161,7 @@ impl Default for FederationConfig {
             allow: Vec::new(),
             deny: Vec::new(),
             bootstrap: Vec::new(),
+            peers_max: crate::federation::peers::PEERS_MAX_DEFAULT,
         }
     }
 }
@@ -367,6 +372,12 @@ impl Config {
                 message: "must be at least 1".to_owned(),
             });
         }
+        if self.federation.peers_max == 0 {
+            return Err(ConfigError::Invalid {
+                field: "federation.peers_max",
+                message: "must be at least 1".to_owned(),
+            });
+        }
         Ok(())
     }
 
@@ -496,6 +507,25 @@ mod tests {
         let mut bad = Config::default();
         assert!(
             bad.apply_env([("COURIER_RATE_LIMIT_IP_BURST".to_owned(), "many".to_owned())])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn federation_peers_max_defaults_to_1000_reads_its_variable_and_must_be_positive() {
+        let mut c = Config::default();
+        assert_eq!(c.federation.peers_max, 1000);
+        c.apply_env([("COURIER_FEDERATION_PEERS_MAX".to_owned(), "250".to_owned())])
+            .unwrap();
+        assert_eq!(c.federation.peers_max, 250);
+        let from_file: Config = toml::from_str("[federation]\npeers_max = 20\n").unwrap();
+        assert_eq!(from_file.federation.peers_max, 20);
+        c.federation.peers_max = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("federation.peers_max"), "{err}");
+        let mut bad = Config::default();
+        assert!(
+            bad.apply_env([("COURIER_FEDERATION_PEERS_MAX".to_owned(), "-1".to_owned())])
                 .is_err()
         );
     }

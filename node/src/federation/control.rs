@@ -335,16 +335,7 @@ pub async fn peer_pin(data_dir: &Path, name: &str, peer_id: &str) -> anyhow::Res
         Some(Response::Pinned) => Ok(Outcome::Live(format!("{name} pinned to {peer}"))),
         Some(other) => Err(answer_error(other)),
         None => {
-            edit_offline(data_dir, |file| {
-                let keep = file
-                    .descriptors
-                    .get(&name)
-                    .is_some_and(|d| d.descriptor.peer_id == peer.to_base58());
-                if !keep {
-                    file.descriptors.remove(&name);
-                }
-                file.pins.insert(name.clone(), peer.to_base58());
-            })?;
+            edit_offline(data_dir, |file| file.pin(name.clone(), peer))?;
             Ok(Outcome::Saved(format!("{name} pinned to {peer}")))
         }
     }

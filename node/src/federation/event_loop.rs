@@ -24,7 +24,7 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identif
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::codec::FrameCodec;
-use super::peers::{Admitted, PeerBook, Refusal};
+use super::peers::{Admitted, PeerBook, Refusal, Source};
 use super::{
     Command, Config, Error, Inbound, PeerCounters, PeerInfo, PeerState, descriptor, peer_of,
 };
@@ -203,12 +203,20 @@ impl EventLoop {
             Some(path) => PeerBook::load(path)?,
             None => Default::default(),
         };
-        let book = PeerBook::new(
+        let mut book = PeerBook::new(
             config.name.clone(),
             *swarm.local_peer_id(),
             config.policy.clone(),
             file,
         );
+        let trimmed = book.set_max(config.peers_max);
+        if !trimmed.is_empty() {
+            tracing::warn!(
+                evicted = trimmed.len(),
+                peers_max = config.peers_max,
+                "peer book was over federation.peers_max; evicted relays learned through gossip first"
+            );
+        }
         for removed in &book.file().removed {
             if let Ok(peer) = removed.parse() {
                 swarm.behaviour_mut().blocked.block_peer(peer);
@@ -241,7 +249,7 @@ impl EventLoop {
             bundle_out: HashMap::new(),
             inbound,
             inbound_permits: permits,
-            book_dirty: false,
+            book_dirty: !trimmed.is_empty(),
             control: None,
         })
     }
@@ -660,6 +668,7 @@ impl EventLoop {
                 rt.connections = num_established;
                 if num_established == 0 {
                     rt.helloed = false;
+                    self.book.set_live(peer_id, false);
                     tracing::info!(peer = %peer_id, cause = ?cause, "peer disconnected");
                     metrics::gauge!(metrics_names::CONNECTED, "peer" => self.label(&peer_id))
                         .set(0.0);
@@ -712,12 +721,19 @@ impl EventLoop {
             }
             .into());
         }
-        let (_, admitted) = self.book.admit(&hello.descriptor)?;
+        let now = now_ms();
+        let (_, admitted) = self.book.admit(&hello.descriptor, Source::Direct, now)?;
+        self.book.set_live(peer, true);
+        // Even a known descriptor updates when the peer was last seen and
+        // that it connected, which the cap's eviction order needs on disk.
+        self.book_dirty = true;
         let mut news = admitted == Admitted::New;
+        let mut full = 0usize;
         for known in &hello.known {
-            match self.book.admit(known) {
+            match self.book.admit(known, Source::Gossip(peer), now) {
                 Ok((_, Admitted::New)) => news = true,
                 Ok((_, Admitted::Known)) | Err(Refusal::Ourselves) => {}
+                Err(Refusal::BookFull { .. }) => full += 1,
                 Err(refusal @ Refusal::PinnedKeyMismatch { .. }) => {
                     tracing::warn!(from = %peer, %refusal, "shared descriptor refused");
                 }
@@ -726,8 +742,11 @@ impl EventLoop {
                 }
             }
         }
+        if full > 0 {
+            tracing::info!(from = %peer, refused = full, peers_max = self.config.peers_max,
+                "peer book full: shared descriptors refused");
+        }
         if news {
-            self.book_dirty = true;
             self.gossip(peer);
         }
         self.seen(peer);

@@ -61,6 +61,9 @@ pub struct Config {
     /// Where the peer book lives (`<data-dir>/peers.json`); `None` keeps it
     /// in memory only (tests).
     pub peers_file: Option<PathBuf>,
+    /// Most relays the peer book holds (`[federation] peers_max`); see
+    /// [`peers::PeerBook::admit`] for what is evicted when it is full.
+    pub peers_max: usize,
     /// Limits on what one peer may send us.
     pub limits: PeerLimits,
     /// How long a request to a peer may take before it fails.
@@ -91,6 +94,7 @@ impl Config {
             http_url: String::new(),
             policy: Policy::default(),
             peers_file: None,
+            peers_max: peers::PEERS_MAX_DEFAULT,
             limits: PeerLimits::default(),
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),

@@ -5,8 +5,12 @@
 //! Plain data and rules; the event loop feeds it and persists it with
 //! [`PeerBook::save`] to `<data-dir>/peers.json` (written to a temporary
 //! file, synced, then renamed, so a crash leaves the old or the new file).
+//!
+//! The book holds at most `peers_max` relays (see [`PeerBook::admit`] for
+//! who gets evicted when it is full), so a peer sharing descriptors of
+//! made-up relays cannot grow it, or `peers.json`, without bound.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 
@@ -18,6 +22,9 @@ use super::descriptor::{self, DescriptorError};
 
 /// Name of the peer book file inside the data directory.
 pub const PEERS_FILE: &str = "peers.json";
+
+/// Default of `[federation] peers_max`: most relays the book holds.
+pub const PEERS_MAX_DEFAULT: usize = 1000;
 
 /// Which relays may federate with this one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +100,16 @@ pub enum Refusal {
     /// The descriptor claims our own name or key.
     #[error("descriptor claims this relay's own name or key")]
     Ourselves,
+    /// The book is full and nothing in it may make room.
+    #[error("peer book is full ({max} relays): refusing relay {name} ({peer})")]
+    BookFull {
+        /// The relay name.
+        name: RelayName,
+        /// Its PeerId (base58).
+        peer: String,
+        /// The cap (`peers_max`).
+        max: usize,
+    },
 }
 
 impl Refusal {
@@ -103,9 +120,10 @@ impl Refusal {
             Refusal::Descriptor(DescriptorError::Invalid(code)) => *code,
             Refusal::Descriptor(_) => ErrorCode::InvalidSignature,
             Refusal::PinnedKeyMismatch { .. } => ErrorCode::PinnedKeyMismatch,
-            Refusal::Policy { .. } | Refusal::Removed { .. } | Refusal::Ourselves => {
-                ErrorCode::FederationRefused
-            }
+            Refusal::Policy { .. }
+            | Refusal::Removed { .. }
+            | Refusal::Ourselves
+            | Refusal::BookFull { .. } => ErrorCode::FederationRefused,
         }
     }
 }
@@ -117,6 +135,30 @@ pub enum Admitted {
     New,
     /// Nothing new (same or older descriptor).
     Known,
+}
+
+/// Where a descriptor came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The relay itself, in a hello over a connection authenticated as it.
+    Direct,
+    /// Shared by this peer in its hello (`known`): hearsay about a relay
+    /// we may never have talked to.
+    Gossip(PeerId),
+}
+
+/// Bookkeeping of one relay in the book, for the cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Entry {
+    /// The relay itself completed a hello with us at least once.
+    pub connected: bool,
+    /// For a relay first learned through gossip: the peer (base58) that
+    /// shared it.
+    pub learned_from: Option<String>,
+    /// Last time a hello carried its descriptor (its own or shared), Unix
+    /// milliseconds; written to disk with the next change of the book.
+    pub seen_ms: u64,
 }
 
 /// A peer the operator added with `courier peer add`: dialled at start and
@@ -141,6 +183,29 @@ pub struct PeerFile {
     pub added: BTreeMap<String, AddedPeer>,
     /// Operator-removed PeerIds (base58): refused until added again.
     pub removed: BTreeSet<String>,
+    /// How each relay got into the book and when it was last heard of;
+    /// a relay without an entry (a book from before the cap) counts as
+    /// connected.
+    pub entries: BTreeMap<RelayName, Entry>,
+    /// Relay names the operator pinned with `courier peer pin`.
+    pub operator_pins: BTreeSet<RelayName>,
+}
+
+impl PeerFile {
+    /// Operator override: pins `name` to `peer` (for good: never evicted),
+    /// dropping a descriptor signed by another key.
+    pub fn pin(&mut self, name: RelayName, peer: PeerId) {
+        let keep = self
+            .descriptors
+            .get(&name)
+            .is_some_and(|d| d.descriptor.peer_id == peer.to_base58());
+        if !keep {
+            self.descriptors.remove(&name);
+            self.entries.remove(&name);
+        }
+        self.pins.insert(name.clone(), peer.to_base58());
+        self.operator_pins.insert(name);
+    }
 }
 
 /// Why the peer book could not be read or written.
@@ -171,17 +236,67 @@ pub struct PeerBook {
     own_peer: PeerId,
     policy: Policy,
     file: PeerFile,
+    /// Most relays held (`peers_max`).
+    max: usize,
+    /// Peers with a federating connection now: never evicted.
+    live: HashSet<PeerId>,
 }
 
 impl PeerBook {
     /// A book for the relay `own_name` with key `own_peer`, starting from
-    /// what was persisted.
+    /// what was persisted, holding at most [`PEERS_MAX_DEFAULT`] relays
+    /// (see [`PeerBook::set_max`]).
     pub fn new(own_name: RelayName, own_peer: PeerId, policy: Policy, file: PeerFile) -> Self {
         PeerBook {
             own_name,
             own_peer,
             policy,
             file,
+            max: PEERS_MAX_DEFAULT,
+            live: HashSet::new(),
+        }
+    }
+
+    /// Sets the cap and evicts down to it (a book saved under a larger
+    /// cap); returns the relays evicted. Operator peers stay even if they
+    /// alone exceed the cap.
+    pub fn set_max(&mut self, max: usize) -> Vec<RelayName> {
+        self.max = max;
+        let mut evicted = Vec::new();
+        while self.len() > self.max {
+            match self.victim(None) {
+                Some(name) => {
+                    self.evict(&name);
+                    evicted.push(name);
+                }
+                None => break,
+            }
+        }
+        evicted
+    }
+
+    /// How many relays the book holds (pinned or described).
+    pub fn len(&self) -> usize {
+        let unpinned = self
+            .file
+            .descriptors
+            .keys()
+            .filter(|name| !self.file.pins.contains_key(*name))
+            .count();
+        self.file.pins.len() + unpinned
+    }
+
+    /// Whether the book holds no relay.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Marks `peer` as federating now (never evicted) or not.
+    pub fn set_live(&mut self, peer: PeerId, live: bool) {
+        if live {
+            self.live.insert(peer);
+        } else {
+            self.live.remove(&peer);
         }
     }
 
@@ -234,7 +349,27 @@ impl PeerBook {
 
     /// Checks a descriptor (signature, limits, ourselves, policy, removal,
     /// pin) and, if acceptable, records it and pins its name on first sight.
-    pub fn admit(&mut self, signed: &SignedDescriptor) -> Result<(PeerId, Admitted), Refusal> {
+    ///
+    /// A relay new to a full book needs room, made by evicting one relay:
+    ///
+    /// - never an operator peer (added with `peer add` or pinned with
+    ///   `peer pin`), nor a peer federating right now;
+    /// - first a gossip-learned relay that never connected to us, taken
+    ///   from the peer that shared the most of them (the newcomer's own
+    ///   source on a tie), least recently seen first: a peer flooding us
+    ///   with made-up relays churns only its own share;
+    /// - for a relay that is itself talking to us ([`Source::Direct`])
+    ///   and no such hearsay left, the least recently seen relay that once
+    ///   connected and is not connected now.
+    ///
+    /// With nothing evictable the descriptor is refused
+    /// ([`Refusal::BookFull`]); an operator-added peer is admitted anyway.
+    pub fn admit(
+        &mut self,
+        signed: &SignedDescriptor,
+        source: Source,
+        now_ms: u64,
+    ) -> Result<(PeerId, Admitted), Refusal> {
         let peer = descriptor::verify(signed)?;
         let name = &signed.descriptor.name;
         if name == &self.own_name || peer == self.own_peer {
@@ -261,10 +396,47 @@ impl PeerBook {
                 offered: peer.to_base58(),
             });
         }
+        let known = self.file.pins.contains_key(name) || self.file.descriptors.contains_key(name);
+        if !known && self.len() >= self.max {
+            let gossip_source = match source {
+                Source::Gossip(from) => Some(from.to_base58()),
+                Source::Direct => None,
+            };
+            let victim = self.victim(Some(gossip_source.as_deref()));
+            match victim {
+                Some(victim) => self.evict(&victim),
+                None if self.file.added.contains_key(&peer.to_base58()) => {}
+                None => {
+                    return Err(Refusal::BookFull {
+                        name: name.clone(),
+                        peer: peer.to_base58(),
+                        max: self.max,
+                    });
+                }
+            }
+        }
         self.file
             .pins
             .entry(name.clone())
             .or_insert_with(|| peer.to_base58());
+        let entry = self
+            .file
+            .entries
+            .entry(name.clone())
+            .or_insert_with(|| Entry {
+                // Known without an entry: kept from before the cap, when
+                // nothing told hearsay from peers apart.
+                connected: known,
+                learned_from: match source {
+                    Source::Gossip(from) if !known => Some(from.to_base58()),
+                    _ => None,
+                },
+                seen_ms: now_ms,
+            });
+        entry.seen_ms = entry.seen_ms.max(now_ms);
+        if source == Source::Direct {
+            entry.connected = true;
+        }
         let newer = self
             .file
             .descriptors
@@ -282,18 +454,83 @@ impl PeerBook {
         self.file.pins.get(name).and_then(|p| p.parse().ok())
     }
 
-    /// Operator override: pins `name` to `peer`, dropping a descriptor
-    /// signed by another key.
+    /// Operator override: pins `name` to `peer` (never evicted), dropping
+    /// a descriptor signed by another key.
     pub fn pin(&mut self, name: RelayName, peer: PeerId) {
-        let keep = self
-            .file
-            .descriptors
-            .get(&name)
-            .is_some_and(|d| d.descriptor.peer_id == peer.to_base58());
-        if !keep {
-            self.file.descriptors.remove(&name);
+        self.file.pin(name, peer);
+    }
+
+    /// Whether `name` may be evicted: not an operator peer, not live.
+    fn evictable(&self, name: &RelayName) -> bool {
+        if self.file.operator_pins.contains(name) {
+            return false;
         }
-        self.file.pins.insert(name, peer.to_base58());
+        let peers = [
+            self.file.pins.get(name),
+            self.file
+                .descriptors
+                .get(name)
+                .map(|d| &d.descriptor.peer_id),
+        ];
+        !peers.into_iter().flatten().any(|p| {
+            self.file.added.contains_key(p) || p.parse().is_ok_and(|p| self.live.contains(&p))
+        })
+    }
+
+    /// The relay to evict for a newcomer (see [`PeerBook::admit`]).
+    /// `gossip` is `Some(source)` for a shared descriptor (`Some(None)`
+    /// for one from the relay itself) and `None` when trimming.
+    fn victim(&self, gossip: Option<Option<&str>>) -> Option<RelayName> {
+        // Hearsay first, grouped by who told us.
+        let mut groups: HashMap<Option<&str>, Vec<(u64, &RelayName)>> = HashMap::new();
+        for (name, entry) in &self.file.entries {
+            if !entry.connected && self.evictable(name) {
+                groups
+                    .entry(entry.learned_from.as_deref())
+                    .or_default()
+                    .push((entry.seen_ms, name));
+            }
+        }
+        let largest = groups.values().map(Vec::len).max().unwrap_or(0);
+        let own = gossip
+            .flatten()
+            .and_then(|from| groups.get(&Some(from)))
+            .filter(|own| own.len() >= largest);
+        let group = own.or_else(|| {
+            groups
+                .values()
+                .filter(|g| g.len() == largest)
+                .min_by_key(|g| g.iter().min())
+        });
+        if let Some(oldest) = group.and_then(|g| g.iter().min()) {
+            return Some(oldest.1.clone());
+        }
+        if gossip.is_some_and(|source| source.is_some()) {
+            // Hearsay never displaces a relay that talked to us.
+            return None;
+        }
+        let names: BTreeSet<&RelayName> = self
+            .file
+            .pins
+            .keys()
+            .chain(self.file.descriptors.keys())
+            .collect();
+        names
+            .into_iter()
+            .filter(|name| self.evictable(name))
+            .map(|name| {
+                let seen = self.file.entries.get(name).map_or(0, |e| e.seen_ms);
+                (seen, name)
+            })
+            .min()
+            .map(|(_, name)| name.clone())
+    }
+
+    fn evict(&mut self, name: &RelayName) {
+        tracing::debug!(%name, "peer book full: relay evicted");
+        self.file.descriptors.remove(name);
+        self.file.pins.remove(name);
+        self.file.entries.remove(name);
     }
 
     /// The verified descriptor of a relay, if known and still allowed.
@@ -415,11 +652,13 @@ mod tests {
         let b = Keypair::generate_ed25519();
         let evil = Keypair::generate_ed25519();
         assert_eq!(
-            book.admit(&signed(&b, "relay-b.example", 1)).unwrap().1,
+            book.admit(&signed(&b, "relay-b.example", 1), Source::Direct, 0)
+                .unwrap()
+                .1,
             Admitted::New
         );
         let err = book
-            .admit(&signed(&evil, "relay-b.example", 2))
+            .admit(&signed(&evil, "relay-b.example", 2), Source::Direct, 0)
             .unwrap_err();
         assert!(matches!(err, Refusal::PinnedKeyMismatch { .. }));
         assert_eq!(err.code(), courier_protocol::ErrorCode::PinnedKeyMismatch);
@@ -431,7 +670,9 @@ mod tests {
         // The operator re-pins; now the new key is accepted.
         book.pin(name.clone(), evil.public().to_peer_id());
         assert_eq!(
-            book.admit(&signed(&evil, "relay-b.example", 3)).unwrap().1,
+            book.admit(&signed(&evil, "relay-b.example", 3), Source::Direct, 0)
+                .unwrap()
+                .1,
             Admitted::New
         );
         assert_eq!(book.name_of(&evil.public().to_peer_id()), Some(name));
@@ -442,19 +683,27 @@ mod tests {
         let mut book = book(Policy::default());
         let b = Keypair::generate_ed25519();
         assert_eq!(
-            book.admit(&signed(&b, "relay-b.example", 5)).unwrap().1,
+            book.admit(&signed(&b, "relay-b.example", 5), Source::Direct, 0)
+                .unwrap()
+                .1,
             Admitted::New
         );
         assert_eq!(
-            book.admit(&signed(&b, "relay-b.example", 5)).unwrap().1,
+            book.admit(&signed(&b, "relay-b.example", 5), Source::Direct, 0)
+                .unwrap()
+                .1,
             Admitted::Known
         );
         assert_eq!(
-            book.admit(&signed(&b, "relay-b.example", 4)).unwrap().1,
+            book.admit(&signed(&b, "relay-b.example", 4), Source::Direct, 0)
+                .unwrap()
+                .1,
             Admitted::Known
         );
         assert_eq!(
-            book.admit(&signed(&b, "relay-b.example", 6)).unwrap().1,
+            book.admit(&signed(&b, "relay-b.example", 6), Source::Direct, 0)
+                .unwrap()
+                .1,
             Admitted::New
         );
     }
@@ -468,9 +717,13 @@ mod tests {
             allow: ["relay-b.example".to_owned()].into(),
             deny: BTreeSet::new(),
         });
-        assert!(allow.admit(&signed(&b, "relay-b.example", 1)).is_ok());
+        assert!(
+            allow
+                .admit(&signed(&b, "relay-b.example", 1), Source::Direct, 0)
+                .is_ok()
+        );
         assert!(matches!(
-            allow.admit(&signed(&c, "relay-c.example", 1)),
+            allow.admit(&signed(&c, "relay-c.example", 1), Source::Direct, 0),
             Err(Refusal::Policy { .. })
         ));
         let mut deny = book(Policy {
@@ -478,9 +731,12 @@ mod tests {
             allow: BTreeSet::new(),
             deny: [c.public().to_peer_id().to_base58()].into(),
         });
-        assert!(deny.admit(&signed(&b, "relay-b.example", 1)).is_ok());
+        assert!(
+            deny.admit(&signed(&b, "relay-b.example", 1), Source::Direct, 0)
+                .is_ok()
+        );
         assert!(matches!(
-            deny.admit(&signed(&c, "relay-c.example", 1)),
+            deny.admit(&signed(&c, "relay-c.example", 1), Source::Direct, 0),
             Err(Refusal::Policy { .. })
         ));
     }
@@ -496,19 +752,23 @@ mod tests {
             .parse()
             .unwrap();
         book.add(b_id, &addr, 1);
-        book.admit(&signed(&b, "relay-b.example", 1)).unwrap();
+        book.admit(&signed(&b, "relay-b.example", 1), Source::Direct, 0)
+            .unwrap();
         book.save(&path).unwrap();
         let reloaded = PeerBook::load(&path).unwrap();
         assert_eq!(&reloaded, book.file());
 
         assert!(book.remove(&b_id));
         assert!(matches!(
-            book.admit(&signed(&b, "relay-b.example", 2)),
+            book.admit(&signed(&b, "relay-b.example", 2), Source::Direct, 0),
             Err(Refusal::Removed { .. })
         ));
         assert!(book.added().is_empty());
         book.add(b_id, &addr, 2);
-        assert!(book.admit(&signed(&b, "relay-b.example", 2)).is_ok());
+        assert!(
+            book.admit(&signed(&b, "relay-b.example", 2), Source::Direct, 0)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -516,9 +776,177 @@ mod tests {
         let mut book = book(Policy::default());
         let x = Keypair::generate_ed25519();
         assert_eq!(
-            book.admit(&signed(&x, "relay-a.example", 1)),
+            book.admit(&signed(&x, "relay-a.example", 1), Source::Direct, 0),
             Err(Refusal::Ourselves)
         );
+    }
+
+    fn name(text: &str) -> RelayName {
+        text.parse().unwrap()
+    }
+
+    fn gossip(book: &mut PeerBook, from: &Keypair, prefix: &str, n: usize, t0: u64) -> Vec<String> {
+        let from = Source::Gossip(from.public().to_peer_id());
+        (0..n)
+            .map(|i| {
+                let relay = format!("{prefix}-{i}.example");
+                let d = signed(&Keypair::generate_ed25519(), &relay, 1);
+                match book.admit(&d, from, t0 + i as u64) {
+                    Ok(_) | Err(Refusal::BookFull { .. }) => relay,
+                    Err(e) => panic!("{e}"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn full_book_evicts_hearsay_of_the_loudest_source_and_never_operator_or_live_peers() {
+        let mut book = book(Policy::default());
+        book.set_max(10);
+        // An operator-added peer, an operator pin without descriptor and a
+        // relay federating right now.
+        let o = Keypair::generate_ed25519();
+        let o_id = o.public().to_peer_id();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/udp/1/quic-v1/p2p/{o_id}")
+            .parse()
+            .unwrap();
+        book.add(o_id, &addr, 0);
+        book.admit(&signed(&o, "relay-o.example", 1), Source::Direct, 0)
+            .unwrap();
+        let p = Keypair::generate_ed25519().public().to_peer_id();
+        book.pin(name("relay-p.example"), p);
+        let l = Keypair::generate_ed25519();
+        book.admit(&signed(&l, "relay-l.example", 1), Source::Direct, 0)
+            .unwrap();
+        book.set_live(l.public().to_peer_id(), true);
+        // An honest peer shares three relays, then another floods 500.
+        let honest = gossip(&mut book, &Keypair::generate_ed25519(), "honest", 3, 10);
+        let flood = gossip(&mut book, &Keypair::generate_ed25519(), "flood", 500, 100);
+
+        assert_eq!(book.len(), 10);
+        assert_eq!(book.pinned(&name("relay-o.example")), Some(o_id));
+        assert_eq!(book.pinned(&name("relay-p.example")), Some(p));
+        assert!(book.descriptor(&name("relay-l.example")).is_some());
+        for relay in &honest {
+            assert!(book.descriptor(&name(relay)).is_some(), "{relay} evicted");
+        }
+        // The flood churned only its own share, keeping its newest four.
+        let kept: Vec<&String> = flood
+            .iter()
+            .filter(|r| book.descriptor(&name(r)).is_some())
+            .collect();
+        assert_eq!(kept, flood[496..].iter().collect::<Vec<_>>());
+        // The pins of evicted relays went with them: no hidden growth.
+        assert_eq!(book.file().pins.len(), 10);
+        assert_eq!(book.file().entries.len(), 9);
+    }
+
+    #[test]
+    fn hearsay_never_displaces_a_relay_that_connected_but_a_relay_talking_to_us_may() {
+        let mut book = book(Policy::default());
+        book.set_max(3);
+        let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+        for (i, key) in keys.iter().enumerate() {
+            book.admit(
+                &signed(key, &format!("relay-{i}.example"), 1),
+                Source::Direct,
+                i as u64,
+            )
+            .unwrap();
+        }
+        let gossiper = Keypair::generate_ed25519().public().to_peer_id();
+        let shared = signed(&Keypair::generate_ed25519(), "relay-x.example", 1);
+        assert!(matches!(
+            book.admit(&shared, Source::Gossip(gossiper), 10),
+            Err(Refusal::BookFull { max: 3, .. })
+        ));
+        assert_eq!(
+            book.admit(&shared, Source::Gossip(gossiper), 10)
+                .unwrap_err()
+                .code(),
+            courier_protocol::ErrorCode::FederationRefused
+        );
+        // A relay that talks to us itself takes the place of the one
+        // heard of least recently, unless that one is connected now.
+        book.set_live(keys[0].public().to_peer_id(), true);
+        let d = Keypair::generate_ed25519();
+        book.admit(&signed(&d, "relay-d.example", 1), Source::Direct, 20)
+            .unwrap();
+        assert_eq!(book.len(), 3);
+        assert!(book.descriptor(&name("relay-0.example")).is_some());
+        assert!(book.descriptor(&name("relay-1.example")).is_none());
+
+        // Only live and operator peers left: a newcomer is refused, an
+        // operator-added one is admitted over the cap.
+        for key in [&keys[2], &d] {
+            book.set_live(key.public().to_peer_id(), true);
+        }
+        let e = Keypair::generate_ed25519();
+        assert!(matches!(
+            book.admit(&signed(&e, "relay-e.example", 1), Source::Direct, 30),
+            Err(Refusal::BookFull { .. })
+        ));
+        let e_id = e.public().to_peer_id();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/udp/1/quic-v1/p2p/{e_id}")
+            .parse()
+            .unwrap();
+        book.add(e_id, &addr, 30);
+        book.admit(&signed(&e, "relay-e.example", 1), Source::Direct, 30)
+            .unwrap();
+        assert_eq!(book.len(), 4);
+    }
+
+    #[test]
+    fn a_book_over_a_lowered_cap_is_trimmed_at_load_hearsay_first_and_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PEERS_FILE);
+        let mut book = book(Policy::default());
+        let b = Keypair::generate_ed25519();
+        book.admit(&signed(&b, "relay-b.example", 1), Source::Direct, 1)
+            .unwrap();
+        book.pin(
+            name("relay-p.example"),
+            Keypair::generate_ed25519().public().to_peer_id(),
+        );
+        gossip(&mut book, &Keypair::generate_ed25519(), "heard", 20, 50);
+        book.save(&path).unwrap();
+        let file = PeerBook::load(&path).unwrap();
+        assert_eq!(&file, book.file());
+        assert!(file.operator_pins.contains(&name("relay-p.example")));
+
+        let mut reloaded = PeerBook::new(
+            name("relay-a.example"),
+            Keypair::generate_ed25519().public().to_peer_id(),
+            Policy::default(),
+            file,
+        );
+        let evicted = reloaded.set_max(5);
+        assert_eq!(evicted.len(), 17);
+        assert_eq!(reloaded.len(), 5);
+        assert!(reloaded.descriptor(&name("relay-b.example")).is_some());
+        assert!(reloaded.pinned(&name("relay-p.example")).is_some());
+        assert!(evicted.iter().all(|n| n.as_str().starts_with("heard-")));
+
+        // A book written before the cap (no entries): its relays count as
+        // connected, so hearsay cannot push them out.
+        let legacy: PeerFile = serde_json::from_value(serde_json::json!({
+            "pins": {"relay-b.example": b.public().to_peer_id().to_base58()},
+            "descriptors": {"relay-b.example": signed(&b, "relay-b.example", 1)},
+        }))
+        .unwrap();
+        let mut legacy = PeerBook::new(
+            name("relay-a.example"),
+            Keypair::generate_ed25519().public().to_peer_id(),
+            Policy::default(),
+            legacy,
+        );
+        legacy.set_max(1);
+        let shared = signed(&Keypair::generate_ed25519(), "relay-x.example", 1);
+        let from = Source::Gossip(Keypair::generate_ed25519().public().to_peer_id());
+        assert!(matches!(
+            legacy.admit(&shared, from, 1),
+            Err(Refusal::BookFull { .. })
+        ));
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub(super) struct Options {
     pub(super) peers_file: Option<std::path::PathBuf>,
     /// Outbox retry backoff (base, max) in ms.
     pub(super) backoff_ms: (u64, u64),
+    /// `[federation] peers_max`.
+    pub(super) peers_max: usize,
+    /// `[federation] external_addresses`: what the descriptor advertises.
+    pub(super) external: Vec<Multiaddr>,
 }
 
 impl Default for Options {
@@ -51,6 +55,8 @@ impl Default for Options {
             drain: true,
             peers_file: None,
             backoff_ms: (100, 1000),
+            peers_max: peers::PEERS_MAX_DEFAULT,
+            external: Vec::new(),
         }
     }
 }
@@ -82,6 +88,8 @@ pub(super) async fn start(
     }
     fed_config.policy = options.policy;
     fed_config.peers_file = options.peers_file;
+    fed_config.peers_max = options.peers_max;
+    fed_config.external_addresses = options.external;
     fed_config.idle_timeout = Duration::from_millis(1500);
     fed_config.request_timeout = Duration::from_secs(5);
     fed_config.redial_base_ms = 100;
@@ -800,6 +808,111 @@ async fn peer_commands_talk_to_the_running_relay_and_edit_the_book_when_it_is_st
     assert!(b_entry.added);
     assert_eq!(b_entry.name.as_ref(), Some(&b.name));
     assert_eq!(b_entry.state, PeerState::Disconnected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gossiping_more_relays_than_the_cap_leaves_the_book_at_the_cap_and_operator_peers_intact()
+ {
+    // M's own book holds 300 relays it made up, each signed by a fresh key
+    // so every descriptor checks out; its hello shares them all.
+    let m_dir = tempfile::tempdir().unwrap();
+    let mut made_up = peers::PeerFile::default();
+    for i in 0..300 {
+        let key = Keypair::generate_ed25519();
+        let relay = name(&format!("made-up-{i}.example"));
+        let d = descriptor::sign(
+            &key,
+            courier_protocol::RelayDescriptor {
+                name: relay.clone(),
+                peer_id: key.public().to_peer_id().to_base58(),
+                addresses: vec!["/ip4/192.0.2.1/udp/4433/quic-v1".into()],
+                http_url: String::new(),
+                version: "0.1.0".into(),
+                features: vec![],
+                issued_ms: 1,
+            },
+        );
+        made_up
+            .pins
+            .insert(relay.clone(), key.public().to_peer_id().to_base58());
+        made_up.descriptors.insert(relay, d);
+    }
+    let m_book = m_dir.path().join(peers::PEERS_FILE);
+    std::fs::write(&m_book, serde_json::to_vec(&made_up).unwrap()).unwrap();
+    let m = start(
+        "relay-m.example",
+        Keypair::generate_ed25519(),
+        Arc::new(MemoryStore::new()),
+        Options {
+            peers_file: Some(m_book),
+            ..Options::default()
+        },
+    )
+    .await;
+
+    let a_dir = tempfile::tempdir().unwrap();
+    let a_book = a_dir.path().join(peers::PEERS_FILE);
+    let a = start(
+        "relay-a.example",
+        Keypair::generate_ed25519(),
+        Arc::new(MemoryStore::new()),
+        Options {
+            peers_file: Some(a_book.clone()),
+            peers_max: 50,
+            ..Options::default()
+        },
+    )
+    .await;
+    let b = relay("relay-b.example").await;
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    a.fed.add_peer(b.addr.clone()).await.unwrap();
+    let p = Keypair::generate_ed25519().public().to_peer_id();
+    a.fed.pin(name("relay-p.example"), p).await.unwrap();
+
+    // M dials A: its hello carries 300 descriptors, six times A's cap.
+    assert_eq!(m.fed.add_peer(a.addr.clone()).await.unwrap(), a.name);
+    let book = || peers::PeerBook::load(&a_book).unwrap();
+    eventually(10, "A has taken M's hello", || async {
+        book()
+            .entries
+            .keys()
+            .any(|n| n.as_str().starts_with("made-up-"))
+    })
+    .await;
+    let saved = book();
+    let mut held = peers::PeerBook::new(name("x.example"), p, Policy::default(), saved.clone());
+    assert_eq!(held.len(), 50, "the book is at its cap");
+    assert!(held.set_max(50).is_empty());
+    // Operator peers intact: B (added, still federating) and the pin.
+    assert_eq!(saved.pins.get(&b.name), Some(&b.peer_id().to_base58()));
+    assert!(saved.descriptors.contains_key(&b.name));
+    assert!(saved.added.contains_key(&b.peer_id().to_base58()));
+    assert_eq!(
+        saved.pins.get(&name("relay-p.example")),
+        Some(&p.to_base58())
+    );
+    // M itself, talking to A, is in; of its hearsay, what fits.
+    assert!(saved.descriptors.contains_key(&m.name));
+    let heard = saved
+        .entries
+        .values()
+        .filter(|e| e.learned_from.as_deref() == Some(m.peer_id().to_base58().as_str()))
+        .count();
+    assert_eq!(heard, 50 - 3);
+    let on_a = a.fed.peers().await.unwrap();
+    assert!(on_a.len() <= 50, "{} peers listed", on_a.len());
+
+    // Federation with the operator's peer goes on.
+    let id = a.send(&alice, 1, &["bob@relay-b.example"]).await;
+    eventually(10, "bob has the message", || async {
+        b.mailbox(&bob).await.iter().any(|e| e.id == id)
+    })
+    .await;
+    assert_eq!(
+        a.peer(b.peer_id()).await.unwrap().state,
+        PeerState::Connected
+    );
 }
 
 trait PeerOfHandle {
