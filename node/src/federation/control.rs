@@ -387,6 +387,8 @@ fn offline_info(file: &PeerFile, peer: &str, address: Option<String>, added: boo
             PeerState::Disconnected
         },
         last_seen_ms: None,
+        dial_failures: 0,
+        last_error: None,
         rtt_ms: None,
         counters: PeerCounters::default(),
         outbox_depth: 0,

@@ -17,9 +17,11 @@ use courier_relay::federation::{
     AckDisposition, FederationError, PeerLimiter, check_batch_origin, reject_all, retry_delay_ms,
 };
 use futures::StreamExt;
+use libp2p::core::transport::TransportError;
+use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identify, ping};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -89,6 +91,10 @@ struct Runtime {
     hello_retried: bool,
     dialing: bool,
     dial_attempts: u32,
+    /// Dials failed in a row (reset by a connection).
+    dial_failures: u32,
+    /// Why the last dial or hello failed (cleared by a connection).
+    last_error: Option<String>,
     next_dial: Option<Instant>,
     last_seen_ms: Option<u64>,
     rtt: Option<Duration>,
@@ -136,6 +142,125 @@ fn with_p2p(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
     }
 }
 
+/// Connections stay up between batches; QUIC keep-alives and the idle
+/// timeout find dead peers.
+fn swarm_config(c: libp2p::swarm::Config) -> libp2p::swarm::Config {
+    c.with_idle_connection_timeout(Duration::from_secs(3600))
+}
+
+fn behaviour(key: &Keypair, config: &Config) -> Behaviour {
+    let rr = request_response::Config::default()
+        .with_request_timeout(config.request_timeout)
+        .with_max_concurrent_streams(256);
+    let proto = |p: &'static str| [(StreamProtocol::new(p), ProtocolSupport::Full)];
+    Behaviour {
+        blocked: allow_block_list::Behaviour::default(),
+        identify: identify::Behaviour::new(
+            identify::Config::new("/courier/fed/1/id".into(), key.public())
+                .with_agent_version(format!("courier/{}", env!("CARGO_PKG_VERSION"))),
+        ),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+        hello: HelloBehaviour::new(proto(protocols::HELLO), rr.clone()),
+        bundle: BundleBehaviour::new(proto(protocols::BUNDLE), rr.clone()),
+        deliver: DeliverBehaviour::new(proto(protocols::DELIVER), rr),
+    }
+}
+
+/// QUIC, wrapped in libp2p's DNS transport so `/dns*` multiaddrs resolve
+/// at each dial (hickory on tokio, configured from `/etc/resolv.conf`).
+/// Without a resolver configuration the relay still federates over IP
+/// addresses, and says so.
+fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, Error> {
+    let idle_ms = u32::try_from(config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+    let quic = move |mut c: libp2p::quic::Config| {
+        c.max_idle_timeout = idle_ms;
+        c.keep_alive_interval = Duration::from_millis(u64::from(idle_ms / 4).max(100));
+        c
+    };
+    let transport = |e: std::convert::Infallible| Error::Transport(e.to_string());
+    let quic_only = || {
+        libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+            .with_tokio()
+            .with_quic_config(quic)
+    };
+    match quic_only().with_dns() {
+        Ok(builder) => Ok(builder
+            .with_behaviour(|key| behaviour(key, config))
+            .map_err(transport)?
+            .with_swarm_config(swarm_config)
+            .build()),
+        Err(e) => {
+            tracing::warn!(error = %e,
+                "no DNS resolver configuration: peers can be dialled by IP address only");
+            Ok(quic_only()
+                .with_behaviour(|key| behaviour(key, config))
+                .map_err(transport)?
+                .with_swarm_config(swarm_config)
+                .build())
+        }
+    }
+}
+
+/// Why dialling failed, in one line per address: the DNS transport's
+/// resolver errors (no such name, no answer) come through here.
+fn describe_dial_error(error: &DialError) -> String {
+    match error {
+        DialError::Transport(attempts) => attempts
+            .iter()
+            .map(|(addr, e)| {
+                let why = match e {
+                    TransportError::MultiaddrNotSupported(_) if is_dns(addr) => {
+                        "DNS names cannot be dialled: this relay runs without a DNS resolver"
+                            .to_owned()
+                    }
+                    other => one_line(other),
+                };
+                format!("{}: {why}", without_p2p(addr))
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => one_line(other),
+    }
+}
+
+/// An error and its sources on one line, each message once.
+fn one_line(error: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        // libp2p-dns lists several failures as "- " lines under a header
+        // ending in ':'.
+        for line in e.to_string().lines() {
+            let line = line.trim();
+            if line.ends_with(':') {
+                continue;
+            }
+            let line = line.trim_start_matches("- ");
+            if !line.is_empty() && !parts.iter().any(|p| p.contains(line)) {
+                parts.push(line.to_owned());
+            }
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+fn is_dns(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().any(|p| {
+        matches!(
+            p,
+            Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) | Protocol::Dnsaddr(_)
+        )
+    })
+}
+
+fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect()
+}
+
 impl EventLoop {
     pub(super) async fn start(
         config: Config,
@@ -146,36 +271,7 @@ impl EventLoop {
         if keypair.clone().try_into_ed25519().is_err() {
             return Err(Error::Transport("the relay key must be Ed25519".into()));
         }
-        let idle_ms = u32::try_from(config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
-        let rr = request_response::Config::default()
-            .with_request_timeout(config.request_timeout)
-            .with_max_concurrent_streams(256);
-        let proto = |p: &'static str| [(StreamProtocol::new(p), ProtocolSupport::Full)];
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
-            .with_tokio()
-            .with_quic_config(|mut c| {
-                c.max_idle_timeout = idle_ms;
-                c.keep_alive_interval = Duration::from_millis(u64::from(idle_ms / 4).max(100));
-                c
-            })
-            .with_behaviour(|key| Behaviour {
-                blocked: allow_block_list::Behaviour::default(),
-                identify: identify::Behaviour::new(
-                    identify::Config::new("/courier/fed/1/id".into(), key.public())
-                        .with_agent_version(format!("courier/{}", env!("CARGO_PKG_VERSION"))),
-                ),
-                ping: ping::Behaviour::new(
-                    ping::Config::new().with_interval(Duration::from_secs(5)),
-                ),
-                hello: HelloBehaviour::new(proto(protocols::HELLO), rr.clone()),
-                bundle: BundleBehaviour::new(proto(protocols::BUNDLE), rr.clone()),
-                deliver: DeliverBehaviour::new(proto(protocols::DELIVER), rr.clone()),
-            })
-            .map_err(|e| Error::Transport(e.to_string()))?
-            // Connections stay up between batches; QUIC keep-alives and the
-            // idle timeout find dead peers.
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
-            .build();
+        let mut swarm = build_swarm(&config)?;
 
         for addr in &config.listen {
             swarm
@@ -592,6 +688,8 @@ impl EventLoop {
                     added: added.is_some(),
                     state,
                     last_seen_ms: rt.and_then(|r| r.last_seen_ms),
+                    dial_failures: rt.map_or(0, |r| r.dial_failures),
+                    last_error: rt.and_then(|r| r.last_error.clone()),
                     rtt_ms: rt.and_then(|r| r.rtt).map(|d| d.as_secs_f64() * 1000.0),
                     counters: rt.map(|r| r.counters).unwrap_or_default(),
                     outbox_depth: 0,
@@ -650,6 +748,8 @@ impl EventLoop {
                 rt.connections += 1;
                 rt.dialing = false;
                 rt.dial_attempts = 0;
+                rt.dial_failures = 0;
+                rt.last_error = None;
                 rt.next_dial = None;
                 let needs_hello = !rt.helloed;
                 tracing::debug!(peer = %peer_id, dialer = endpoint.is_dialer(), "connected");
@@ -679,8 +779,12 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                self.rt(peer).dialing = false;
-                tracing::debug!(%peer, error = %error, "dial error");
+                let why = describe_dial_error(&error);
+                tracing::debug!(%peer, error = %why, "dial error");
+                let rt = self.rt(peer);
+                rt.dialing = false;
+                rt.dial_failures += 1;
+                rt.last_error = Some(why);
             }
             SwarmEvent::NewListenAddr { address, .. } if !self.listen.contains(&address) => {
                 self.listen.push(address);
@@ -867,8 +971,8 @@ impl EventLoop {
                     return;
                 }
                 rt.hello_retried = false;
-                tracing::debug!(%peer, %error, "hello failed");
-                let reason = error.to_string();
+                let reason = self.failure_reason(peer, &error);
+                tracing::debug!(%peer, %reason, "hello failed");
                 for w in self.add_waiters.remove(&peer).unwrap_or_default() {
                     let _ = w.send(Err(Error::Unreachable {
                         peer,
@@ -901,6 +1005,22 @@ impl EventLoop {
             let _permit = permits.acquire_owned().await;
             let _ = done.send(work(inbound).await).await;
         });
+    }
+
+    /// Why a request to `peer` failed: for a failed dial, why dialling
+    /// failed (the swarm reports that just before the request fails).
+    fn failure_reason(&self, peer: PeerId, error: &request_response::OutboundFailure) -> String {
+        match (
+            error,
+            self.runtime
+                .get(&peer)
+                .and_then(|rt| rt.last_error.as_ref()),
+        ) {
+            (request_response::OutboundFailure::DialFailure, Some(why)) => {
+                format!("dial failed: {why}")
+            }
+            _ => error.to_string(),
+        }
     }
 
     /// Tells the relay that `name` completed a hello, off the event loop.
@@ -1011,6 +1131,7 @@ impl EventLoop {
                 ..
             } => {
                 if let Some((_, n, reply)) = self.deliver_out.remove(&request_id) {
+                    let reason = self.failure_reason(peer, &error);
                     self.rt(peer).counters.retried += n as u64;
                     metrics::counter!(metrics_names::ENVELOPES_SENT, "peer" => self.label(&peer), "result" => "retried")
                         .increment(n as u64);
@@ -1018,10 +1139,7 @@ impl EventLoop {
                         .book
                         .name_of(&peer)
                         .unwrap_or_else(|| self.config.name.clone());
-                    let _ = reply.send(Err(FederationError::Unreachable {
-                        relay,
-                        reason: error.to_string(),
-                    }));
+                    let _ = reply.send(Err(FederationError::Unreachable { relay, reason }));
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -1082,10 +1200,8 @@ impl EventLoop {
                         .book
                         .name_of(&peer)
                         .unwrap_or_else(|| self.config.name.clone());
-                    let _ = reply.send(Err(FederationError::Unreachable {
-                        relay,
-                        reason: error.to_string(),
-                    }));
+                    let reason = self.failure_reason(peer, &error);
+                    let _ = reply.send(Err(FederationError::Unreachable { relay, reason }));
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {

@@ -234,6 +234,13 @@ pub struct PeerInfo {
     pub state: PeerState,
     /// Last time we heard from it (Unix ms), this run.
     pub last_seen_ms: Option<u64>,
+    /// Dials that failed in a row since it was last connected, this run.
+    #[serde(default)]
+    pub dial_failures: u32,
+    /// Why the last dial failed (e.g. a DNS name that does not resolve),
+    /// until a connection succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
     /// Last ping round-trip time, in milliseconds.
     pub rtt_ms: Option<f64>,
     /// Counters since start.

@@ -915,6 +915,85 @@ async fn a_peer_gossiping_more_relays_than_the_cap_leaves_the_book_at_the_cap_an
     );
 }
 
+/// `addr` with its `/ip4/…` replaced by `host` (a `/dns…` component).
+fn by_name(addr: &Multiaddr, host: libp2p::multiaddr::Protocol<'static>) -> Multiaddr {
+    addr.iter()
+        .map(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(_) => host.clone(),
+            p => p,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_peer_through_dns_multiaddrs_and_deliver_both_ways() {
+    use libp2p::multiaddr::Protocol;
+    let a = relay("relay-a.example").await;
+    let b = relay("relay-b.example").await;
+    let c = relay("relay-c.example").await;
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let dns4 = by_name(&a.addr, Protocol::Dns4("localhost".into()));
+    assert!(
+        dns4.to_string().starts_with("/dns4/localhost/udp/"),
+        "{dns4}"
+    );
+
+    // B dials A by name.
+    assert_eq!(b.fed.add_peer(dns4.clone()).await.unwrap(), a.name);
+    let to_alice = b.send(&bob, 1, &["alice@relay-a.example"]).await;
+    eventually(10, "alice has bob's message", || async {
+        a.mailbox(&alice).await.iter().any(|e| e.id == to_alice)
+    })
+    .await;
+    let to_bob = a.send(&alice, 2, &["bob@relay-b.example"]).await;
+    eventually(10, "bob has alice's message", || async {
+        b.mailbox(&bob).await.iter().any(|e| e.id == to_bob)
+    })
+    .await;
+    // The name is what B keeps and redials.
+    let on_b = b.peer(a.peer_id()).await.unwrap();
+    assert_eq!(on_b.address.as_deref(), Some(dns4.to_string().as_str()));
+    assert_eq!(on_b.state, PeerState::Connected);
+
+    // `/dns/` (A or AAAA) works the same way.
+    let dns = by_name(&a.addr, Protocol::Dns("localhost".into()));
+    assert_eq!(c.fed.add_peer(dns).await.unwrap(), a.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_name_that_does_not_resolve_is_a_clear_error_and_is_redialled_with_backoff() {
+    let a = relay("relay-a.example").await;
+    let ghost = Keypair::generate_ed25519().public().to_peer_id();
+    // `.invalid` never resolves (RFC 6761), without asking any server.
+    let addr: Multiaddr = format!("/dns4/nonexistent.invalid/udp/4433/quic-v1/p2p/{ghost}")
+        .parse()
+        .unwrap();
+    let err = a.fed.add_peer(addr.clone()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Unreachable { .. }), "{text}");
+    // Which address, and that the name did not resolve.
+    assert!(
+        text.contains("dial failed: /dns4/nonexistent.invalid/udp/4433/quic-v1: DNS error: "),
+        "{text}"
+    );
+    assert!(text.contains("nonexistent.invalid."), "{text}");
+    // Like any unreachable added peer: kept, and redialled with backoff.
+    eventually(20, "redialled and still failing", || async {
+        a.peer(ghost).await.is_some_and(|p| {
+            p.added
+                && p.dial_failures >= 3
+                && p.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("nonexistent.invalid"))
+        })
+    })
+    .await;
+    let on_a = a.peer(ghost).await.unwrap();
+    assert_ne!(on_a.state, PeerState::Connected);
+    assert_eq!(on_a.address.as_deref(), Some(addr.to_string().as_str()));
+}
+
 trait PeerOfHandle {
     async fn peer(&self, peer: PeerId) -> Option<PeerInfo>;
 }
