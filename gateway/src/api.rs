@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use courier_protocol::validate::Validate as _;
 use courier_protocol::{Address, ErrorCode, OutgoingMessage};
+use courier_relay::AuthedDevice;
 
 use crate::error::{Error, Result};
 use crate::extract::{Authed, Json, Query};
@@ -335,23 +336,36 @@ pub async fn send(
     Authed(device): Authed,
     Json(message): Json<OutgoingMessage>,
 ) -> Result<impl IntoResponse> {
-    let accepted = state
-        .relay
-        .accept_message(&device, message)
-        .await
-        .map_err(relay_error)?;
+    let (response, duplicate) = send_message(&state, &device, message).await?;
     // A retry of an accepted message is a 200 with the first answer.
-    let status = if accepted.duplicate {
+    let status = if duplicate {
         StatusCode::OK
     } else {
-        metrics::counter!(crate::metrics::MESSAGES_ACCEPTED).increment(1);
         StatusCode::CREATED
     };
+    Ok((status, axum::Json(response)))
+}
+
+/// Stores a message from `device` (HTTP and WebSocket sends share this);
+/// true if it was a retry of one already stored.
+pub async fn send_message(
+    state: &AppState,
+    device: &AuthedDevice,
+    message: OutgoingMessage,
+) -> Result<(SendResponse, bool)> {
+    let accepted = state
+        .relay
+        .accept_message(device, message)
+        .await
+        .map_err(relay_error)?;
+    if !accepted.duplicate {
+        metrics::counter!(crate::metrics::MESSAGES_ACCEPTED).increment(1);
+    }
     let response = SendResponse {
         id: accepted.id,
         accepted_ms: accepted.accepted_ms,
     };
-    Ok((status, axum::Json(response)))
+    Ok((response, accepted.duplicate))
 }
 
 /// Envelopes waiting in this device's mailbox, oldest first.

@@ -58,6 +58,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Authed {
     }
 }
 
+/// The access token a request authenticated with (a request extension set
+/// by [`require_auth`]): a WebSocket re-checks it for every message it
+/// sends, so a logout or an expiry also stops sends on an open connection.
+#[derive(Debug, Clone)]
+pub struct AccessToken(pub String);
+
 /// The access token of a request: `Authorization: Bearer …`, or for
 /// browsers' WebSockets (which cannot set headers) `?access_token=…`.
 fn access_token(req: &Request) -> Option<String> {
@@ -96,6 +102,7 @@ pub async fn require_auth(State(state): State<AppState>, mut req: Request, next:
     let low = device.prekeys_low;
     tracing::Span::current().record("user", device.user.as_str());
     req.extensions_mut().insert(device);
+    req.extensions_mut().insert(AccessToken(token));
     let mut response = next.run(req).await;
     if let Some(remaining) = low {
         response.headers_mut().insert(

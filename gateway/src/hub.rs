@@ -1,28 +1,81 @@
 //! The push hub: wakes the WebSocket connections of a device when something
 //! is enqueued in its mailbox.
 //!
-//! The hub carries no envelopes, only the fact that a mailbox changed; each
-//! connection then reads its mailbox from the store at its own pace. That is
-//! what keeps a slow reader from growing memory (nothing queues in the hub)
-//! and from losing anything (the mailbox is the queue). Every path that
-//! enqueues — a local send, a federation delivery, a delivery-failure notice —
-//! calls [`PushHub::notify`].
+//! The mailbox in the store is the queue; the hub only says that it grew.
+//! Each connection reads its mailbox at its own pace, which is what keeps a
+//! slow reader from growing memory and from losing anything. As a shortcut
+//! the hub also keeps, per connected device, the last few entries the relay
+//! handed it with the notification ([`PushHub::envelope`], bounded by count
+//! and bytes): a connection that is caught up pushes those without reading
+//! the store. It uses them only when they continue exactly where it is
+//! (`seq == sent + 1`) and reach the newest seq the hub heard of; any gap
+//! (an evicted entry, a notice that came without its entry, an enqueue in
+//! another process) sends it back to the store. Every path that enqueues —
+//! a local send, a federation delivery, a delivery-failure notice — notifies.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use courier_protocol::api::Envelope;
 use courier_protocol::{DeviceId, Username};
 use tokio::sync::Notify;
 
 type DeviceKey = (Username, DeviceId);
 
-/// What the connections of one device share: the wake-up, and a pending
-/// "prekeys low" notice (`NO_NOTICE` when none).
+/// Most entries kept per device.
+const RECENT_MAX: usize = 64;
+/// Most bytes of entries (header + body) kept per device.
+const RECENT_BYTES_MAX: usize = 64 * 1024;
+
+/// What the connections of one device share: the wake-up, a pending
+/// "prekeys low" notice (`NO_NOTICE` when none), the newest seq notified,
+/// and the recent entries handed over with their notification.
 #[derive(Debug)]
 struct Device {
     notify: Notify,
     prekeys_low: AtomicU32,
+    newest: AtomicU64,
+    recent: Mutex<Recent>,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    entries: BTreeMap<u64, Arc<Envelope>>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn insert(&mut self, envelope: Envelope) {
+        let size = envelope_bytes(&envelope);
+        if size > RECENT_BYTES_MAX {
+            return;
+        }
+        if let Some(old) = self.entries.insert(envelope.seq, Arc::new(envelope)) {
+            self.bytes -= envelope_bytes(&old);
+        }
+        self.bytes += size;
+        while self.entries.len() > RECENT_MAX || self.bytes > RECENT_BYTES_MAX {
+            match self.entries.pop_first() {
+                Some((_, old)) => self.bytes -= envelope_bytes(&old),
+                None => break,
+            }
+        }
+    }
+
+    fn forget_upto(&mut self, seq: u64) {
+        while let Some(entry) = self.entries.first_entry() {
+            if *entry.key() > seq {
+                break;
+            }
+            self.bytes -= envelope_bytes(entry.get());
+            entry.remove();
+        }
+    }
+}
+
+fn envelope_bytes(envelope: &Envelope) -> usize {
+    envelope.header.len() + envelope.body.len()
 }
 
 const NO_NOTICE: u32 = u32::MAX;
@@ -32,6 +85,8 @@ impl Default for Device {
         Device {
             notify: Notify::new(),
             prekeys_low: AtomicU32::new(NO_NOTICE),
+            newest: AtomicU64::new(0),
+            recent: Mutex::new(Recent::default()),
         }
     }
 }
@@ -57,12 +112,38 @@ impl PushHub {
     }
 
     /// Tells every connection of `(user, device)` that its mailbox has new
-    /// envelopes. A device with no connection costs one map lookup.
-    pub fn notify(&self, user: &Username, device: DeviceId) {
+    /// envelopes, up to `seq`. A device with no connection costs one map
+    /// lookup.
+    pub fn notify(&self, user: &Username, device: DeviceId, seq: u64) {
         // Woken under the lock (cheap: it only marks waiters) so that the
         // reference count `Subscription::drop` reads is never inflated.
         let devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = devices.get(&(user.clone(), device)) {
+            entry.newest.fetch_max(seq, Ordering::SeqCst);
+            entry.notify.notify_waiters();
+        }
+    }
+
+    /// Like [`PushHub::notify`], handing over the new entry so a caught-up
+    /// connection can push it without reading the store. `make` is only
+    /// called when the device has a connection.
+    pub fn envelope(
+        &self,
+        user: &Username,
+        device: DeviceId,
+        seq: u64,
+        make: &dyn Fn() -> Envelope,
+    ) {
+        let devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = devices.get(&(user.clone(), device)) {
+            // Stored before `newest` moves, so a connection that sees the
+            // new `newest` also finds the entry (or a gap, and reads).
+            entry
+                .recent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(make());
+            entry.newest.fetch_max(seq, Ordering::SeqCst);
             entry.notify.notify_waiters();
         }
     }
@@ -121,6 +202,40 @@ impl Subscription {
         &self.device.notify
     }
 
+    /// The recent entries right after `sent`: `seq == sent + 1, sent + 2, …`
+    /// up to `limit`, but only if they reach the newest seq notified, so
+    /// that pushing them leaves nothing unread behind. `None` means "read
+    /// the store". A connection that is the device's only one drops what
+    /// it takes (nobody else will want it).
+    pub fn recent_after(&self, sent: u64, limit: usize) -> Option<Vec<Arc<Envelope>>> {
+        let newest = self.device.newest.load(Ordering::SeqCst);
+        if newest <= sent || limit == 0 {
+            return None;
+        }
+        let mut recent = self
+            .device
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut run = Vec::new();
+        let mut next = sent + 1;
+        for (&seq, envelope) in recent.entries.range(next..) {
+            if seq != next || run.len() == limit {
+                break;
+            }
+            run.push(Arc::clone(envelope));
+            next += 1;
+        }
+        if next <= newest {
+            return None;
+        }
+        // Two holders means the hub's map and this subscription.
+        if Arc::strong_count(&self.device) <= 2 {
+            recent.forget_upto(next - 1);
+        }
+        Some(run)
+    }
+
     /// Takes the pending "prekeys low" notice, if any.
     pub fn take_prekeys_low(&self) -> Option<u32> {
         match self.device.prekeys_low.swap(NO_NOTICE, Ordering::SeqCst) {
@@ -159,7 +274,7 @@ mod tests {
         let notified = sub.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        hub.notify(&alice(), DeviceId(1));
+        hub.notify(&alice(), DeviceId(1), 1);
         tokio::time::timeout(std::time::Duration::from_secs(1), notified)
             .await
             .expect("woken");
@@ -175,7 +290,92 @@ mod tests {
         assert_eq!(hub.devices_connected(), 1);
         drop(b);
         assert_eq!(hub.devices_connected(), 0);
-        // Notifying a device nobody listens to is a no-op.
-        hub.notify(&alice(), DeviceId(1));
+        // Notifying a device nobody listens to is a no-op, and builds nothing.
+        hub.notify(&alice(), DeviceId(1), 1);
+        hub.envelope(&alice(), DeviceId(1), 1, &|| unreachable!("nobody listens"));
+    }
+
+    fn envelope(seq: u64, body: usize) -> Envelope {
+        Envelope {
+            seq,
+            id: courier_protocol::EnvelopeId([seq as u8; 16]),
+            origin: courier_protocol::RelayName::parse("relay.example").unwrap(),
+            header: courier_protocol::Bytes(vec![1; 8]),
+            body: courier_protocol::Bytes(vec![2; body]),
+            received_ms: 1,
+            expires_ms: 2,
+            kind: courier_protocol::api::EnvelopeKind::Message,
+        }
+    }
+
+    fn seqs(run: Option<Vec<Arc<Envelope>>>) -> Option<Vec<u64>> {
+        run.map(|r| r.iter().map(|e| e.seq).collect())
+    }
+
+    #[test]
+    fn recent_entries_serve_only_a_gapless_run_to_the_newest() {
+        let hub = PushHub::new();
+        let sub = hub.subscribe(alice(), DeviceId(1));
+        let _other = hub.subscribe(alice(), DeviceId(1));
+        assert_eq!(seqs(sub.recent_after(0, 10)), None, "nothing notified");
+        for seq in [5, 6, 7] {
+            hub.envelope(&alice(), DeviceId(1), seq, &|| envelope(seq, 10));
+        }
+        assert_eq!(seqs(sub.recent_after(4, 10)), Some(vec![5, 6, 7]));
+        assert_eq!(seqs(sub.recent_after(5, 10)), Some(vec![6, 7]));
+        assert_eq!(seqs(sub.recent_after(7, 10)), None, "caught up");
+        // Entry 4 was never handed over: from 3 there is a gap.
+        assert_eq!(seqs(sub.recent_after(3, 10)), None);
+        // A window smaller than the run cannot reach the newest.
+        assert_eq!(seqs(sub.recent_after(4, 2)), None);
+        // A notice without its entry (seq 8) makes the run fall short.
+        hub.notify(&alice(), DeviceId(1), 8);
+        assert_eq!(seqs(sub.recent_after(4, 10)), None);
+        hub.envelope(&alice(), DeviceId(1), 9, &|| envelope(9, 10));
+        assert_eq!(
+            seqs(sub.recent_after(7, 10)),
+            None,
+            "8 is only in the store"
+        );
+        assert_eq!(seqs(sub.recent_after(8, 10)), Some(vec![9]));
+    }
+
+    #[test]
+    fn recent_entries_are_bounded_and_dropped_once_taken_by_the_only_connection() {
+        let hub = PushHub::new();
+        let sub = hub.subscribe(alice(), DeviceId(1));
+        for seq in 1..=(RECENT_MAX as u64 + 10) {
+            hub.envelope(&alice(), DeviceId(1), seq, &|| envelope(seq, 10));
+        }
+        {
+            let recent = sub.device.recent.lock().unwrap();
+            assert_eq!(recent.entries.len(), RECENT_MAX);
+            assert_eq!(recent.entries.keys().next(), Some(&11));
+        }
+        // Big entries: the byte cap wins; one over the cap is never kept.
+        hub.envelope(&alice(), DeviceId(1), 100, &|| {
+            envelope(100, RECENT_BYTES_MAX / 2)
+        });
+        hub.envelope(&alice(), DeviceId(1), 101, &|| {
+            envelope(101, RECENT_BYTES_MAX / 2)
+        });
+        hub.envelope(&alice(), DeviceId(1), 102, &|| {
+            envelope(102, RECENT_BYTES_MAX + 1)
+        });
+        {
+            let recent = sub.device.recent.lock().unwrap();
+            assert!(recent.bytes <= RECENT_BYTES_MAX);
+            assert!(!recent.entries.contains_key(&102));
+        }
+        assert_eq!(
+            seqs(sub.recent_after(101, 10)),
+            None,
+            "102 must come from the store"
+        );
+        hub.envelope(&alice(), DeviceId(1), 103, &|| envelope(103, 10));
+        assert_eq!(seqs(sub.recent_after(102, 10)), Some(vec![103]));
+        let recent = sub.device.recent.lock().unwrap();
+        assert!(recent.entries.is_empty(), "the only connection took them");
+        assert_eq!(recent.bytes, 0);
     }
 }

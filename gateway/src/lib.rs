@@ -55,8 +55,22 @@ pub(crate) mod wire {
 }
 
 impl courier_relay::Notifier for PushHub {
-    fn mailbox(&self, user: &Username, device: DeviceId, _seq: u64) {
-        PushHub::notify(self, user, device);
+    fn mailbox(&self, user: &Username, device: DeviceId, seq: u64) {
+        PushHub::notify(self, user, device, seq);
+    }
+
+    fn wants_envelopes(&self) -> bool {
+        true
+    }
+
+    fn envelope(
+        &self,
+        user: &Username,
+        device: DeviceId,
+        seq: u64,
+        make: &dyn Fn() -> courier_protocol::api::Envelope,
+    ) {
+        PushHub::envelope(self, user, device, seq, make);
     }
 
     fn prekeys_low(&self, user: &Username, device: DeviceId, remaining: u32) {

@@ -3,7 +3,8 @@
 //! One task per connection, no per-connection queue: the mailbox in the
 //! store is the queue. The task sends at most `in_flight_max` unacked
 //! envelopes, reads more from the store only when the [`crate::PushHub`]
-//! says the mailbox grew or acks free room, and awaits each write, so a slow
+//! says the mailbox grew (and did not hand over the new entries itself) or
+//! acks free room, and awaits each write, so a slow
 //! reader holds at most a window of envelopes in memory and loses nothing:
 //! whatever it did not ack stays in the mailbox and is sent again on the
 //! next connection.
@@ -15,29 +16,55 @@ use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::{IntoResponse, Response};
-use courier_protocol::api::AckRequest;
+use courier_protocol::OutgoingMessage;
+use courier_protocol::api::{AckRequest, SendResponse};
 use courier_protocol::validate::Validate as _;
 use courier_protocol::ws::ClientFrame;
 use courier_protocol::{ApiError, ErrorCode};
 use courier_relay::AuthedDevice;
-use futures::{FutureExt as _, SinkExt};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt as _, SinkExt, StreamExt as _};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::extract::Authed;
+use crate::extract::{AccessToken, Authed};
+use crate::hub::Subscription;
 use crate::state::AppState;
 
 /// Most envelopes read from the store in one go.
 const FETCH_BATCH_MAX: u32 = 100;
+/// Most sends one connection has waiting for the store; beyond that the
+/// connection stops reading frames until one is answered.
+const SENDS_IN_FLIGHT_MAX: usize = 64;
+/// Most bytes of send frames one connection has waiting for the store.
+const SEND_BYTES_IN_FLIGHT_MAX: usize = 2 * 1024 * 1024;
+
+/// A send waiting for the store: its request number, frame size, outcome.
+type PendingSend<'a> =
+    futures::future::BoxFuture<'a, (u64, usize, std::result::Result<SendResponse, ApiError>)>;
 
 /// A server frame, encoded exactly like `courier_protocol::ws::ServerFrame`
 /// in JSON (a test pins that) but borrowing the envelope it sends.
 #[derive(serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ServerFrame<'a> {
-    Envelope { envelope: &'a crate::wire::Envelope },
-    PrekeysLow { remaining: u32 },
-    Error { error: &'a ApiError },
+    Envelope {
+        envelope: &'a crate::wire::Envelope,
+    },
+    PrekeysLow {
+        remaining: u32,
+    },
+    Error {
+        error: &'a ApiError,
+    },
+    Sent {
+        request: u64,
+        response: &'a SendResponse,
+    },
+    Refused {
+        request: u64,
+        error: &'a ApiError,
+    },
 }
 
 /// Opens the push channel. Auth: `Authorization: Bearer …` or
@@ -46,15 +73,19 @@ enum ServerFrame<'a> {
     security(("bearer" = [])),
     params(("access_token" = Option<String>, Query, description = "instead of the Authorization header")),
     responses(
-        (status = 101, description = "WebSocket: server sends `ServerFrame` JSON text frames, client sends `ClientFrame` (`{\"type\":\"ack\",\"seqs\":[…]}`)"),
+        (status = 101, description = "WebSocket: server sends `ServerFrame` JSON text frames, client sends `ClientFrame` (`{\"type\":\"ack\",\"seqs\":[…]}`, `{\"type\":\"send\",\"request\":1,\"message\":{…}}`)"),
         (status = 400, description = "`bad_request`: not a WebSocket upgrade", body = crate::openapi::ErrorBodyDoc),
         (status = 401, description = "`unauthenticated`, `token_expired`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn upgrade(
     State(state): State<AppState>,
     Authed(device): Authed,
+    token: Option<axum::Extension<AccessToken>>,
     ws: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let Some(axum::Extension(token)) = token else {
+        return Error::code(ErrorCode::Unauthenticated).into_response();
+    };
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
@@ -73,7 +104,7 @@ pub async fn upgrade(
             metrics::gauge!(crate::metrics::WS_CONNECTIONS).increment(1.0);
             metrics::counter!(crate::metrics::WS_CONNECTIONS_TOTAL).increment(1);
             let user = device.user.clone();
-            if let Err(reason) = Connection::new(&state, device, socket).run().await {
+            if let Err(reason) = Connection::new(&state, device, token, socket).run().await {
                 tracing::debug!(%user, %reason, "websocket closed");
             }
             metrics::gauge!(crate::metrics::WS_CONNECTIONS).decrement(1.0);
@@ -96,6 +127,7 @@ pub async fn ack(state: &AppState, device: &AuthedDevice, request: &AckRequest) 
 struct Connection<'a> {
     state: &'a AppState,
     device: AuthedDevice,
+    token: AccessToken,
     socket: WebSocket,
     /// Highest seq sent on this connection; the next read starts after it.
     sent_upto: u64,
@@ -107,10 +139,16 @@ struct Connection<'a> {
 }
 
 impl<'a> Connection<'a> {
-    fn new(state: &'a AppState, device: AuthedDevice, socket: WebSocket) -> Self {
+    fn new(
+        state: &'a AppState,
+        device: AuthedDevice,
+        token: AccessToken,
+        socket: WebSocket,
+    ) -> Self {
         Connection {
             state,
             device,
+            token,
             socket,
             sent_upto: 0,
             in_flight: BTreeSet::new(),
@@ -132,6 +170,8 @@ impl<'a> Connection<'a> {
             .hub
             .subscribe(self.device.user.clone(), self.device.device);
         let mut shutdown = self.state.shutdown.clone();
+        let mut sends: FuturesUnordered<PendingSend<'a>> = FuturesUnordered::new();
+        let mut send_bytes = 0usize;
         if *shutdown.borrow() {
             return self.close(close_code::AWAY, "relay shutting down").await;
         }
@@ -154,7 +194,7 @@ impl<'a> Connection<'a> {
             }
 
             if self.maybe_more && self.in_flight.len() < in_flight_max {
-                self.push_pending(in_flight_max).await?;
+                self.push_pending(&subscription, in_flight_max).await?;
                 if self.maybe_more && self.in_flight.len() < in_flight_max {
                     continue;
                 }
@@ -166,10 +206,23 @@ impl<'a> Connection<'a> {
                 () = &mut notified, if !self.maybe_more => {
                     self.maybe_more = true;
                 }
-                message = self.socket.recv() => {
+                Some((request, size, outcome)) = sends.next(), if !sends.is_empty() => {
+                    send_bytes -= size;
+                    if let Some(end) = self.answer_send(request, outcome).await? {
+                        return self.close(close_code::POLICY, end).await;
+                    }
+                }
+                message = self.socket.recv(),
+                    if sends.len() < SENDS_IN_FLIGHT_MAX && send_bytes < SEND_BYTES_IN_FLIGHT_MAX =>
+                {
                     self.last_heard = Instant::now();
                     match message {
-                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await?,
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some((request, message)) = self.on_text(text.as_str()).await? {
+                                send_bytes += text.len();
+                                sends.push(self.start_send(request, text.len(), message));
+                            }
+                        }
                         Some(Ok(Message::Binary(_))) => {
                             self.send_error(ApiError::with_message(
                                 ErrorCode::Malformed,
@@ -195,6 +248,10 @@ impl<'a> Connection<'a> {
                     }
                 }
                 _ = shutdown.changed() => {
+                    // Sends already taken are finished and answered first.
+                    while let Some((request, _, outcome)) = sends.next().await {
+                        self.answer_send(request, outcome).await?;
+                    }
                     return self.close(close_code::AWAY, "relay shutting down").await;
                 }
             }
@@ -206,9 +263,34 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Sends the next envelopes after `sent_upto`, up to the window.
-    async fn push_pending(&mut self, in_flight_max: usize) -> std::result::Result<(), String> {
+    /// Sends the next envelopes after `sent_upto`, up to the window: the
+    /// ones the hub was handed if they continue exactly where we are and
+    /// reach the newest notified seq, else from the store.
+    async fn push_pending(
+        &mut self,
+        subscription: &Subscription,
+        in_flight_max: usize,
+    ) -> std::result::Result<(), String> {
         let room = (in_flight_max - self.in_flight.len()).min(FETCH_BATCH_MAX as usize) as u32;
+        if let Some(run) = subscription.recent_after(self.sent_upto, room as usize) {
+            // Everything up to the newest notified seq is in `run`; a later
+            // enqueue wakes us through the `notified` armed before this.
+            self.maybe_more = false;
+            let count = run.len();
+            for envelope in run {
+                self.send(&ServerFrame::Envelope {
+                    envelope: &envelope,
+                })
+                .await?;
+                self.sent_upto = self.sent_upto.max(envelope.seq);
+                self.in_flight.insert(envelope.seq);
+            }
+            if count > 0 {
+                self.socket.flush().await.map_err(|e| e.to_string())?;
+                metrics::counter!(crate::metrics::ENVELOPES_DELIVERED).increment(count as u64);
+            }
+            return Ok(());
+        }
         let batch = self
             .state
             .relay
@@ -255,13 +337,18 @@ impl<'a> Connection<'a> {
         Ok(())
     }
 
-    async fn on_text(&mut self, text: &str) -> std::result::Result<(), String> {
+    /// Handles an ack at once; hands a send back to the caller, which
+    /// runs it alongside others ([`Connection::start_send`]).
+    async fn on_text(
+        &mut self,
+        text: &str,
+    ) -> std::result::Result<Option<(u64, OutgoingMessage)>, String> {
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(e) => {
-                return self
-                    .send_error(ApiError::with_message(ErrorCode::Malformed, e.to_string()))
-                    .await;
+                self.send_error(ApiError::with_message(ErrorCode::Malformed, e.to_string()))
+                    .await?;
+                return Ok(None);
             }
         };
         match frame {
@@ -277,12 +364,84 @@ impl<'a> Connection<'a> {
                         for seq in &request.seqs {
                             self.in_flight.remove(seq);
                         }
-                        Ok(())
                     }
-                    Err(e) => self.send_error(e.error).await,
+                    Err(e) => self.send_error(e.error).await?,
+                }
+                Ok(None)
+            }
+            ClientFrame::Send { request, message } => Ok(Some((request, message))),
+        }
+    }
+
+    /// Starts storing a message sent over the socket. The token the
+    /// connection opened with is checked again (a logout or expiry stops
+    /// sends on open connections too), then the per-account rate limit,
+    /// then the same path as `POST /v1/messages`.
+    fn start_send(&self, request: u64, size: usize, message: OutgoingMessage) -> PendingSend<'a> {
+        let state = self.state;
+        let token = self.token.0.clone();
+        let sender = self.device.clone();
+        Box::pin(async move {
+            let outcome = async {
+                let device = state
+                    .relay
+                    .authenticate(&token)
+                    .await
+                    .map_err(|e| e.to_api_error())?;
+                if device.user != sender.user || device.device != sender.device {
+                    return Err(ApiError::new(ErrorCode::Unauthenticated));
+                }
+                if let Err(wait) = state
+                    .account_limiter
+                    .check(&device.user, std::time::Instant::now())
+                {
+                    return Err(ApiError::with_message(
+                        ErrorCode::RateLimited,
+                        format!("retry after {} ms", wait.as_millis().max(1)),
+                    ));
+                }
+                crate::api::send_message(state, &device, message)
+                    .await
+                    .map(|(response, _)| response)
+                    .map_err(|e| e.error)
+            }
+            .await;
+            (request, size, outcome)
+        })
+    }
+
+    /// Answers a finished send; `Some(reason)` if the connection must close
+    /// because its token is no longer valid.
+    async fn answer_send(
+        &mut self,
+        request: u64,
+        outcome: std::result::Result<SendResponse, ApiError>,
+    ) -> std::result::Result<Option<&'static str>, String> {
+        match outcome {
+            Ok(response) => {
+                self.send(&ServerFrame::Sent {
+                    request,
+                    response: &response,
+                })
+                .await?;
+            }
+            Err(error) => {
+                self.send(&ServerFrame::Refused {
+                    request,
+                    error: &error,
+                })
+                .await?;
+                if matches!(
+                    error.code,
+                    ErrorCode::Unauthenticated | ErrorCode::TokenExpired
+                ) {
+                    self.socket.flush().await.map_err(|e| e.to_string())?;
+                    return Ok(Some("access token no longer valid"));
                 }
             }
         }
+        self.socket.flush().await.map_err(|e| e.to_string())?;
+        Ok(None)
     }
 
     async fn send(&mut self, frame: &ServerFrame<'_>) -> std::result::Result<(), String> {
@@ -341,6 +500,10 @@ mod tests {
             kind: EnvelopeKind::Message,
         };
         let error = ApiError::new(ErrorCode::Malformed);
+        let response = SendResponse {
+            id: EnvelopeId([0xcd; 16]),
+            accepted_ms: 1_700_000_000_001,
+        };
         let pairs = [
             (
                 ServerFrame::Envelope {
@@ -357,6 +520,26 @@ mod tests {
             (
                 ServerFrame::Error { error: &error },
                 courier_protocol::ws::ServerFrame::Error {
+                    error: error.clone(),
+                },
+            ),
+            (
+                ServerFrame::Sent {
+                    request: 9,
+                    response: &response,
+                },
+                courier_protocol::ws::ServerFrame::Sent {
+                    request: 9,
+                    response: response.clone(),
+                },
+            ),
+            (
+                ServerFrame::Refused {
+                    request: 10,
+                    error: &error,
+                },
+                courier_protocol::ws::ServerFrame::Refused {
+                    request: 10,
                     error: error.clone(),
                 },
             ),

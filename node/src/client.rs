@@ -282,20 +282,7 @@ impl Device {
         body: Vec<u8>,
         to: &[(Address, DeviceId)],
     ) -> Result<SendResponse, ClientError> {
-        let message = OutgoingMessage {
-            id,
-            body: Bytes(body),
-            recipients: to
-                .iter()
-                .map(|(address, device)| RecipientEntry {
-                    to: address.clone(),
-                    device: *device,
-                    header: Bytes(vec![0xaa; 16]),
-                })
-                .collect(),
-            ttl_secs: 3600,
-        };
-        self.post("/v1/messages", &message).await
+        self.post("/v1/messages", &message(id, body, to)).await
     }
 
     /// `GET /v1/messages?after=&limit=`.
@@ -342,6 +329,24 @@ impl Device {
             .await
             .map_err(ClientError::transport)?;
         Ok(Socket { stream })
+    }
+}
+
+/// A message with a dummy 16-byte header per recipient device, kept for an
+/// hour: what the tests and the load tool send.
+pub fn message(id: EnvelopeId, body: Vec<u8>, to: &[(Address, DeviceId)]) -> OutgoingMessage {
+    OutgoingMessage {
+        id,
+        body: Bytes(body),
+        recipients: to
+            .iter()
+            .map(|(address, device)| RecipientEntry {
+                to: address.clone(),
+                device: *device,
+                header: Bytes(vec![0xaa; 16]),
+            })
+            .collect(),
+        ttl_secs: 3600,
     }
 }
 
@@ -394,6 +399,18 @@ impl Socket {
             .send(Message::Text(text.into()))
             .await
             .map_err(ClientError::transport)
+    }
+
+    /// Sends a `send` frame; the answer is a `sent` or `refused` frame
+    /// with the same `request`.
+    pub async fn send_message(
+        &mut self,
+        request: u64,
+        message: OutgoingMessage,
+    ) -> Result<(), ClientError> {
+        let text = serde_json::to_string(&ClientFrame::Send { request, message })
+            .map_err(ClientError::transport)?;
+        self.send_text(&text).await
     }
 
     /// Sends a raw text frame (tests of bad input).

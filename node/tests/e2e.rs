@@ -1017,3 +1017,170 @@ async fn a_connected_device_is_told_when_its_prekeys_run_low() {
         other => panic!("expected prekeys_low, got {other:?}"),
     }
 }
+
+/// Waits for the answer to each of `requests` on `socket` (envelopes and
+/// notices in between are skipped); returns them by request number.
+async fn answers(
+    socket: &mut client::Socket,
+    requests: &[u64],
+) -> BTreeMap<u64, Result<courier_protocol::api::SendResponse, courier_protocol::ApiError>> {
+    let mut out = BTreeMap::new();
+    while out.len() < requests.len() {
+        match socket.next_within(WAIT).await.unwrap() {
+            Some(ServerFrame::Sent { request, response }) => {
+                out.insert(request, Ok(response));
+            }
+            Some(ServerFrame::Refused { request, error }) => {
+                out.insert(request, Err(error));
+            }
+            Some(ServerFrame::Envelope { .. } | ServerFrame::PrekeysLow { .. }) => {}
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+    assert!(out.keys().all(|r| requests.contains(r)));
+    out
+}
+
+#[tokio::test]
+async fn sends_over_the_websocket_are_answered_per_request_and_checked_like_http() {
+    let relay = Relay::start(
+        &[],
+        &[
+            ("COURIER_RATE_LIMIT_ACCOUNT_PER_SECOND", "1"),
+            ("COURIER_RATE_LIMIT_ACCOUNT_BURST", "20"),
+        ],
+    );
+    let alice = relay.user("alice").await;
+    let bob = relay.user("bob").await;
+    let to = [(bob.address.clone(), DeviceId(1))];
+    let mut bob_socket = bob.connect().await.unwrap();
+    let mut socket = alice.connect().await.unwrap();
+
+    // Several in flight at once; each answered with its request number.
+    let ids: Vec<_> = (0..3).map(|_| envelope_id()).collect();
+    for (n, id) in ids.iter().enumerate() {
+        socket
+            .send_message(n as u64, client::message(*id, vec![n as u8; 8], &to))
+            .await
+            .unwrap();
+    }
+    let first = answers(&mut socket, &[0, 1, 2]).await;
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(first[&(n as u64)].as_ref().unwrap().id, *id);
+    }
+    for id in &ids {
+        let envelope = next_envelope(&mut bob_socket).await;
+        assert_eq!(envelope.id, *id, "stored and pushed in the order sent");
+        bob_socket.ack(vec![envelope.seq]).await.unwrap();
+    }
+
+    // A retry answers like the first time and stores nothing new.
+    socket
+        .send_message(10, client::message(ids[0], vec![0; 8], &to))
+        .await
+        .unwrap();
+    let retry = answers(&mut socket, &[10]).await;
+    assert_eq!(retry[&10], first[&0]);
+
+    // Refusals carry HTTP's codes and leave the connection open: an
+    // unknown user, a reused id with other content, an invalid message.
+    let carol = "carol@localhost".parse::<Address>().unwrap();
+    socket
+        .send_message(
+            11,
+            client::message(envelope_id(), vec![1], &[(carol, DeviceId(1))]),
+        )
+        .await
+        .unwrap();
+    socket
+        .send_message(12, client::message(ids[1], b"other".to_vec(), &to))
+        .await
+        .unwrap();
+    socket
+        .send_message(13, client::message(envelope_id(), vec![1], &[]))
+        .await
+        .unwrap();
+    let refused = answers(&mut socket, &[11, 12, 13]).await;
+    let code = |r: &Result<_, courier_protocol::ApiError>| r.as_ref().unwrap_err().code;
+    assert_eq!(
+        code(&refused[&11]),
+        courier_protocol::ErrorCode::UnknownUser
+    );
+    assert_eq!(code(&refused[&12]), courier_protocol::ErrorCode::Conflict);
+    assert_eq!(code(&refused[&13]), courier_protocol::ErrorCode::BadRequest);
+    // A frame that is not a send at all is an error frame, not a refusal.
+    socket
+        .send_text(r#"{"type":"send","request":14,"message":{"id":"x"}}"#)
+        .await
+        .unwrap();
+    match socket.next_within(WAIT).await.unwrap() {
+        Some(ServerFrame::Error { error }) => {
+            assert_eq!(error.code, courier_protocol::ErrorCode::Malformed)
+        }
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+
+    // The per-account rate limit covers sends over the socket: of 30 at
+    // once some are refused, and only the accepted ones reach bob.
+    let requests: Vec<u64> = (100..130).collect();
+    let mut by_request = BTreeMap::new();
+    for r in &requests {
+        let id = envelope_id();
+        by_request.insert(*r, id);
+        socket
+            .send_message(*r, client::message(id, vec![7], &to))
+            .await
+            .unwrap();
+    }
+    let burst = answers(&mut socket, &requests).await;
+    let accepted: Vec<_> = requests
+        .iter()
+        .filter(|r| burst[r].is_ok())
+        .map(|r| by_request[r])
+        .collect();
+    let limited = burst
+        .values()
+        .filter(|r| matches!(r, Err(e) if e.code == courier_protocol::ErrorCode::RateLimited))
+        .count();
+    assert!(limited > 0, "the burst of 20 ran out");
+    assert_eq!(accepted.len() + limited, requests.len());
+    let mut got = Vec::new();
+    while got.len() < accepted.len() {
+        let envelope = next_envelope(&mut bob_socket).await;
+        got.push(envelope.id);
+        bob_socket.ack(vec![envelope.seq]).await.unwrap();
+    }
+    got.sort();
+    let mut want = accepted.clone();
+    want.sort();
+    assert_eq!(got, want, "exactly the accepted sends were stored");
+
+    // After logout the open socket can no longer send: refused, closed,
+    // nothing stored. (First let the account's bucket refill a token.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let token = alice.access_token().to_owned();
+    let out = relay
+        .req(Method::POST, "/v1/auth/logout")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    socket
+        .send_message(200, client::message(envelope_id(), vec![9], &to))
+        .await
+        .unwrap();
+    let last = answers(&mut socket, &[200]).await;
+    assert_eq!(
+        code(&last[&200]),
+        courier_protocol::ErrorCode::Unauthenticated
+    );
+    assert!(socket.next_within(WAIT).await.unwrap().is_none(), "closed");
+    assert!(
+        bob_socket
+            .next_within(Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

@@ -436,11 +436,19 @@ pub fn server_frame() -> impl Strategy<Value = ServerFrame> {
         envelope().prop_map(|envelope| ServerFrame::Envelope { envelope }),
         any::<u32>().prop_map(|remaining| ServerFrame::PrekeysLow { remaining }),
         api_error().prop_map(|error| ServerFrame::Error { error }),
+        (any::<u64>(), send_response())
+            .prop_map(|(request, response)| ServerFrame::Sent { request, response }),
+        (any::<u64>(), api_error())
+            .prop_map(|(request, error)| ServerFrame::Refused { request, error }),
     ]
 }
 
 pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
-    vec(any::<u64>(), 1..=16).prop_map(|seqs| ClientFrame::Ack { seqs })
+    prop_oneof![
+        vec(any::<u64>(), 1..=16).prop_map(|seqs| ClientFrame::Ack { seqs }),
+        (any::<u64>(), outgoing_message())
+            .prop_map(|(request, message)| ClientFrame::Send { request, message }),
+    ]
 }
 
 pub fn relay_descriptor() -> impl Strategy<Value = RelayDescriptor> {

@@ -8,7 +8,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::api::{Envelope, validate_seqs};
+use crate::OutgoingMessage;
+use crate::api::{Envelope, SendResponse, validate_seqs};
 use crate::validate::Validate;
 use crate::{ApiError, ErrorCode};
 
@@ -103,6 +104,23 @@ frame_enum! {
             /// What went wrong.
             error: ApiError,
         },
+        /// The answer to [`ClientFrame::Send`] `request`: the message is
+        /// stored durably, exactly like a 200/201 to `POST /v1/messages`.
+        Sent {
+            /// The client's `request` number, echoed.
+            request: u64,
+            /// What `POST /v1/messages` would have answered.
+            response: SendResponse,
+        },
+        /// [`ClientFrame::Send`] `request` was refused and nothing was
+        /// stored; `error` carries the code `POST /v1/messages` would have
+        /// answered with. The connection stays open.
+        Refused {
+            /// The client's `request` number, echoed.
+            request: u64,
+            /// Why.
+            error: ApiError,
+        },
     }
 }
 
@@ -111,7 +129,8 @@ impl Validate for ServerFrame {
         match self {
             ServerFrame::Envelope { envelope } => envelope.validate(),
             ServerFrame::PrekeysLow { .. } => Ok(()),
-            ServerFrame::Error { error } => error.validate(),
+            ServerFrame::Error { error } | ServerFrame::Refused { error, .. } => error.validate(),
+            ServerFrame::Sent { response, .. } => response.validate(),
         }
     }
 }
@@ -125,6 +144,18 @@ frame_enum! {
             /// 1..=[`crate::limits::ACK_SEQS_MAX`] sequence numbers.
             seqs: Vec<u64> => "crate::validate::capped::<_, _, { crate::limits::ACK_SEQS_MAX }>",
         },
+        /// Sends a message, like `POST /v1/messages` but without a request
+        /// per message: the relay answers [`ServerFrame::Sent`] or
+        /// [`ServerFrame::Refused`] with the same `request`, possibly out of
+        /// order with other sends (a client may have several in flight).
+        /// Messages whose frame would exceed
+        /// [`crate::limits::WS_FRAME_BYTES_MAX`] go over HTTP.
+        Send {
+            /// Chosen by the client to match the answer; not interpreted.
+            request: u64,
+            /// The message, exactly as `POST /v1/messages` takes it.
+            message: OutgoingMessage,
+        },
     }
 }
 
@@ -132,6 +163,7 @@ impl Validate for ClientFrame {
     fn validate(&self) -> Result<(), ErrorCode> {
         match self {
             ClientFrame::Ack { seqs } => validate_seqs(seqs),
+            ClientFrame::Send { message, .. } => message.validate(),
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use courier_protocol::limits::{ACK_SEQS_MAX, FETCH_LIMIT_MAX, MESSAGE_TTL_SECS_MAX};
-use courier_protocol::{EnvelopeId, OutgoingMessage, RelayName, Validate};
+use courier_protocol::{Bytes, DeviceId, EnvelopeId, OutgoingMessage, RelayName, Username, Validate};
 use sha2::{Digest, Sha256};
 
 use crate::error::{RelayError, Result};
@@ -13,7 +13,8 @@ use crate::store::{
     AcceptOutcome, LocalRecipient, MailboxRef, NewMessage, PurgeReport, RemoteRecipients,
 };
 use crate::types::{
-    AckResponse, AckStatus, EnvelopeAck, EnvelopeKind, FedEnvelope, FedRecipient, FetchResponse,
+    AckResponse, AckStatus, Envelope, EnvelopeAck, EnvelopeKind, FedEnvelope, FedRecipient,
+    FetchResponse,
 };
 
 /// What [`Relay::accept_message`] did.
@@ -50,6 +51,37 @@ fn digest(
         field(&mut h, &header);
     }
     h.finalize().into()
+}
+
+/// What the relay keeps of an accepted message to hand new mailbox entries
+/// to a notifier that pushes them ([`crate::Notifier::wants_envelopes`]).
+struct Pushable {
+    id: EnvelopeId,
+    origin: RelayName,
+    kind: EnvelopeKind,
+    body: Bytes,
+    received_ms: u64,
+    expires_ms: u64,
+    /// (user, device, header) of each local recipient, in store order.
+    headers: Vec<(Username, DeviceId, Bytes)>,
+}
+
+impl Pushable {
+    fn of(message: &NewMessage) -> Pushable {
+        Pushable {
+            id: message.id,
+            origin: message.origin.clone(),
+            kind: message.kind,
+            body: message.body.clone(),
+            received_ms: message.received_ms,
+            expires_ms: message.expires_ms,
+            headers: message
+                .local
+                .iter()
+                .map(|r| (r.user.clone(), r.device, r.header.clone()))
+                .collect(),
+        }
+    }
 }
 
 impl Relay {
@@ -111,9 +143,10 @@ impl Relay {
             depth_max: self.config.mailbox_depth_max,
             skip_unknown: false,
         };
+        let pushable = self.notifier.wants_envelopes().then(|| Pushable::of(&new));
         match self.store.accept(new).await? {
             AcceptOutcome::Accepted { delivered } => {
-                self.notify(&delivered);
+                self.notify_new(&delivered, pushable.as_ref());
                 for relay in &relays {
                     self.notifier.outbox(relay);
                 }
@@ -136,8 +169,40 @@ impl Relay {
     }
 
     pub(crate) fn notify(&self, delivered: &[MailboxRef]) {
+        self.notify_new(delivered, None);
+    }
+
+    /// Tells the notifier of new entries, with the entries themselves when
+    /// it asked for them and we kept a copy.
+    fn notify_new(&self, delivered: &[MailboxRef], pushable: Option<&Pushable>) {
+        let Some(p) = pushable else {
+            for d in delivered {
+                self.notifier.mailbox(&d.user, d.device, d.seq);
+            }
+            return;
+        };
+        // `delivered` follows the recipients' order (skipping unknown
+        // devices of a federated delivery), so one forward scan pairs them.
+        let mut headers = p.headers.iter();
         for d in delivered {
-            self.notifier.mailbox(&d.user, d.device, d.seq);
+            let Some((_, _, header)) = headers
+                .by_ref()
+                .find(|(user, device, _)| *user == d.user && *device == d.device)
+            else {
+                self.notifier.mailbox(&d.user, d.device, d.seq);
+                continue;
+            };
+            let make = || Envelope {
+                seq: d.seq,
+                id: p.id,
+                origin: p.origin.clone(),
+                header: header.clone(),
+                body: p.body.clone(),
+                received_ms: p.received_ms,
+                expires_ms: p.expires_ms,
+                kind: p.kind,
+            };
+            self.notifier.envelope(&d.user, d.device, d.seq, &make);
         }
     }
 
@@ -211,9 +276,10 @@ impl Relay {
             depth_max: self.config.mailbox_depth_max,
             skip_unknown: true,
         };
+        let pushable = self.notifier.wants_envelopes().then(|| Pushable::of(&new));
         match self.store.accept(new).await? {
             AcceptOutcome::Accepted { delivered } => {
-                self.notify(&delivered);
+                self.notify_new(&delivered, pushable.as_ref());
                 Ok(true)
             }
             AcceptOutcome::Duplicate { .. } => Ok(false),

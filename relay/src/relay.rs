@@ -94,6 +94,24 @@ impl Config {
 pub trait Notifier: Send + Sync {
     /// A device mailbox got an entry with sequence number `seq`.
     fn mailbox(&self, _user: &Username, _device: DeviceId, _seq: u64) {}
+    /// True if this notifier wants the new entries themselves
+    /// ([`Notifier::envelope`]); the relay then keeps a copy of each
+    /// accepted message's body and headers until the store has answered.
+    fn wants_envelopes(&self) -> bool {
+        false
+    }
+    /// A device mailbox got this entry; `make` builds it (only call it for
+    /// a device that has someone to push to). Without an override this is
+    /// [`Notifier::mailbox`].
+    fn envelope(
+        &self,
+        user: &Username,
+        device: DeviceId,
+        seq: u64,
+        _make: &dyn Fn() -> crate::types::Envelope,
+    ) {
+        self.mailbox(user, device, seq);
+    }
     /// The outbox for `relay` got entries.
     fn outbox(&self, _relay: &RelayName) {}
     /// A device's one-time prekey pool fell below the low-water mark.

@@ -57,6 +57,20 @@ impl Notifier for OutboxNotifier {
         self.inner.mailbox(user, device, seq);
     }
 
+    fn wants_envelopes(&self) -> bool {
+        self.inner.wants_envelopes()
+    }
+
+    fn envelope(
+        &self,
+        user: &Username,
+        device: DeviceId,
+        seq: u64,
+        make: &dyn Fn() -> courier_relay::types::Envelope,
+    ) {
+        self.inner.envelope(user, device, seq, make);
+    }
+
     fn outbox(&self, relay: &RelayName) {
         self.inner.outbox(relay);
         self.wake.notify_one();
