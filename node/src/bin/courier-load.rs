@@ -1,8 +1,9 @@
 //! `courier-load`: drives a running relay over real HTTP and WebSocket.
 //!
 //! `courier-load send` registers N clients, connects each to `/v1/ws`, sends
-//! messages between random pairs at a target rate and reports throughput and
-//! send-to-receive latency percentiles. `courier-load idle` opens N
+//! messages between random pairs at a target rate (each a `POST
+//! /v1/messages`, or with `--via ws` a `send` frame on the sender's socket)
+//! and reports throughput and send-to-receive latency percentiles. `courier-load idle` opens N
 //! WebSockets and holds them, reporting the relay's memory per connection.
 //!
 //! Benchmarks should run the relay with rate limits off
@@ -62,6 +63,10 @@ enum Command {
         /// Message body size in bytes (at least 8).
         #[arg(long, default_value_t = 256)]
         body_bytes: usize,
+        /// How messages are sent: `http` (`POST /v1/messages` per message)
+        /// or `ws` (a `send` frame on the sender's open WebSocket).
+        #[arg(long, value_enum, default_value_t = Via::Http)]
+        via: Via,
     },
     /// Open idle WebSockets and hold them.
     Idle {
@@ -178,6 +183,19 @@ async fn idle(cli: &Cli, hold: f64, relay_pid: Option<u32>) -> anyhow::Result<()
     Ok(())
 }
 
+/// The path a message takes into the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Via {
+    /// One `POST /v1/messages` per message.
+    Http,
+    /// One `send` frame per message on the sender's WebSocket.
+    Ws,
+}
+
+/// A message for a client's connection task to send: the message and when
+/// the sender started it (for the send latency).
+type Outgoing = (courier_protocol::OutgoingMessage, Instant);
+
 struct Stats {
     latency_us: Mutex<Histogram<u64>>,
     send_us: Mutex<Histogram<u64>>,
@@ -197,16 +215,31 @@ fn unreachable_histogram() -> Histogram<u64> {
     Histogram::new(2).unwrap_or_else(|_| std::process::exit(2))
 }
 
-async fn receive(
+/// One client's WebSocket: records and acks every envelope pushed to it
+/// and, with `--via ws`, sends what arrives on `outgoing` as `send` frames
+/// and counts their answers.
+async fn connection(
     mut socket: Socket,
     epoch: Instant,
     stats: Arc<Stats>,
     stop: Arc<tokio::sync::Notify>,
+    mut outgoing: tokio::sync::mpsc::Receiver<Outgoing>,
+    bar: ProgressBar,
 ) {
     let mut seqs = Vec::new();
+    let mut pending: std::collections::HashMap<u64, Instant> = Default::default();
+    let mut next_request = 0u64;
     loop {
         let frame = tokio::select! {
             frame = socket.next() => frame,
+            Some((message, t0)) = outgoing.recv() => {
+                next_request += 1;
+                pending.insert(next_request, t0);
+                if socket.send_message(next_request, message).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             () = stop.notified() => break,
         };
         let Ok(Some(frame)) = frame else { break };
@@ -218,16 +251,35 @@ async fn receive(
         let now_us = epoch.elapsed().as_micros() as u64;
         let mut latency = stats.latency_us.lock().await;
         for frame in frames {
-            if let ServerFrame::Envelope { envelope } = frame {
-                let body = envelope.body.as_slice();
-                if body.len() >= 8 {
-                    let mut t = [0u8; 8];
-                    t.copy_from_slice(&body[..8]);
-                    let sent_us = u64::from_be_bytes(t);
-                    let _ = latency.record(now_us.saturating_sub(sent_us).max(1));
+            match frame {
+                ServerFrame::Envelope { envelope } => {
+                    let body = envelope.body.as_slice();
+                    if body.len() >= 8 {
+                        let mut t = [0u8; 8];
+                        t.copy_from_slice(&body[..8]);
+                        let sent_us = u64::from_be_bytes(t);
+                        let _ = latency.record(now_us.saturating_sub(sent_us).max(1));
+                    }
+                    stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    seqs.push(envelope.seq);
                 }
-                stats.delivered.fetch_add(1, Ordering::Relaxed);
-                seqs.push(envelope.seq);
+                ServerFrame::Sent { request, .. } => {
+                    if let Some(t0) = pending.remove(&request) {
+                        stats.sent.fetch_add(1, Ordering::Relaxed);
+                        let _ = stats
+                            .send_us
+                            .lock()
+                            .await
+                            .record((t0.elapsed().as_micros() as u64).max(1));
+                    }
+                }
+                ServerFrame::Refused { request, error } => {
+                    pending.remove(&request);
+                    if stats.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                        bar.println(format!("send refused: {}", error.code));
+                    }
+                }
+                ServerFrame::PrekeysLow { .. } | ServerFrame::Error { .. } => {}
             }
         }
         drop(latency);
@@ -244,6 +296,7 @@ async fn send_load(
     duration: f64,
     senders: usize,
     body_bytes: usize,
+    via: Via,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(cli.clients >= 2, "--clients must be at least 2");
     anyhow::ensure!(rate > 0.0, "--rate must be positive");
@@ -257,25 +310,31 @@ async fn send_load(
         delivered: AtomicU64::new(0),
     });
     let stop = Arc::new(tokio::sync::Notify::new());
+    let total = (rate * duration).round() as u64;
+    let bar = progress(total, "send");
     let mut receivers = Vec::new();
+    let mut outboxes = Vec::new();
     for device in devices.iter() {
         let socket = device.connect().await.context("opening a WebSocket")?;
-        receivers.push(tokio::spawn(receive(
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        outboxes.push(tx);
+        receivers.push(tokio::spawn(connection(
             socket,
             epoch,
             stats.clone(),
             stop.clone(),
+            rx,
+            bar.clone(),
         )));
     }
-
-    let total = (rate * duration).round() as u64;
-    let bar = progress(total, "send");
+    let outboxes = Arc::new(outboxes);
     let senders = senders.clamp(1, total.max(1) as usize);
     let interval = Duration::from_secs_f64(senders as f64 / rate);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for k in 0..senders {
         let devices = devices.clone();
+        let outboxes = outboxes.clone();
         let stats = stats.clone();
         let bar = bar.clone();
         let count = total / senders as u64 + u64::from((k as u64) < total % senders as u64);
@@ -302,6 +361,16 @@ async fn send_load(
                 );
                 let target = [(devices[to].address.clone(), DeviceId(1))];
                 let t0 = Instant::now();
+                if via == Via::Ws {
+                    // Answered on the sender's connection task, which
+                    // counts it as sent (or refused).
+                    let message = client::message(id, body, &target);
+                    if outboxes[from].send((message, t0)).await.is_err() {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    bar.inc(1);
+                    continue;
+                }
                 match devices[from].send(id, body, &target).await {
                     Ok(_) => {
                         stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -331,6 +400,15 @@ async fn send_load(
     }
     for task in tasks {
         task.await?;
+    }
+    if via == Via::Ws {
+        // Sends are answered asynchronously: wait for the answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.sent.load(Ordering::Relaxed) + stats.errors.load(Ordering::Relaxed) < total
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     let send_secs = started.elapsed().as_secs_f64();
     bar.finish();
@@ -363,7 +441,8 @@ async fn send_load(
             "p50": ms(&latency, 0.5), "p99": ms(&latency, 0.99),
             "p999": ms(&latency, 0.999), "max": latency.max() as f64 / 1000.0,
         },
-        "send_http_ms": { "p50": ms(&send, 0.5), "p99": ms(&send, 0.99) },
+        "via": format!("{via:?}").to_lowercase(),
+        "send_answer_ms": { "p50": ms(&send, 0.5), "p99": ms(&send, 0.99) },
     });
     if cli.json {
         println!("{report}");
@@ -386,7 +465,11 @@ async fn send_load(
             latency.max() as f64 / 1000.0
         );
         println!(
-            "POST /v1/messages:  p50 {:.2} ms  p99 {:.2} ms",
+            "{}:  p50 {:.2} ms  p99 {:.2} ms",
+            match via {
+                Via::Http => "POST /v1/messages",
+                Via::Ws => "ws send → sent   ",
+            },
             ms(&send, 0.5),
             ms(&send, 0.99)
         );
@@ -419,7 +502,8 @@ fn main() -> std::process::ExitCode {
                 duration,
                 senders,
                 body_bytes,
-            } => send_load(&cli, *rate, *duration, *senders, *body_bytes).await,
+                via,
+            } => send_load(&cli, *rate, *duration, *senders, *body_bytes, *via).await,
             Command::Idle { hold, relay_pid } => idle(&cli, *hold, *relay_pid).await,
         }
     });
