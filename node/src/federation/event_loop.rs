@@ -157,7 +157,12 @@ fn behaviour(key: &Keypair, config: &Config) -> Behaviour {
         blocked: allow_block_list::Behaviour::default(),
         identify: identify::Behaviour::new(
             identify::Config::new("/courier/fed/1/id".into(), key.public())
-                .with_agent_version(format!("courier/{}", env!("CARGO_PKG_VERSION"))),
+                .with_agent_version(format!("courier/{}", env!("CARGO_PKG_VERSION")))
+                // Dial only what the operator gave and what the peer signed
+                // in its descriptor (its external addresses), never the
+                // unsigned listen addresses identify reports: behind NAT or
+                // a forwarder those are not the way in.
+                .with_cache_size(0),
         ),
         ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
         hello: HelloBehaviour::new(proto(protocols::HELLO), rr.clone()),

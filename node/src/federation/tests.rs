@@ -696,7 +696,7 @@ async fn a_relay_that_comes_back_gets_its_backlog_without_waiting_out_the_backof
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partition_then_heal_delivers_traffic_both_ways_exactly_once() {
+async fn blocking_a_peer_then_unblocking_it_delivers_traffic_both_ways_exactly_once() {
     let a = relay("relay-a.example").await;
     let b = relay("relay-b.example").await;
     let alice = a.user("alice").await;
@@ -992,6 +992,214 @@ async fn a_dns_name_that_does_not_resolve_is_a_clear_error_and_is_redialled_with
     let on_a = a.peer(ghost).await.unwrap();
     assert_ne!(on_a.state, PeerState::Connected);
     assert_eq!(on_a.address.as_deref(), Some(addr.to_string().as_str()));
+}
+
+/// A UDP forwarder on 127.0.0.1 standing in for the network between two
+/// relays: datagrams arriving on `front` leave from a second socket to
+/// `target`, and what comes back to that socket goes to whoever last sent to
+/// `front`. Cut, it drops every datagram both ways, which QUIC sees as total
+/// packet loss (no close, no error: keep-alives and the idle timeout have to
+/// find out).
+struct Forwarder {
+    front: std::net::SocketAddr,
+    target: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    async fn bind() -> Forwarder {
+        use std::sync::atomic::Ordering::Relaxed;
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let target = Arc::new(std::sync::Mutex::new(None));
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let addr = front.local_addr().unwrap();
+        let task = tokio::spawn({
+            let (target, cut, dropped) = (target.clone(), cut.clone(), dropped.clone());
+            async move {
+                let mut client = None;
+                let (mut out, mut home) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+                loop {
+                    tokio::select! {
+                        got = front.recv_from(&mut out) => {
+                            let Ok((n, from)) = got else { continue };
+                            client = Some(from);
+                            let to = *target.lock().unwrap();
+                            match to {
+                                _ if cut.load(Relaxed) => {
+                                    dropped.fetch_add(1, Relaxed);
+                                }
+                                Some(to) => {
+                                    let _ = back.send_to(&out[..n], to).await;
+                                }
+                                None => {}
+                            }
+                        }
+                        got = back.recv_from(&mut home) => {
+                            let Ok((n, _)) = got else { continue };
+                            match client {
+                                _ if cut.load(Relaxed) => {
+                                    dropped.fetch_add(1, Relaxed);
+                                }
+                                Some(to) => {
+                                    let _ = front.send_to(&home[..n], to).await;
+                                }
+                                None => {}
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Forwarder {
+            front: addr,
+            target,
+            cut,
+            dropped,
+            task,
+        }
+    }
+
+    /// Where datagrams go: a relay's real QUIC address.
+    fn forward_to(&self, addr: &Multiaddr) {
+        use libp2p::multiaddr::Protocol;
+        let mut ip = None;
+        let mut port = None;
+        for p in addr.iter() {
+            match p {
+                Protocol::Ip4(a) => ip = Some(a),
+                Protocol::Udp(p) => port = Some(p),
+                _ => {}
+            }
+        }
+        *self.target.lock().unwrap() = Some((ip.unwrap(), port.unwrap()).into());
+    }
+
+    /// The address relays dial to go through the forwarder.
+    fn multiaddr(&self) -> Multiaddr {
+        format!("/ip4/127.0.0.1/udp/{}/quic-v1", self.front.port())
+            .parse()
+            .unwrap()
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_then_heal_delivers_traffic_both_ways_exactly_once() {
+    // Each relay advertises a forwarder as its address, so every dial
+    // either way crosses one (A→B through `to_b`, B→A through `to_a`).
+    let to_a = Forwarder::bind().await;
+    let to_b = Forwarder::bind().await;
+    let start_behind = |relay_name: &'static str, forwarder: &Forwarder| {
+        let external = vec![forwarder.multiaddr()];
+        async move {
+            start(
+                relay_name,
+                Keypair::generate_ed25519(),
+                Arc::new(MemoryStore::new()),
+                Options {
+                    external,
+                    ..Options::default()
+                },
+            )
+            .await
+        }
+    };
+    let a = start_behind("relay-a.example", &to_a).await;
+    let b = start_behind("relay-b.example", &to_b).await;
+    to_a.forward_to(&a.addr);
+    to_b.forward_to(&b.addr);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let b_via_forwarder = to_b
+        .multiaddr()
+        .with(libp2p::multiaddr::Protocol::P2p(b.peer_id()));
+    a.fed.add_peer(b_via_forwarder).await.unwrap();
+    a.send(&alice, 0, &["bob@relay-b.example"]).await;
+    b.send(&bob, 0, &["alice@relay-a.example"]).await;
+    eventually(10, "first exchange", || async {
+        b.mailbox(&bob).await.len() == 1 && a.mailbox(&alice).await.len() == 1
+    })
+    .await;
+
+    // Partition: every datagram dropped, both ways. Sends go on being
+    // accepted into the outboxes.
+    to_a.set_cut(true);
+    to_b.set_cut(true);
+    for i in 1..=50 {
+        a.send(&alice, i, &["bob@relay-b.example"]).await;
+        b.send(&bob, i, &["alice@relay-a.example"]).await;
+    }
+    // The idle timeout (1.5 s here) notices the silence on both sides.
+    eventually(15, "both sides lose the connection", || async {
+        a.peer(b.peer_id())
+            .await
+            .is_some_and(|p| p.state != PeerState::Connected)
+            && b.peer(a.peer_id())
+                .await
+                .is_some_and(|p| p.state != PeerState::Connected)
+    })
+    .await;
+    // Redials time out in the handshake; every envelope's batch goes
+    // unanswered at least once, and the drainer backs off.
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        eventually(20, "the drainer retries and backs off", || async {
+            let now = from.relay.now_ms();
+            let on_from = from.peer(to.peer_id()).await.unwrap();
+            let backed_off = from
+                .relay
+                .outbox_destinations()
+                .await
+                .unwrap()
+                .iter()
+                .any(|d| d.relay == to.name && d.pending == 50 && d.next_attempt_ms > now);
+            on_from.dial_failures > 0 && on_from.counters.retried >= 50 && backed_off
+        })
+        .await;
+    }
+    assert_eq!(b.mailbox(&bob).await.len(), 1, "nothing crossed");
+    assert_eq!(a.mailbox(&alice).await.len(), 1, "nothing crossed");
+    assert!(to_a.dropped() > 0 && to_b.dropped() > 0);
+
+    // Heal: the same path carries datagrams again.
+    to_a.set_cut(false);
+    to_b.set_cut(false);
+    eventually(30, "both directions catch up", || async {
+        b.mailbox(&bob).await.len() >= 51 && a.mailbox(&alice).await.len() >= 51
+    })
+    .await;
+    eventually(10, "both outboxes drain", || async {
+        a.outbox_depth().await == 0 && b.outbox_depth().await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let to_bob = total(&b, std::slice::from_ref(&bob)).await;
+    let to_alice = total(&a, std::slice::from_ref(&alice)).await;
+    assert_eq!((to_bob.len(), to_alice.len()), (51, 51));
+    assert_unique(&to_bob);
+    assert_unique(&to_alice);
+    eventually(10, "connected again", || async {
+        a.peer(b.peer_id())
+            .await
+            .is_some_and(|p| p.state == PeerState::Connected)
+    })
+    .await;
 }
 
 trait PeerOfHandle {
