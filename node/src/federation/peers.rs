@@ -238,15 +238,23 @@ pub struct PeerBook {
     file: PeerFile,
     /// Most relays held (`peers_max`).
     max: usize,
-    /// Peers with a federating connection now: never evicted.
-    live: HashSet<PeerId>,
+    /// Peers (base58, as the file keeps them) with a federating
+    /// connection now: never evicted.
+    live: HashSet<String>,
 }
 
 impl PeerBook {
     /// A book for the relay `own_name` with key `own_peer`, starting from
     /// what was persisted, holding at most [`PEERS_MAX_DEFAULT`] relays
     /// (see [`PeerBook::set_max`]).
-    pub fn new(own_name: RelayName, own_peer: PeerId, policy: Policy, file: PeerFile) -> Self {
+    pub fn new(own_name: RelayName, own_peer: PeerId, policy: Policy, mut file: PeerFile) -> Self {
+        // Every descriptor was admitted with its name pinned; a hand-edited
+        // file may lack the pin. Pinning it here keeps `len` a count of pins.
+        for (name, d) in &file.descriptors {
+            if !file.pins.contains_key(name) {
+                file.pins.insert(name.clone(), d.descriptor.peer_id.clone());
+            }
+        }
         PeerBook {
             own_name,
             own_peer,
@@ -275,15 +283,9 @@ impl PeerBook {
         evicted
     }
 
-    /// How many relays the book holds (pinned or described).
+    /// How many relays the book holds (each is pinned, described or not).
     pub fn len(&self) -> usize {
-        let unpinned = self
-            .file
-            .descriptors
-            .keys()
-            .filter(|name| !self.file.pins.contains_key(*name))
-            .count();
-        self.file.pins.len() + unpinned
+        self.file.pins.len()
     }
 
     /// Whether the book holds no relay.
@@ -294,9 +296,9 @@ impl PeerBook {
     /// Marks `peer` as federating now (never evicted) or not.
     pub fn set_live(&mut self, peer: PeerId, live: bool) {
         if live {
-            self.live.insert(peer);
+            self.live.insert(peer.to_base58());
         } else {
-            self.live.remove(&peer);
+            self.live.remove(&peer.to_base58());
         }
     }
 
@@ -460,63 +462,61 @@ impl PeerBook {
         self.file.pin(name, peer);
     }
 
-    /// Whether `name` may be evicted: not an operator peer, not live.
+    /// Whether `name` may be evicted: not an operator peer, not live. A
+    /// descriptor's key is always its pin (admit refuses others, `pin`
+    /// drops them), so the pin names the peer.
     fn evictable(&self, name: &RelayName) -> bool {
-        if self.file.operator_pins.contains(name) {
-            return false;
-        }
-        let peers = [
-            self.file.pins.get(name),
-            self.file
-                .descriptors
+        !self.file.operator_pins.contains(name)
+            && self
+                .file
+                .pins
                 .get(name)
-                .map(|d| &d.descriptor.peer_id),
-        ];
-        !peers.into_iter().flatten().any(|p| {
-            self.file.added.contains_key(p) || p.parse().is_ok_and(|p| self.live.contains(&p))
-        })
+                .is_none_or(|p| !self.file.added.contains_key(p) && !self.live.contains(p))
     }
 
     /// The relay to evict for a newcomer (see [`PeerBook::admit`]).
     /// `gossip` is `Some(source)` for a shared descriptor (`Some(None)`
     /// for one from the relay itself) and `None` when trimming.
+    ///
+    /// One pass over the book: a full book under a flood runs this for
+    /// every descriptor of every hello.
     fn victim(&self, gossip: Option<Option<&str>>) -> Option<RelayName> {
-        // Hearsay first, grouped by who told us.
-        let mut groups: HashMap<Option<&str>, Vec<(u64, &RelayName)>> = HashMap::new();
+        // Hearsay first, grouped by who told us: per source, how many and
+        // the least recently seen.
+        let mut groups: HashMap<Option<&str>, (usize, (u64, &RelayName))> = HashMap::new();
         for (name, entry) in &self.file.entries {
             if !entry.connected && self.evictable(name) {
+                let candidate = (entry.seen_ms, name);
                 groups
                     .entry(entry.learned_from.as_deref())
-                    .or_default()
-                    .push((entry.seen_ms, name));
+                    .and_modify(|(n, oldest)| {
+                        *n += 1;
+                        *oldest = (*oldest).min(candidate);
+                    })
+                    .or_insert((1, candidate));
             }
         }
-        let largest = groups.values().map(Vec::len).max().unwrap_or(0);
+        let largest = groups.values().map(|g| g.0).max().unwrap_or(0);
         let own = gossip
             .flatten()
             .and_then(|from| groups.get(&Some(from)))
-            .filter(|own| own.len() >= largest);
+            .filter(|own| own.0 >= largest);
         let group = own.or_else(|| {
             groups
                 .values()
-                .filter(|g| g.len() == largest)
-                .min_by_key(|g| g.iter().min())
+                .filter(|g| g.0 == largest)
+                .min_by_key(|g| g.1)
         });
-        if let Some(oldest) = group.and_then(|g| g.iter().min()) {
-            return Some(oldest.1.clone());
+        if let Some((_, (_, oldest))) = group {
+            return Some((*oldest).clone());
         }
         if gossip.is_some_and(|source| source.is_some()) {
             // Hearsay never displaces a relay that talked to us.
             return None;
         }
-        let names: BTreeSet<&RelayName> = self
-            .file
+        self.file
             .pins
             .keys()
-            .chain(self.file.descriptors.keys())
-            .collect();
-        names
-            .into_iter()
             .filter(|name| self.evictable(name))
             .map(|name| {
                 let seen = self.file.entries.get(name).map_or(0, |e| e.seen_ms);
