@@ -93,7 +93,7 @@ struct Runtime {
     dial_attempts: u32,
     /// Dials failed in a row (reset by a connection).
     dial_failures: u32,
-    /// Why the last dial or hello failed (cleared by a connection).
+    /// Why the last dial failed (cleared by a connection).
     last_error: Option<String>,
     next_dial: Option<Instant>,
     last_seen_ms: Option<u64>,
