@@ -33,15 +33,34 @@ use crate::state::AppState;
 
 /// Most envelopes read from the store in one go.
 const FETCH_BATCH_MAX: u32 = 100;
-/// Most sends one connection has waiting for the store; beyond that the
-/// connection stops reading frames until one is answered.
-const SENDS_IN_FLIGHT_MAX: usize = 64;
+/// Most sends and acks one connection has waiting for the store; beyond
+/// that the connection stops reading frames until one is answered.
+const PENDING_MAX: usize = 64;
 /// Most bytes of send frames one connection has waiting for the store.
 const SEND_BYTES_IN_FLIGHT_MAX: usize = 2 * 1024 * 1024;
 
-/// A send waiting for the store: its request number, frame size, outcome.
-type PendingSend<'a> =
-    futures::future::BoxFuture<'a, (u64, usize, std::result::Result<SendResponse, ApiError>)>;
+/// A send or an ack that the store has answered.
+enum Done {
+    Send {
+        request: u64,
+        size: usize,
+        outcome: std::result::Result<SendResponse, ApiError>,
+    },
+    Ack {
+        seqs: Vec<u64>,
+        outcome: std::result::Result<u32, ApiError>,
+    },
+}
+
+/// A send or an ack waiting for the store. They run alongside each other
+/// and alongside pushes, so a connection never stalls on one commit.
+type Pending<'a> = futures::future::BoxFuture<'a, Done>;
+
+/// What reading one frame means for the connection.
+enum Read {
+    Continue,
+    Closed,
+}
 
 /// A server frame, encoded exactly like `courier_protocol::ws::ServerFrame`
 /// in JSON (a test pins that) but borrowing the envelope it sends.
@@ -170,7 +189,7 @@ impl<'a> Connection<'a> {
             .hub
             .subscribe(self.device.user.clone(), self.device.device);
         let mut shutdown = self.state.shutdown.clone();
-        let mut sends: FuturesUnordered<PendingSend<'a>> = FuturesUnordered::new();
+        let mut pending: FuturesUnordered<Pending<'a>> = FuturesUnordered::new();
         let mut send_bytes = 0usize;
         if *shutdown.borrow() {
             return self.close(close_code::AWAY, "relay shutting down").await;
@@ -206,33 +225,35 @@ impl<'a> Connection<'a> {
                 () = &mut notified, if !self.maybe_more => {
                     self.maybe_more = true;
                 }
-                Some((request, size, outcome)) = sends.next(), if !sends.is_empty() => {
-                    send_bytes -= size;
-                    if let Some(end) = self.answer_send(request, outcome).await? {
+                Some(done) = pending.next(), if !pending.is_empty() => {
+                    // Answer everything already finished with one flush.
+                    let mut end = self.on_done(done, &mut send_bytes).await?;
+                    while end.is_none() {
+                        match pending.next().now_or_never() {
+                            Some(Some(done)) => end = self.on_done(done, &mut send_bytes).await?,
+                            _ => break,
+                        }
+                    }
+                    self.socket.flush().await.map_err(|e| e.to_string())?;
+                    if let Some(end) = end {
                         return self.close(close_code::POLICY, end).await;
                     }
                 }
                 message = self.socket.recv(),
-                    if sends.len() < SENDS_IN_FLIGHT_MAX && send_bytes < SEND_BYTES_IN_FLIGHT_MAX =>
+                    if pending.len() < PENDING_MAX && send_bytes < SEND_BYTES_IN_FLIGHT_MAX =>
                 {
                     self.last_heard = Instant::now();
-                    match message {
-                        Some(Ok(Message::Text(text))) => {
-                            if let Some((request, message)) = self.on_text(text.as_str()).await? {
-                                send_bytes += text.len();
-                                sends.push(self.start_send(request, text.len(), message));
-                            }
+                    let mut next = Some(message);
+                    // Take every frame already here before waiting again.
+                    while let Some(message) = next.take() {
+                        if let Read::Closed =
+                            self.on_message(message, &mut pending, &mut send_bytes).await?
+                        {
+                            return Ok(());
                         }
-                        Some(Ok(Message::Binary(_))) => {
-                            self.send_error(ApiError::with_message(
-                                ErrorCode::Malformed,
-                                "frames are JSON text",
-                            ))
-                            .await?;
+                        if pending.len() < PENDING_MAX && send_bytes < SEND_BYTES_IN_FLIGHT_MAX {
+                            next = self.socket.recv().now_or_never();
                         }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Close(_))) | None => return Ok(()),
-                        Some(Err(e)) => return Err(e.to_string()),
                     }
                 }
                 _ = ping.tick() => {
@@ -248,10 +269,11 @@ impl<'a> Connection<'a> {
                     }
                 }
                 _ = shutdown.changed() => {
-                    // Sends already taken are finished and answered first.
-                    while let Some((request, _, outcome)) = sends.next().await {
-                        self.answer_send(request, outcome).await?;
+                    // Sends and acks already taken are finished and answered first.
+                    while let Some(done) = pending.next().await {
+                        self.on_done(done, &mut send_bytes).await?;
                     }
+                    self.socket.flush().await.map_err(|e| e.to_string())?;
                     return self.close(close_code::AWAY, "relay shutting down").await;
                 }
             }
@@ -337,39 +359,88 @@ impl<'a> Connection<'a> {
         Ok(())
     }
 
-    /// Handles an ack at once; hands a send back to the caller, which
-    /// runs it alongside others ([`Connection::start_send`]).
-    async fn on_text(
+    /// Handles one frame read from the socket: a send or an ack joins
+    /// `pending`, anything else is answered at once.
+    async fn on_message(
         &mut self,
-        text: &str,
-    ) -> std::result::Result<Option<(u64, OutgoingMessage)>, String> {
-        let frame: ClientFrame = match serde_json::from_str(text) {
+        message: Option<std::result::Result<Message, axum::Error>>,
+        pending: &mut FuturesUnordered<Pending<'a>>,
+        send_bytes: &mut usize,
+    ) -> std::result::Result<Read, String> {
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(_))) => {
+                self.send_error(ApiError::with_message(
+                    ErrorCode::Malformed,
+                    "frames are JSON text",
+                ))
+                .await?;
+                return Ok(Read::Continue);
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(Read::Continue),
+            Some(Ok(Message::Close(_))) | None => return Ok(Read::Closed),
+            Some(Err(e)) => return Err(e.to_string()),
+        };
+        let frame: ClientFrame = match serde_json::from_str(text.as_str()) {
             Ok(frame) => frame,
             Err(e) => {
                 self.send_error(ApiError::with_message(ErrorCode::Malformed, e.to_string()))
                     .await?;
-                return Ok(None);
+                return Ok(Read::Continue);
             }
         };
         match frame {
             ClientFrame::Ack { seqs } => {
-                let request = AckRequest { seqs };
-                match ack(self.state, &self.device, &request).await {
+                let state = self.state;
+                let device = self.device.clone();
+                pending.push(Box::pin(async move {
+                    let request = AckRequest { seqs };
+                    let outcome = ack(state, &device, &request).await.map_err(|e| e.error);
+                    Done::Ack {
+                        seqs: request.seqs,
+                        outcome,
+                    }
+                }));
+            }
+            ClientFrame::Send { request, message } => {
+                *send_bytes += text.len();
+                pending.push(self.start_send(request, text.len(), message));
+            }
+        }
+        Ok(Read::Continue)
+    }
+
+    /// Answers a finished send or ack (without flushing); `Some(reason)` if
+    /// the connection must close because its token is no longer valid.
+    async fn on_done(
+        &mut self,
+        done: Done,
+        send_bytes: &mut usize,
+    ) -> std::result::Result<Option<&'static str>, String> {
+        match done {
+            Done::Send {
+                request,
+                size,
+                outcome,
+            } => {
+                *send_bytes -= size;
+                self.answer_send(request, outcome).await
+            }
+            Done::Ack { seqs, outcome } => {
+                match outcome {
                     Ok(_) => {
                         // No store read here: `maybe_more` is still true if
                         // the last read stopped at the window, and a
                         // notification sets it for anything newer, so an
-                        // ack alone never needs a fetch (one fewer store
-                        // round trip per ack).
-                        for seq in &request.seqs {
+                        // ack alone never needs a fetch.
+                        for seq in &seqs {
                             self.in_flight.remove(seq);
                         }
                     }
-                    Err(e) => self.send_error(e.error).await?,
+                    Err(error) => self.send(&ServerFrame::Error { error: &error }).await?,
                 }
                 Ok(None)
             }
-            ClientFrame::Send { request, message } => Ok(Some((request, message))),
         }
     }
 
@@ -377,7 +448,7 @@ impl<'a> Connection<'a> {
     /// connection opened with is checked again (a logout or expiry stops
     /// sends on open connections too), then the per-account rate limit,
     /// then the same path as `POST /v1/messages`.
-    fn start_send(&self, request: u64, size: usize, message: OutgoingMessage) -> PendingSend<'a> {
+    fn start_send(&self, request: u64, size: usize, message: OutgoingMessage) -> Pending<'a> {
         let state = self.state;
         let token = self.token.0.clone();
         let sender = self.device.clone();
@@ -406,12 +477,16 @@ impl<'a> Connection<'a> {
                     .map_err(|e| e.error)
             }
             .await;
-            (request, size, outcome)
+            Done::Send {
+                request,
+                size,
+                outcome,
+            }
         })
     }
 
-    /// Answers a finished send; `Some(reason)` if the connection must close
-    /// because its token is no longer valid.
+    /// Answers a finished send (without flushing); `Some(reason)` if the
+    /// connection must close because its token is no longer valid.
     async fn answer_send(
         &mut self,
         request: u64,
@@ -435,12 +510,10 @@ impl<'a> Connection<'a> {
                     error.code,
                     ErrorCode::Unauthenticated | ErrorCode::TokenExpired
                 ) {
-                    self.socket.flush().await.map_err(|e| e.to_string())?;
                     return Ok(Some("access token no longer valid"));
                 }
             }
         }
-        self.socket.flush().await.map_err(|e| e.to_string())?;
         Ok(None)
     }
 

@@ -413,6 +413,26 @@ impl Socket {
         self.send_text(&text).await
     }
 
+    /// Queues a `send` frame without flushing; [`Socket::flush`] sends
+    /// everything queued with one write.
+    pub async fn queue_message(
+        &mut self,
+        request: u64,
+        message: OutgoingMessage,
+    ) -> Result<(), ClientError> {
+        let text = serde_json::to_string(&ClientFrame::Send { request, message })
+            .map_err(ClientError::transport)?;
+        self.stream
+            .feed(Message::Text(text.into()))
+            .await
+            .map_err(ClientError::transport)
+    }
+
+    /// Writes out frames queued with [`Socket::queue_message`].
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        self.stream.flush().await.map_err(ClientError::transport)
+    }
+
     /// Sends a raw text frame (tests of bad input).
     pub async fn send_text(&mut self, text: &str) -> Result<(), ClientError> {
         self.stream

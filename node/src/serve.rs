@@ -166,6 +166,7 @@ async fn start_federation(
     fed.external_addresses = multiaddrs("federation.external_addresses", &f.external_addresses)?;
     fed.http_url = http_url;
     fed.peers_file = Some(data_dir.join("peers.json"));
+    fed.peers_max = f.peers_max;
     fed.control_socket = Some(data_dir.join(federation::control::SOCKET_FILE));
     fed.policy = federation::Policy {
         mode: match f.policy {

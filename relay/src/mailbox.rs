@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use courier_protocol::limits::{ACK_SEQS_MAX, FETCH_LIMIT_MAX, MESSAGE_TTL_SECS_MAX};
-use courier_protocol::{Bytes, DeviceId, EnvelopeId, OutgoingMessage, RelayName, Username, Validate};
+use courier_protocol::{
+    Bytes, DeviceId, EnvelopeId, OutgoingMessage, RelayName, Username, Validate,
+};
 use sha2::{Digest, Sha256};
 
 use crate::error::{RelayError, Result};

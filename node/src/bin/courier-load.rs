@@ -232,10 +232,20 @@ async fn connection(
     loop {
         let frame = tokio::select! {
             frame = socket.next() => frame,
-            Some((message, t0)) = outgoing.recv() => {
-                next_request += 1;
-                pending.insert(next_request, t0);
-                if socket.send_message(next_request, message).await.is_err() {
+            Some(first) = outgoing.recv() => {
+                // Everything already queued goes out with one write.
+                let mut next = Some(first);
+                let mut failed = false;
+                while let Some((message, t0)) = next.take() {
+                    next_request += 1;
+                    pending.insert(next_request, t0);
+                    if socket.queue_message(next_request, message).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                    next = outgoing.try_recv().ok();
+                }
+                if failed || socket.flush().await.is_err() {
                     break;
                 }
                 continue;

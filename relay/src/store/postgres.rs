@@ -75,7 +75,10 @@ impl imp::SqlStore {
                     })
                 })
         };
-        let write = pool(1).connect_with(connect.clone()).await?;
+        // Batched statements differ by row count; keep them prepared.
+        let write = pool(1)
+            .connect_with(connect.clone().statement_cache_capacity(2048))
+            .await?;
         sqlx::migrate!("./migrations/postgres").run(&write).await?;
         let read = pool(options.readers.max(1)).connect_with(connect).await?;
         Ok(Self::start(read, write, options.group_commit))

@@ -190,9 +190,8 @@ type Acks = Vec<AckJob>;
 struct Fast {
     /// Outcomes of the batched accepts, if that path ran.
     accepts: Option<Vec<AcceptOutcome>>,
-    /// Entries deleted per ack job, or why the acks failed (they were
-    /// rolled back; the rest of the batch was not).
-    acks: Option<Result<Vec<u32>>>,
+    /// Entries deleted per ack job, if acks ran.
+    acks: Option<Vec<u32>>,
 }
 
 async fn exec(conn: &mut Conn, sql: &'static str) -> Result<()> {
@@ -233,20 +232,8 @@ async fn run_in_transaction(
     acks: &Acks,
 ) -> Result<Fast> {
     let mut fast = Fast::default();
-    if !acks.is_empty() {
-        exec(conn, "SAVEPOINT acks").await?;
-        let result = ack_many(conn, acks).await;
-        if result.is_ok() {
-            if PG {
-                exec(conn, "RELEASE SAVEPOINT acks").await?;
-            }
-        } else {
-            exec(conn, "ROLLBACK TO SAVEPOINT acks").await?;
-            exec(conn, "RELEASE SAVEPOINT acks").await?;
-        }
-        fast.acks = Some(result);
-    }
     if !accepts.is_empty() {
+        // First, so its savepoint has no earlier changes to journal.
         exec(conn, "SAVEPOINT accepts").await?;
         match accept_many(conn, accepts).await {
             Ok(Some(outcomes)) => {
@@ -263,6 +250,11 @@ async fn run_in_transaction(
                 }
             }
         }
+    }
+    if !acks.is_empty() {
+        // No savepoint: acks cannot fail but for a database error, which
+        // fails the whole batch anyway (and every caller retries).
+        fast.acks = Some(ack_many(conn, acks).await?);
     }
     // A lone operation needs no savepoint: if it fails the whole
     // transaction is rolled back (it is alone in it).
@@ -375,14 +367,9 @@ async fn run_writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
             }
         }
         match fast.acks {
-            Some(Ok(counts)) => {
+            Some(counts) => {
                 for (ack, count) in acks.into_iter().zip(counts) {
                     let _ = ack.reply.send(Ok(count));
-                }
-            }
-            Some(Err(e)) => {
-                for ack in acks {
-                    let _ = ack.reply.send(Err(e.clone()));
                 }
             }
             None => {
@@ -412,7 +399,28 @@ impl SqlStore {
     pub(super) fn start(read: Pool, write: Pool, group_commit: bool) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
         let batch_max = if group_commit { BATCH_MAX } else { 1 };
-        tokio::spawn(run_writer(write.clone(), rx, batch_max));
+        let writer = run_writer(write.clone(), rx, batch_max);
+        if PG {
+            tokio::spawn(writer);
+        } else {
+            // SQLite: the writer gets a thread and a runtime of its own. Each
+            // statement is a hop to sqlx's connection thread and back; on the
+            // shared runtime every hop back waited behind all the
+            // connections' tasks, and the batch (so every sender) with it.
+            // (PostgreSQL's socket belongs to the shared runtime's driver.)
+            // If the thread or its runtime cannot start, the writer is
+            // dropped and every write fails with "writer stopped".
+            let _ = std::thread::Builder::new()
+                .name("courier-sqlite-writer".into())
+                .spawn(move || {
+                    if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                    {
+                        runtime.block_on(writer);
+                    }
+                });
+        }
         SqlStore {
             read,
             write,

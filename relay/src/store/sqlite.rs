@@ -17,6 +17,10 @@ mod imp {
     include!("sql.rs");
 }
 
+/// Prepared statements the writer connection keeps: a few templates times
+/// the row counts a batch can have.
+const WRITER_STATEMENTS_CACHED: usize = 2048;
+
 /// The SQLite store. Every write is committed (and, with
 /// [`Durability::Full`], fsynced) before the call returns.
 pub type SqliteStore = imp::SqlStore;
@@ -74,11 +78,15 @@ impl imp::SqlStore {
             .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
-            .connect_with(base.clone())
+            // Batched statements differ by row count; keep them prepared
+            // (the default 100 made the writer re-parse most of them).
+            .connect_with(
+                base.clone()
+                    .statement_cache_capacity(WRITER_STATEMENTS_CACHED),
+            )
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
         let read = SqlitePoolOptions::new()
-            .test_before_acquire(false)
             .test_before_acquire(false)
             .max_connections(options.readers.max(1))
             .connect_with(base.read_only(true))
