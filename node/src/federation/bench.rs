@@ -11,8 +11,9 @@
 //! count as received when relay B's `accept_batch` has stored them.
 //! `COURIER_BENCH_STORE=memory` uses in-memory stores instead, to see the
 //! federation path without the disk; `COURIER_BENCH_MESSAGES` (default
-//! 20,000) sets the throughput run's size, `COURIER_BENCH_RATE` the latency
-//! run's rate (default half the measured throughput).
+//! 20,000) sets the throughput run's size, `COURIER_BENCH_SENDERS` its
+//! concurrent senders (default 512), `COURIER_BENCH_RATE` the latency run's
+//! rate (default half the measured throughput).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -262,15 +263,21 @@ async fn cross_relay_throughput_latency_and_bytes() {
     blast(&p, 0, 500, 32).await;
     wait_received(&p, 500, 30).await;
 
-    // Throughput: as fast as A accepts them.
+    // Throughput: as fast as A accepts them, from `COURIER_BENCH_SENDERS`
+    // (default 512) concurrent senders standing in for a relay's clients;
+    // each waits for its commit, so fewer senders mean smaller batches.
+    let senders: usize = std::env::var("COURIER_BENCH_SENDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
     let start = Instant::now();
-    blast(&p, 1_000_000, n, 64).await;
+    blast(&p, 1_000_000, n, senders).await;
     let accepted = start.elapsed();
     wait_received(&p, 500 + n, 120).await;
     let elapsed = start.elapsed();
     let rate = n as f64 / elapsed.as_secs_f64();
     println!(
-        "throughput: {n} messages in {:.2}s = {rate:.0} msg/s (A accepted them in {:.2}s = {:.0} msg/s)",
+        "throughput: {n} messages from {senders} senders in {:.2}s = {rate:.0} msg/s (A accepted them in {:.2}s = {:.0} msg/s)",
         elapsed.as_secs_f64(),
         accepted.as_secs_f64(),
         n as f64 / accepted.as_secs_f64()

@@ -31,7 +31,10 @@ impl Default for DrainerConfig {
     fn default() -> Self {
         DrainerConfig {
             batch_max: 256,
-            workers_per_destination: 4,
+            // Each round waits for two commits here and one at the peer;
+            // 4 rounds in flight left the outbox behind A's accept rate
+            // (docs/performance.md, federation), 8 keep up.
+            workers_per_destination: 8,
             idle_poll: Duration::from_millis(500),
             expire_every: Duration::from_secs(5),
         }

@@ -625,8 +625,8 @@ async fn insert_outbox(c: &mut Conn, m: &NewMessage) -> Result<()> {
 
 /// One outbox row per (message, destination relay), in multi-row statements.
 async fn insert_outboxes<'m>(c: &mut Conn, messages: impl Iterator<Item = &'m NewMessage>) -> Result<()> {
-    // (relay, message id, recipients, sender user, sender device, expires)
-    type OutboxRow<'a> = (&'a str, &'a [u8], Vec<u8>, Option<&'a str>, Option<i64>, i64);
+    // (relay, message id, recipients, sender user, sender device, due, expires)
+    type OutboxRow<'a> = (&'a str, &'a [u8], Vec<u8>, Option<&'a str>, Option<i64>, i64, i64);
     let mut rows: Vec<OutboxRow<'m>> = Vec::new();
     for m in messages {
         for remote in &m.remote {
@@ -636,6 +636,9 @@ async fn insert_outboxes<'m>(c: &mut Conn, messages: impl Iterator<Item = &'m Ne
                 encode(&remote.recipients)?,
                 m.sender.as_ref().map(|(u, _)| u.as_str()),
                 m.sender.as_ref().map(|(_, d)| i64::from(d.0)),
+                // Due at once; its acceptance time keeps the outbox in
+                // due-time order, which `outbox_take` reads by index.
+                i(m.received_ms),
                 i(m.expires_ms),
             ));
         }
@@ -646,28 +649,30 @@ async fn insert_outboxes<'m>(c: &mut Conn, messages: impl Iterator<Item = &'m Ne
             if n > 0 {
                 values.push(',');
             }
-            let p = n * 6;
+            let p = n * 7;
             values.push_str(&format!(
-                "({}, {}, {}, {}, {}, 0, 0, {})",
+                "({}, {}, {}, {}, {}, 0, {}, {})",
                 ph(p + 1),
                 ph(p + 2),
                 ph(p + 3),
                 ph(p + 4),
                 ph(p + 5),
-                ph(p + 6)
+                ph(p + 6),
+                ph(p + 7)
             ));
         }
         let sql = format!(
             "INSERT INTO outbox (relay, message_id, recipients, sender_user, sender_device, attempts, next_attempt_ms, expires_ms) VALUES {values}"
         );
         let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-        for (relay, id, recipients, user, device, expires) in chunk {
+        for (relay, id, recipients, user, device, due, expires) in chunk {
             query = query
                 .bind(*relay)
                 .bind(*id)
                 .bind(&recipients[..])
                 .bind(*user)
                 .bind(*device)
+                .bind(*due)
                 .bind(*expires);
         }
         query.execute(&mut *c).await?;
@@ -702,6 +707,22 @@ fn row_list(first: usize, cols: usize, rows: usize) -> String {
         out.push(')');
     }
     out
+}
+
+/// `n` fewer references to each message; a body goes with the last one.
+async fn release_many(c: &mut Conn, released: Vec<(Vec<u8>, i64)>) -> Result<()> {
+    for chunk in released.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "WITH r(id, n) AS (VALUES {}) UPDATE messages SET refs = refs - r.n, body = CASE WHEN refs <= r.n THEN NULL ELSE body END FROM r WHERE messages.id = r.id",
+            row_list(1, 2, chunk.len())
+        );
+        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+        for (id, n) in chunk {
+            query = query.bind(&id[..]).bind(*n);
+        }
+        query.execute(&mut *c).await?;
+    }
+    Ok(())
 }
 
 /// Applies every ack of a batch with four statements: look up the devices,
@@ -762,18 +783,7 @@ async fn ack_many(c: &mut Conn, acks: &Acks) -> Result<Vec<u32>> {
             *depths.entry(pk).or_default() += 1;
         }
     }
-    let released: Vec<(Vec<u8>, i64)> = released.into_iter().collect();
-    for chunk in released.chunks(CHUNK_ROWS) {
-        let sql = format!(
-            "WITH r(id, n) AS (VALUES {}) UPDATE messages SET refs = refs - r.n, body = CASE WHEN refs <= r.n THEN NULL ELSE body END FROM r WHERE messages.id = r.id",
-            row_list(1, 2, chunk.len())
-        );
-        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-        for (id, n) in chunk {
-            query = query.bind(&id[..]).bind(*n);
-        }
-        query.execute(&mut *c).await?;
-    }
+    release_many(c, released.into_iter().collect()).await?;
     let depths: Vec<(i64, i64)> = depths.into_iter().collect();
     for chunk in depths.chunks(CHUNK_ROWS) {
         let sql = format!(
@@ -1524,7 +1534,9 @@ impl Store for SqlStore {
                 static SQL: OnceLock<String> = OnceLock::new();
                 let sql = SQL.get_or_init(|| {
                     format!(
-                        "{OUTBOX_SELECT} WHERE o.relay = ? AND o.next_attempt_ms <= ? AND o.expires_ms > ? ORDER BY o.id LIMIT ?{}",
+                        // Due-time order straight off the `outbox_due` index,
+                        // so a backlog costs no sort and LIMIT stops early.
+                        "{OUTBOX_SELECT} WHERE o.relay = ? AND o.next_attempt_ms <= ? AND o.expires_ms > ? ORDER BY o.next_attempt_ms, o.id LIMIT ?{}",
                         if PG { " FOR UPDATE OF o SKIP LOCKED" } else { "" }
                     )
                 });
@@ -1536,12 +1548,19 @@ impl Store for SqlStore {
                     .fetch_all(&mut *c)
                     .await?;
                 let entries = rows.iter().map(outbox_row).collect::<Result<Vec<_>>>()?;
-                for e in &entries {
-                    q("UPDATE outbox SET next_attempt_ms = ? WHERE id = ?")
-                        .bind(i(lease_until_ms))
-                        .bind(e.id)
-                        .execute(&mut *c)
-                        .await?;
+                // The lease: one statement per chunk, not one per entry.
+                for chunk in entries.chunks(CHUNK_ROWS) {
+                    let sql = format!(
+                        "UPDATE outbox SET next_attempt_ms = {} WHERE id IN ({})",
+                        ph(1),
+                        (2..chunk.len() + 2).map(ph).collect::<Vec<_>>().join(",")
+                    );
+                    let mut query =
+                        sqlx::query::<Db>(sqlx::AssertSqlSafe(sql)).bind(i(lease_until_ms));
+                    for e in chunk {
+                        query = query.bind(e.id);
+                    }
+                    query.execute(&mut *c).await?;
                 }
                 Ok(entries)
             })
@@ -1553,11 +1572,24 @@ impl Store for SqlStore {
         let ids = ids.to_vec();
         self.write(move |c| {
             Box::pin(async move {
+                // Two statements per chunk however many entries: delete
+                // them, then release their messages.
                 let mut n = 0;
-                for id in ids {
-                    if delete_outbox(c, id).await? {
+                for chunk in ids.chunks(CHUNK_ROWS) {
+                    let sql = format!(
+                        "DELETE FROM outbox WHERE id IN ({}) RETURNING message_id",
+                        (1..chunk.len() + 1).map(ph).collect::<Vec<_>>().join(",")
+                    );
+                    let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    let mut released: HashMap<Vec<u8>, i64> = HashMap::new();
+                    for r in query.fetch_all(&mut *c).await? {
+                        *released.entry(r.try_get(0)?).or_default() += 1;
                         n += 1;
                     }
+                    release_many(c, released.into_iter().collect()).await?;
                 }
                 Ok(n)
             })
