@@ -249,6 +249,9 @@ impl<'a> Connection<'a> {
                         if let Read::Closed =
                             self.on_message(message, &mut pending, &mut send_bytes).await?
                         {
+                            // Acks and sends read before the close still
+                            // reach the store (nobody is left to answer).
+                            while pending.next().await.is_some() {}
                             return Ok(());
                         }
                         if pending.len() < PENDING_MAX && send_bytes < SEND_BYTES_IN_FLIGHT_MAX {

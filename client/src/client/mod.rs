@@ -744,6 +744,9 @@ impl Client {
                     }
                     tracing::warn!(code = %error.code, message = %error.message, "relay reported an error");
                 }
+                // This client sends over HTTP, so answers to WebSocket
+                // sends are not for it.
+                Some(ServerFrame::Sent { .. } | ServerFrame::Refused { .. }) => {}
             }
         }
     }

@@ -67,6 +67,10 @@ enum Command {
         /// or `ws` (a `send` frame on the sender's open WebSocket).
         #[arg(long, value_enum, default_value_t = Via::Http)]
         via: Via,
+        /// With `--via ws`: most sends one client has unanswered; beyond
+        /// that its sends wait (closed loop, like `--senders` over HTTP).
+        #[arg(long, default_value_t = 32)]
+        window: usize,
     },
     /// Open idle WebSockets and hold them.
     Idle {
@@ -225,6 +229,7 @@ async fn connection(
     stop: Arc<tokio::sync::Notify>,
     mut outgoing: tokio::sync::mpsc::Receiver<Outgoing>,
     bar: ProgressBar,
+    window: usize,
 ) {
     let mut seqs = Vec::new();
     let mut pending: std::collections::HashMap<u64, Instant> = Default::default();
@@ -232,7 +237,7 @@ async fn connection(
     loop {
         let frame = tokio::select! {
             frame = socket.next() => frame,
-            Some(first) = outgoing.recv() => {
+            Some(first) = outgoing.recv(), if pending.len() < window => {
                 // Everything already queued goes out with one write.
                 let mut next = Some(first);
                 let mut failed = false;
@@ -243,7 +248,9 @@ async fn connection(
                         failed = true;
                         break;
                     }
-                    next = outgoing.try_recv().ok();
+                    if pending.len() < window {
+                        next = outgoing.try_recv().ok();
+                    }
                 }
                 if failed || socket.flush().await.is_err() {
                     break;
@@ -307,6 +314,7 @@ async fn send_load(
     senders: usize,
     body_bytes: usize,
     via: Via,
+    window: usize,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(cli.clients >= 2, "--clients must be at least 2");
     anyhow::ensure!(rate > 0.0, "--rate must be positive");
@@ -335,6 +343,7 @@ async fn send_load(
             stop.clone(),
             rx,
             bar.clone(),
+            window.max(1),
         )));
     }
     let outboxes = Arc::new(outboxes);
@@ -513,7 +522,8 @@ fn main() -> std::process::ExitCode {
                 senders,
                 body_bytes,
                 via,
-            } => send_load(&cli, *rate, *duration, *senders, *body_bytes, *via).await,
+                window,
+            } => send_load(&cli, *rate, *duration, *senders, *body_bytes, *via, *window).await,
             Command::Idle { hold, relay_pid } => idle(&cli, *hold, *relay_pid).await,
         }
     });
