@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 type DeviceKey = (Username, DeviceId);
 
 /// Most entries kept per device.
-const RECENT_MAX: usize = 64;
+const RECENT_MAX: usize = 256;
 /// Most bytes of entries (header + body) kept per device.
 const RECENT_BYTES_MAX: usize = 64 * 1024;
 
@@ -353,27 +353,28 @@ mod tests {
             assert_eq!(recent.entries.keys().next(), Some(&11));
         }
         // Big entries: the byte cap wins; one over the cap is never kept.
-        hub.envelope(&alice(), DeviceId(1), 100, &|| {
-            envelope(100, RECENT_BYTES_MAX / 2)
+        let big = RECENT_MAX as u64 + 100;
+        hub.envelope(&alice(), DeviceId(1), big, &|| {
+            envelope(big, RECENT_BYTES_MAX / 2)
         });
-        hub.envelope(&alice(), DeviceId(1), 101, &|| {
-            envelope(101, RECENT_BYTES_MAX / 2)
+        hub.envelope(&alice(), DeviceId(1), big + 1, &|| {
+            envelope(big + 1, RECENT_BYTES_MAX / 2)
         });
-        hub.envelope(&alice(), DeviceId(1), 102, &|| {
-            envelope(102, RECENT_BYTES_MAX + 1)
+        hub.envelope(&alice(), DeviceId(1), big + 2, &|| {
+            envelope(big + 2, RECENT_BYTES_MAX + 1)
         });
         {
             let recent = sub.device.recent.lock().unwrap();
             assert!(recent.bytes <= RECENT_BYTES_MAX);
-            assert!(!recent.entries.contains_key(&102));
+            assert!(!recent.entries.contains_key(&(big + 2)));
         }
         assert_eq!(
-            seqs(sub.recent_after(101, 10)),
+            seqs(sub.recent_after(big + 1, 10)),
             None,
-            "102 must come from the store"
+            "must come from the store"
         );
-        hub.envelope(&alice(), DeviceId(1), 103, &|| envelope(103, 10));
-        assert_eq!(seqs(sub.recent_after(102, 10)), Some(vec![103]));
+        hub.envelope(&alice(), DeviceId(1), big + 3, &|| envelope(big + 3, 10));
+        assert_eq!(seqs(sub.recent_after(big + 2, 10)), Some(vec![big + 3]));
         let recent = sub.device.recent.lock().unwrap();
         assert!(recent.entries.is_empty(), "the only connection took them");
         assert_eq!(recent.bytes, 0);
