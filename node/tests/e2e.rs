@@ -1184,3 +1184,59 @@ async fn sends_over_the_websocket_are_answered_per_request_and_checked_like_http
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn websocket_sends_in_flight_at_sigterm_are_answered_or_not_stored() {
+    let mut relay = Relay::start(&[], &[]);
+    let alice = relay.user("alice").await;
+    let bob = relay.user("bob").await;
+    let to = [(bob.address.clone(), DeviceId(1))];
+    let mut socket = alice.connect().await.unwrap();
+    // A stream of sends; SIGTERM lands in the middle of it.
+    let mut ids = BTreeMap::new();
+    for request in 0..200u64 {
+        let id = envelope_id();
+        ids.insert(request, id);
+        socket
+            .queue_message(request, client::message(id, vec![1; 64], &to))
+            .await
+            .unwrap();
+    }
+    socket.flush().await.unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = relay.terminate();
+        (status, relay)
+    });
+    // Everything answered `sent` before the close frame is durable. (The
+    // relay exits with our unread frames in its socket, so the end may be
+    // a reset rather than a close frame.)
+    let mut answered = Vec::new();
+    while let Ok(Some(frame)) = socket.next_within(WAIT).await {
+        if let ServerFrame::Sent { request, response } = frame {
+            assert_eq!(response.id, ids[&request]);
+            answered.push(response.id);
+        }
+    }
+    let (status, mut relay) = status.await.unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    relay.restart();
+    let mut bob = bob;
+    bob.base = relay.url.clone();
+    bob.login().await.unwrap();
+    let stored: Vec<_> = bob
+        .fetch(0, 500)
+        .await
+        .unwrap()
+        .envelopes
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let unique: std::collections::BTreeSet<_> = stored.iter().collect();
+    assert_eq!(unique.len(), stored.len(), "nothing stored twice");
+    for id in &answered {
+        assert!(stored.contains(id), "a send answered `sent` was lost");
+    }
+    // Whatever was stored was sent by this test (answered or not).
+    let sent: std::collections::BTreeSet<_> = ids.values().collect();
+    assert!(stored.iter().all(|id| sent.contains(id)));
+}
