@@ -148,6 +148,15 @@ impl PushHub {
         }
     }
 
+    /// Wakes every connection, each to re-read its mailbox from the store
+    /// (after wake-ups from elsewhere may have been lost).
+    pub fn wake_all(&self) {
+        let devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        for entry in devices.values() {
+            entry.notify.notify_waiters();
+        }
+    }
+
     /// Tells the connections of `(user, device)` that only `remaining`
     /// one-time prekeys are left; they send a `prekeys_low` frame.
     pub fn prekeys_low(&self, user: &Username, device: DeviceId, remaining: u32) {

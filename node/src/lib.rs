@@ -12,5 +12,6 @@ pub mod config;
 pub mod federation;
 pub mod identity;
 pub mod logging;
+pub mod pg_wake;
 pub mod serve;
 pub mod store;

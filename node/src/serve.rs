@@ -57,7 +57,14 @@ pub async fn run(data_dir: &Path, config: Config) -> anyhow::Result<()> {
     // Mailbox enqueues (local sends and federation deliveries alike) wake
     // WebSockets through the hub; outbox enqueues wake the drainer.
     let outbox_wake = Drainer::waker();
-    let notifier = OutboxNotifier::new(Arc::new(hub.clone()), outbox_wake.clone());
+    let mut local: Arc<dyn courier_relay::Notifier> = Arc::new(hub.clone());
+    if let crate::store::Location::Postgres(url) = crate::store::location(data_dir, &config)? {
+        // Other serve processes on the same database wake our sessions
+        // (and we theirs) with LISTEN/NOTIFY.
+        local = crate::pg_wake::start(&url, config.database_schema.as_deref(), hub.clone(), local)
+            .await?;
+    }
+    let notifier = OutboxNotifier::new(local, outbox_wake.clone());
     let relay = Arc::new(relay(&config, store, Arc::new(notifier))?);
 
     let addr = config.http_addr()?;

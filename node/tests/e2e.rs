@@ -1240,3 +1240,79 @@ async fn websocket_sends_in_flight_at_sigterm_are_answered_or_not_stored() {
     let sent: std::collections::BTreeSet<_> = ids.values().collect();
     assert!(stored.iter().all(|id| sent.contains(id)));
 }
+
+#[tokio::test]
+async fn two_serve_processes_on_one_postgres_wake_each_others_websockets() {
+    let Ok(url) = std::env::var("COURIER_TEST_DATABASE_URL") else {
+        eprintln!("skipping: COURIER_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let schema = format!("courier_e2e_{:08x}", rand::random::<u32>());
+    let envs = [("COURIER_DATABASE_SCHEMA", schema.as_str())];
+    let one = Relay::start(&["--database-url", &url], &envs);
+    let two = Relay::start(&["--database-url", &url], &envs);
+    let mut alice = one.user("alice").await;
+    let mut bob = one.user("bob").await;
+    // Bob listens on process two, alice on process one.
+    bob.base = two.url.clone();
+    let mut bob_socket = bob.connect().await.unwrap();
+    let mut alice_socket = alice.connect().await.unwrap();
+    // Sent through process one: process two's session is woken by NOTIFY
+    // (it never reads its mailbox on its own while idle).
+    let id = envelope_id();
+    alice
+        .send(
+            id,
+            b"via one".to_vec(),
+            &[(bob.address.clone(), DeviceId(1))],
+        )
+        .await
+        .unwrap();
+    let envelope = next_envelope(&mut bob_socket).await;
+    assert_eq!(envelope.id, id);
+    bob_socket.ack(vec![envelope.seq]).await.unwrap();
+    // And the other way, sent as a WebSocket frame to process two.
+    let back = envelope_id();
+    bob_socket
+        .send_message(
+            1,
+            client::message(
+                back,
+                b"via two".to_vec(),
+                &[(alice.address.clone(), DeviceId(1))],
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(answers(&mut bob_socket, &[1]).await[&1].is_ok());
+    let envelope = next_envelope(&mut alice_socket).await;
+    assert_eq!(envelope.id, back);
+    // A relay in another schema of the same database hears none of it.
+    let other_schema = format!("courier_e2e_{:08x}", rand::random::<u32>());
+    let other = Relay::start(
+        &["--database-url", &url],
+        &[("COURIER_DATABASE_SCHEMA", other_schema.as_str())],
+    );
+    let carol = other.user("carol").await;
+    let mut carol_socket = carol.connect().await.unwrap();
+    alice.base = two.url.clone();
+    alice
+        .send(
+            envelope_id(),
+            b"x".to_vec(),
+            &[(bob.address.clone(), DeviceId(1))],
+        )
+        .await
+        .unwrap();
+    next_envelope(&mut bob_socket).await;
+    while let Some(frame) = carol_socket
+        .next_within(Duration::from_millis(300))
+        .await
+        .unwrap()
+    {
+        assert!(
+            matches!(frame, ServerFrame::PrekeysLow { .. }),
+            "carol's relay heard another relay's traffic: {frame:?}"
+        );
+    }
+}
