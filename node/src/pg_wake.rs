@@ -8,18 +8,24 @@
 //! own announcements (they carry its random instance id): its hub already
 //! heard them, with the entry itself.
 //!
+//! Revocations travel the same way: a logout, a refresh or a reused refresh
+//! token in one process makes every other process drop the revoked access
+//! tokens from its token cache at once, instead of trusting them for up to
+//! `access_cache_ms`.
+//!
 //! Wake-ups are best effort: if the listener's connection drops, the
 //! notifications in between are lost, so on reconnecting it wakes every
-//! session it has, and each re-reads its mailbox from the store. Nothing is
-//! lost either way (the mailbox is the queue); only the push may be late.
+//! session it has (each re-reads its mailbox from the store) and empties
+//! its token cache. Nothing is lost either way (the mailbox is the queue);
+//! only the push may be late.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use courier_gateway::PushHub;
 use courier_protocol::api::Envelope;
 use courier_protocol::{DeviceId, RelayName, Username};
-use courier_relay::Notifier;
+use courier_relay::{Notifier, Relay, Revocation};
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnection, PgListener};
 use tokio::sync::mpsc;
@@ -48,13 +54,46 @@ pub struct PgNotifier {
     inner: Arc<dyn Notifier>,
     instance: String,
     announce: mpsc::Sender<String>,
+    relay: Arc<OnceLock<Weak<Relay>>>,
 }
 
 impl PgNotifier {
-    fn announce(&self, user: &Username, device: DeviceId, seq: u64) {
-        let payload = format!("{} {} {} {}", self.instance, user, device.0, seq);
+    /// Gives the listener the relay built with this notifier, so it can
+    /// apply other processes' revocations to its token cache.
+    pub fn attach(&self, relay: &Arc<Relay>) {
+        let _ = self.relay.set(Arc::downgrade(relay));
+    }
+
+    fn send(&self, message: Message) {
+        let payload = format!("{} {}", self.instance, message.encode());
         if self.announce.try_send(payload).is_err() {
             metrics::counter!("courier_pg_wakeups_dropped_total").increment(1);
+        }
+    }
+
+    fn announce(&self, user: &Username, device: DeviceId, seq: u64) {
+        self.send(Message::Mail(user.clone(), device, seq));
+    }
+}
+
+/// What one process tells the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Message {
+    /// `m USER DEVICE SEQ`: a new mailbox entry.
+    Mail(Username, DeviceId, u64),
+    /// `r s SESSION`, `r d USER DEVICE`, `r a`: revoked access tokens.
+    Revoked(Revocation),
+}
+
+impl Message {
+    fn encode(&self) -> String {
+        match self {
+            Message::Mail(user, device, seq) => format!("m {user} {} {seq}", device.0),
+            Message::Revoked(Revocation::Session(session)) => format!("r s {session}"),
+            Message::Revoked(Revocation::Device(user, device)) => {
+                format!("r d {user} {}", device.0)
+            }
+            Message::Revoked(Revocation::All) => "r a".to_owned(),
         }
     }
 }
@@ -81,6 +120,11 @@ impl Notifier for PgNotifier {
     fn prekeys_low(&self, user: &Username, device: DeviceId, remaining: u32) {
         self.inner.prekeys_low(user, device, remaining);
     }
+
+    fn revoked(&self, revocation: &Revocation) {
+        self.inner.revoked(revocation);
+        self.send(Message::Revoked(revocation.clone()));
+    }
 }
 
 /// Starts announcing and listening on `url`'s database for the relay in
@@ -102,45 +146,76 @@ pub async fn start(
         .listen(&channel)
         .await
         .map_err(|e| anyhow::anyhow!("cannot LISTEN on {channel}: {e}"))?;
-    tokio::spawn(listen(listener, instance.clone(), hub));
+    let relay = Arc::new(OnceLock::new());
+    tokio::spawn(listen(listener, instance.clone(), hub, relay.clone()));
     let (tx, rx) = mpsc::channel(QUEUE_MAX);
     tokio::spawn(send(url.to_owned(), channel, rx));
     Ok(Arc::new(PgNotifier {
         inner,
         instance,
         announce: tx,
+        relay,
     }))
 }
 
-/// Parses `instance user device seq`.
-fn parse(payload: &str) -> Option<(&str, Username, DeviceId, u64)> {
+/// Parses `INSTANCE MESSAGE` (see [`Message`]).
+fn parse(payload: &str) -> Option<(&str, Message)> {
     let mut parts = payload.split(' ');
     let instance = parts.next()?;
-    let user = Username::parse(parts.next()?).ok()?;
-    let device = DeviceId(parts.next()?.parse().ok()?);
-    let seq = parts.next()?.parse().ok()?;
-    parts
-        .next()
-        .is_none()
-        .then_some((instance, user, device, seq))
+    let user = |text: Option<&str>| Username::parse(text?).ok();
+    let device = |text: Option<&str>| text?.parse().ok().map(DeviceId);
+    let message = match (parts.next()?, parts.next()) {
+        ("m", first) => Message::Mail(
+            user(first)?,
+            device(parts.next())?,
+            parts.next()?.parse().ok()?,
+        ),
+        ("r", Some("s")) => {
+            let session = parts.next()?;
+            if session.is_empty() {
+                return None;
+            }
+            Message::Revoked(Revocation::Session(session.to_owned()))
+        }
+        ("r", Some("d")) => Message::Revoked(Revocation::Device(
+            user(parts.next())?,
+            device(parts.next())?,
+        )),
+        ("r", Some("a")) => Message::Revoked(Revocation::All),
+        _ => return None,
+    };
+    parts.next().is_none().then_some((instance, message))
 }
 
-async fn listen(mut listener: PgListener, instance: String, hub: PushHub) {
+async fn listen(
+    mut listener: PgListener,
+    instance: String,
+    hub: PushHub,
+    relay: Arc<OnceLock<Weak<Relay>>>,
+) {
+    let relay = || relay.get().and_then(Weak::upgrade);
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => match parse(notification.payload()) {
-                Some((from, user, device, seq)) if from != instance => {
-                    hub.notify(&user, device, seq);
+                Some((from, _)) if from == instance => {}
+                Some((_, Message::Mail(user, device, seq))) => hub.notify(&user, device, seq),
+                Some((_, Message::Revoked(revocation))) => {
+                    if let Some(relay) = relay() {
+                        relay.forget_revoked(&revocation);
+                    }
                 }
-                Some(_) => {}
                 None => tracing::warn!(payload = notification.payload(), "bad wake-up payload"),
             },
             Ok(None) => {
                 // The connection dropped (the next call reconnects):
                 // whatever was announced meanwhile is lost, so every
-                // session re-reads its mailbox.
+                // session re-reads its mailbox and no cached token is
+                // trusted without a store read.
                 tracing::warn!("PostgreSQL wake-up listener reconnecting");
                 hub.wake_all();
+                if let Some(relay) = relay() {
+                    relay.forget_revoked(&Revocation::All);
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "PostgreSQL wake-up listener failed; retrying");
@@ -192,19 +267,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payloads_parse_and_junk_does_not() {
-        let (from, user, device, seq) = parse("abc alice 2 17").unwrap();
-        assert_eq!(
-            (from, user.as_str(), device, seq),
-            ("abc", "alice", DeviceId(2), 17)
-        );
+    fn messages_round_trip_and_junk_does_not_parse() {
+        let alice = Username::parse("alice").unwrap();
+        for message in [
+            Message::Mail(alice.clone(), DeviceId(2), 17),
+            Message::Revoked(Revocation::Session("s-3_x".into())),
+            Message::Revoked(Revocation::Device(alice, DeviceId(4))),
+            Message::Revoked(Revocation::All),
+        ] {
+            let payload = format!("abc {}", message.encode());
+            assert_eq!(parse(&payload), Some(("abc", message)), "{payload}");
+        }
         for junk in [
             "",
             "abc",
-            "abc alice",
-            "abc alice x 1",
-            "abc alice 1 2 3",
-            "abc Al!ce 1 2",
+            "abc m alice",
+            "abc m alice x 1",
+            "abc m alice 1 2 3",
+            "abc m Al!ce 1 2",
+            "abc r",
+            "abc r s",
+            "abc r d alice",
+            "abc r a extra",
+            "abc x 1",
         ] {
             assert!(parse(junk).is_none(), "{junk:?}");
         }

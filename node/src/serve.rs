@@ -58,14 +58,21 @@ pub async fn run(data_dir: &Path, config: Config) -> anyhow::Result<()> {
     // WebSockets through the hub; outbox enqueues wake the drainer.
     let outbox_wake = Drainer::waker();
     let mut local: Arc<dyn courier_relay::Notifier> = Arc::new(hub.clone());
+    let mut pg_wake = None;
     if let crate::store::Location::Postgres(url) = crate::store::location(data_dir, &config)? {
-        // Other serve processes on the same database wake our sessions
-        // (and we theirs) with LISTEN/NOTIFY.
-        local = crate::pg_wake::start(&url, config.database_schema.as_deref(), hub.clone(), local)
-            .await?;
+        // Other serve processes on the same database wake our sessions and
+        // revoke our cached tokens (and we theirs) with LISTEN/NOTIFY.
+        let notifier =
+            crate::pg_wake::start(&url, config.database_schema.as_deref(), hub.clone(), local)
+                .await?;
+        local = notifier.clone();
+        pg_wake = Some(notifier);
     }
     let notifier = OutboxNotifier::new(local, outbox_wake.clone());
     let relay = Arc::new(relay(&config, store, Arc::new(notifier))?);
+    if let Some(pg_wake) = pg_wake {
+        pg_wake.attach(&relay);
+    }
 
     let addr = config.http_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)

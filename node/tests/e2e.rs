@@ -1316,3 +1316,47 @@ async fn two_serve_processes_on_one_postgres_wake_each_others_websockets() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_logout_in_one_serve_process_revokes_the_token_in_another_at_once() {
+    let Ok(url) = std::env::var("COURIER_TEST_DATABASE_URL") else {
+        eprintln!("skipping: COURIER_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let schema = format!("courier_e2e_{:08x}", rand::random::<u32>());
+    let envs = [("COURIER_DATABASE_SCHEMA", schema.as_str())];
+    let one = Relay::start(&["--database-url", &url], &envs);
+    let two = Relay::start(&["--database-url", &url], &envs);
+    let alice = one.user("alice").await;
+    let token = alice.access_token().to_owned();
+    let count = |relay: &Relay| {
+        relay
+            .req(Method::GET, "/v1/keys/count")
+            .bearer_auth(&token)
+            .send()
+    };
+    // Process two has the token in its cache now (trusted for 30 s).
+    assert_eq!(count(&two).await.unwrap().status(), 200);
+    let out = one
+        .req(Method::POST, "/v1/auth/logout")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    // Process two hears of it over NOTIFY well before its cache would
+    // have let the token go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let response = count(&two).await.unwrap();
+        if response.status() == 401 {
+            expect_error(response, 401, "unauthenticated").await;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process two still accepts a token logged out in process one"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -5,9 +5,10 @@
 //! (rotation deletes the session's old access tokens) and a reused refresh
 //! token drop entries here before the call returns, and an entry filled
 //! from a store read that raced with such a drop is not kept (the
-//! generation check). Other processes sharing the database do not see this
-//! process's drops: there an entry lives at most `access_cache_ms`
-//! (docs/storage.md).
+//! generation check). Other processes sharing the database hear of the
+//! drops through [`crate::Notifier::revoked`] if the embedder wires one
+//! (`courier serve` on PostgreSQL does); without it an entry there lives at
+//! most `access_cache_ms` (docs/storage.md).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -12,7 +12,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use crate::error::{RelayError, Result};
-use crate::relay::{AuthedDevice, Relay};
+use crate::relay::{AuthedDevice, Relay, Revocation};
 use crate::store::{ChallengeRecord, NewSession, RotateOutcome, TokenHash, TokenHashes};
 use crate::types::{ChallengeResponse, LoginRequest, TokenResponse};
 
@@ -147,12 +147,12 @@ impl Relay {
         {
             RotateOutcome::Rotated { user, device } => {
                 // The store deleted the session's old access tokens.
-                self.access_cache.forget_device(&user, device);
+                self.revoke_cached(Revocation::Device(user, device));
                 Ok(response)
             }
             RotateOutcome::Reused => {
                 // Some session was revoked; the outcome does not say which.
-                self.access_cache.clear();
+                self.revoke_cached(Revocation::All);
                 Err(RelayError::InvalidRefreshToken)
             }
             RotateOutcome::Invalid => Err(RelayError::InvalidRefreshToken),
@@ -161,7 +161,8 @@ impl Relay {
 
     /// Checks an access token. Revocation is immediate: a revoked session's
     /// tokens are gone from the store and from this relay's token cache
-    /// (another process sharing the store sees it within
+    /// (another process sharing the store drops them when its notifier
+    /// relays [`crate::Notifier::revoked`], else within
     /// [`crate::Config::access_cache_ms`]).
     pub async fn authenticate(&self, access_token: &str) -> Result<AuthedDevice> {
         let hash = hash_secret(access_token);
@@ -195,7 +196,25 @@ impl Relay {
     pub async fn logout(&self, device: &AuthedDevice) -> Result<()> {
         let revoked = self.store.revoke_session(&device.session).await;
         // Also on failure: the store may have committed before the error.
-        self.access_cache.forget_session(&device.session);
+        self.revoke_cached(Revocation::Session(device.session.clone()));
         revoked
+    }
+
+    /// Drops revoked tokens from this relay's cache and tells the notifier,
+    /// so other processes sharing the store drop them too.
+    fn revoke_cached(&self, revocation: Revocation) {
+        self.forget_revoked(&revocation);
+        self.notifier.revoked(&revocation);
+    }
+
+    /// Drops cached access tokens that another process sharing the store
+    /// revoked (see [`crate::Notifier::revoked`]); the store already has
+    /// them deleted, so this is all a revocation needs here.
+    pub fn forget_revoked(&self, revocation: &Revocation) {
+        match revocation {
+            Revocation::Session(session) => self.access_cache.forget_session(session),
+            Revocation::Device(user, device) => self.access_cache.forget_device(user, *device),
+            Revocation::All => self.access_cache.clear(),
+        }
     }
 }

@@ -23,7 +23,9 @@ pub mod types;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{RelayError, Result};
 pub use mailbox::Accepted;
-pub use relay::{AuthedDevice, Config, NoNotifier, Notifier, Random, Registration, Relay};
+pub use relay::{
+    AuthedDevice, Config, NoNotifier, Notifier, Random, Registration, Relay, Revocation,
+};
 #[cfg(feature = "sqlite")]
 pub use store::{Durability, SqliteOptions, SqliteStore};
 pub use store::{MemoryStore, Store, StoreStats};

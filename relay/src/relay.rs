@@ -116,6 +116,22 @@ pub trait Notifier: Send + Sync {
     fn outbox(&self, _relay: &RelayName) {}
     /// A device's one-time prekey pool fell below the low-water mark.
     fn prekeys_low(&self, _user: &Username, _device: DeviceId, _remaining: u32) {}
+    /// Access tokens were revoked (already dropped from this relay's token
+    /// cache); other processes sharing the store should call
+    /// [`Relay::forget_revoked`] with it.
+    fn revoked(&self, _revocation: &Revocation) {}
+}
+
+/// Which cached access tokens a revocation ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// Every token of this session (logout).
+    Session(String),
+    /// Every token of this device (its refresh token was rotated).
+    Device(Username, DeviceId),
+    /// Every token (a reused refresh token revoked a session, which one is
+    /// not known here).
+    All,
 }
 
 /// A [`Notifier`] that ignores everything.

@@ -82,6 +82,10 @@ impl Notifier for OutboxNotifier {
     fn prekeys_low(&self, user: &Username, device: DeviceId, remaining: u32) {
         self.inner.prekeys_low(user, device, remaining);
     }
+
+    fn revoked(&self, revocation: &courier_relay::Revocation) {
+        self.inner.revoked(revocation);
+    }
 }
 
 /// The running drainer.
