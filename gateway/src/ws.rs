@@ -301,20 +301,7 @@ impl<'a> Connection<'a> {
             // Everything up to the newest notified seq is in `run`; a later
             // enqueue wakes us through the `notified` armed before this.
             self.maybe_more = false;
-            let count = run.len();
-            for envelope in run {
-                self.send(&ServerFrame::Envelope {
-                    envelope: &envelope,
-                })
-                .await?;
-                self.sent_upto = self.sent_upto.max(envelope.seq);
-                self.in_flight.insert(envelope.seq);
-            }
-            if count > 0 {
-                self.socket.flush().await.map_err(|e| e.to_string())?;
-                metrics::counter!(crate::metrics::ENVELOPES_DELIVERED).increment(count as u64);
-            }
-            return Ok(());
+            return self.push(run.iter().map(|e| &**e)).await;
         }
         let batch = self
             .state
@@ -323,19 +310,25 @@ impl<'a> Connection<'a> {
             .await
             .map_err(|e| e.to_string())?;
         self.maybe_more = batch.more;
-        let count = batch.envelopes.len();
-        for envelope in batch.envelopes {
-            let seq = envelope.seq;
-            self.send(&ServerFrame::Envelope {
-                envelope: &envelope,
-            })
-            .await?;
-            self.sent_upto = self.sent_upto.max(seq);
-            self.in_flight.insert(seq);
+        self.push(batch.envelopes.iter()).await
+    }
+
+    /// Sends `envelopes` (in seq order) with one flush and adds them to the
+    /// window.
+    async fn push(
+        &mut self,
+        envelopes: impl Iterator<Item = &crate::wire::Envelope>,
+    ) -> std::result::Result<(), String> {
+        let mut count = 0u64;
+        for envelope in envelopes {
+            self.send(&ServerFrame::Envelope { envelope }).await?;
+            self.sent_upto = self.sent_upto.max(envelope.seq);
+            self.in_flight.insert(envelope.seq);
+            count += 1;
         }
         if count > 0 {
             self.socket.flush().await.map_err(|e| e.to_string())?;
-            metrics::counter!(crate::metrics::ENVELOPES_DELIVERED).increment(count as u64);
+            metrics::counter!(crate::metrics::ENVELOPES_DELIVERED).increment(count);
         }
         Ok(())
     }

@@ -145,10 +145,8 @@ impl Relay {
             depth_max: self.config.mailbox_depth_max,
             skip_unknown: false,
         };
-        let pushable = self.notifier.wants_envelopes().then(|| Pushable::of(&new));
-        match self.store.accept(new).await? {
+        match self.accept_and_notify(new).await? {
             AcceptOutcome::Accepted { delivered } => {
-                self.notify_new(&delivered, pushable.as_ref());
                 for relay in &relays {
                     self.notifier.outbox(relay);
                 }
@@ -172,6 +170,17 @@ impl Relay {
 
     pub(crate) fn notify(&self, delivered: &[MailboxRef]) {
         self.notify_new(delivered, None);
+    }
+
+    /// Stores `new` and tells the notifier of its new mailbox entries (with
+    /// the entries themselves if it wants them).
+    async fn accept_and_notify(&self, new: NewMessage) -> Result<AcceptOutcome> {
+        let pushable = self.notifier.wants_envelopes().then(|| Pushable::of(&new));
+        let outcome = self.store.accept(new).await?;
+        if let AcceptOutcome::Accepted { delivered } = &outcome {
+            self.notify_new(delivered, pushable.as_ref());
+        }
+        Ok(outcome)
     }
 
     /// Tells the notifier of new entries, with the entries themselves when
@@ -278,12 +287,8 @@ impl Relay {
             depth_max: self.config.mailbox_depth_max,
             skip_unknown: true,
         };
-        let pushable = self.notifier.wants_envelopes().then(|| Pushable::of(&new));
-        match self.store.accept(new).await? {
-            AcceptOutcome::Accepted { delivered } => {
-                self.notify_new(&delivered, pushable.as_ref());
-                Ok(true)
-            }
+        match self.accept_and_notify(new).await? {
+            AcceptOutcome::Accepted { .. } => Ok(true),
             AcceptOutcome::Duplicate { .. } => Ok(false),
         }
     }

@@ -75,9 +75,12 @@ impl imp::SqlStore {
                     })
                 })
         };
-        // Batched statements differ by row count; keep them prepared.
         let write = pool(1)
-            .connect_with(connect.clone().statement_cache_capacity(2048))
+            .connect_with(
+                connect
+                    .clone()
+                    .statement_cache_capacity(imp::WRITER_STATEMENTS_CACHED),
+            )
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&write).await?;
         let read = pool(options.readers.max(1)).connect_with(connect).await?;

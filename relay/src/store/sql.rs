@@ -31,6 +31,11 @@ use crate::types::{
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Prepared statements the writer connection keeps: a few templates times
+/// the row counts a batch can have (sqlx's default of 100 made the writer
+/// re-parse most batched statements).
+pub(super) const WRITER_STATEMENTS_CACHED: usize = 2048;
+
 /// Most operations committed in one transaction.
 const BATCH_MAX: usize = 512;
 /// Depth of the queue in front of the writer; callers wait when it is full.
@@ -644,25 +649,10 @@ async fn insert_outboxes<'m>(c: &mut Conn, messages: impl Iterator<Item = &'m Ne
         }
     }
     for chunk in rows.chunks(CHUNK_ROWS) {
-        let mut values = String::new();
-        for (n, _) in chunk.iter().enumerate() {
-            if n > 0 {
-                values.push(',');
-            }
-            let p = n * 7;
-            values.push_str(&format!(
-                "({}, {}, {}, {}, {}, 0, {}, {})",
-                ph(p + 1),
-                ph(p + 2),
-                ph(p + 3),
-                ph(p + 4),
-                ph(p + 5),
-                ph(p + 6),
-                ph(p + 7)
-            ));
-        }
+        // `attempts` starts at its column default, 0.
         let sql = format!(
-            "INSERT INTO outbox (relay, message_id, recipients, sender_user, sender_device, attempts, next_attempt_ms, expires_ms) VALUES {values}"
+            "INSERT INTO outbox (relay, message_id, recipients, sender_user, sender_device, next_attempt_ms, expires_ms) VALUES {}",
+            row_list(1, 7, chunk.len())
         );
         let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
         for (relay, id, recipients, user, device, due, expires) in chunk {
@@ -797,6 +787,11 @@ async fn ack_many(c: &mut Conn, acks: &Acks) -> Result<Vec<u32>> {
         query.execute(&mut *c).await?;
     }
     Ok(counts)
+}
+
+/// `count` placeholders separated by commas, numbered from `first`.
+fn in_list(first: usize, count: usize) -> String {
+    (first..first + count).map(ph).collect::<Vec<_>>().join(",")
 }
 
 /// Stores several local messages with a few multi-row statements: messages,
@@ -1553,7 +1548,7 @@ impl Store for SqlStore {
                     let sql = format!(
                         "UPDATE outbox SET next_attempt_ms = {} WHERE id IN ({})",
                         ph(1),
-                        (2..chunk.len() + 2).map(ph).collect::<Vec<_>>().join(",")
+                        in_list(2, chunk.len())
                     );
                     let mut query =
                         sqlx::query::<Db>(sqlx::AssertSqlSafe(sql)).bind(i(lease_until_ms));
@@ -1571,28 +1566,7 @@ impl Store for SqlStore {
     async fn outbox_delete(&self, ids: &[OutboxId]) -> Result<u32> {
         let ids = ids.to_vec();
         self.write(move |c| {
-            Box::pin(async move {
-                // Two statements per chunk however many entries: delete
-                // them, then release their messages.
-                let mut n = 0;
-                for chunk in ids.chunks(CHUNK_ROWS) {
-                    let sql = format!(
-                        "DELETE FROM outbox WHERE id IN ({}) RETURNING message_id",
-                        (1..chunk.len() + 1).map(ph).collect::<Vec<_>>().join(",")
-                    );
-                    let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-                    for id in chunk {
-                        query = query.bind(*id);
-                    }
-                    let mut released: HashMap<Vec<u8>, i64> = HashMap::new();
-                    for r in query.fetch_all(&mut *c).await? {
-                        *released.entry(r.try_get(0)?).or_default() += 1;
-                        n += 1;
-                    }
-                    release_many(c, released.into_iter().collect()).await?;
-                }
-                Ok(n)
-            })
+            Box::pin(async move { delete_outboxes(c, &ids).await })
         })
         .await
     }
@@ -1631,7 +1605,7 @@ impl Store for SqlStore {
     ) -> Result<Vec<MailboxRef>> {
         self.write(move |c| {
             Box::pin(async move {
-                if !delete_outbox(c, id).await? {
+                if delete_outboxes(c, &[id]).await? == 0 {
                     return Ok(Vec::new());
                 }
                 match notice {
@@ -1707,17 +1681,25 @@ async fn insert_tokens(c: &mut Conn, session: &str, t: &TokenHashes) -> Result<(
     Ok(())
 }
 
-async fn delete_outbox(c: &mut Conn, id: OutboxId) -> Result<bool> {
-    let row = q("DELETE FROM outbox WHERE id = ? RETURNING message_id")
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await?;
-    match row {
-        Some(r) => {
-            let message: Vec<u8> = r.try_get(0)?;
-            release(c, &message).await?;
-            Ok(true)
+/// Deletes outbox entries and releases their messages: two statements per
+/// chunk however many entries. Returns how many existed.
+async fn delete_outboxes(c: &mut Conn, ids: &[OutboxId]) -> Result<u32> {
+    let mut n = 0;
+    for chunk in ids.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "DELETE FROM outbox WHERE id IN ({}) RETURNING message_id",
+            in_list(1, chunk.len())
+        );
+        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
         }
-        None => Ok(false),
+        let mut released: HashMap<Vec<u8>, i64> = HashMap::new();
+        for r in query.fetch_all(&mut *c).await? {
+            *released.entry(r.try_get(0)?).or_default() += 1;
+            n += 1;
+        }
+        release_many(c, released.into_iter().collect()).await?;
     }
+    Ok(n)
 }

@@ -17,10 +17,6 @@ mod imp {
     include!("sql.rs");
 }
 
-/// Prepared statements the writer connection keeps: a few templates times
-/// the row counts a batch can have.
-const WRITER_STATEMENTS_CACHED: usize = 2048;
-
 /// The SQLite store. Every write is committed (and, with
 /// [`Durability::Full`], fsynced) before the call returns.
 pub type SqliteStore = imp::SqlStore;
@@ -86,7 +82,7 @@ impl imp::SqlStore {
             // load. (Readers keep the default; they read recent pages.)
             .connect_with(
                 base.clone()
-                    .statement_cache_capacity(WRITER_STATEMENTS_CACHED)
+                    .statement_cache_capacity(imp::WRITER_STATEMENTS_CACHED)
                     .pragma("cache_size", "-65536"),
             )
             .await?;
