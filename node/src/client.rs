@@ -408,9 +408,8 @@ impl Socket {
         request: u64,
         message: OutgoingMessage,
     ) -> Result<(), ClientError> {
-        let text = serde_json::to_string(&ClientFrame::Send { request, message })
-            .map_err(ClientError::transport)?;
-        self.send_text(&text).await
+        self.queue_message(request, message).await?;
+        self.flush().await
     }
 
     /// Queues a `send` frame without flushing; [`Socket::flush`] sends

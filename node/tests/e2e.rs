@@ -21,6 +21,21 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The test PostgreSQL's URL, or `None` (and a note) when the tests run
+/// without one.
+fn postgres_url() -> Option<String> {
+    let url = std::env::var("COURIER_TEST_DATABASE_URL").ok();
+    if url.is_none() {
+        eprintln!("skipping: COURIER_TEST_DATABASE_URL is not set");
+    }
+    url
+}
+
+/// A schema name no other test run uses.
+fn fresh_schema() -> String {
+    format!("courier_e2e_{:08x}", rand::random::<u32>())
+}
+
 /// Links a second device to `first`'s account; returns it logged in.
 async fn link_second_device(relay: &Relay, first: &Device) -> Device {
     let key = client::new_key();
@@ -651,11 +666,10 @@ async fn kill_9_during_sends_loses_and_duplicates_nothing() {
 
 #[tokio::test]
 async fn postgres_end_to_end_when_configured() {
-    let Ok(url) = std::env::var("COURIER_TEST_DATABASE_URL") else {
-        eprintln!("skipping: COURIER_TEST_DATABASE_URL is not set");
+    let Some(url) = postgres_url() else {
         return;
     };
-    let schema = format!("courier_e2e_{:08x}", rand::random::<u32>());
+    let schema = fresh_schema();
     let relay = Relay::start(
         &["--database-url", &url],
         &[("COURIER_DATABASE_SCHEMA", &schema)],
@@ -1243,11 +1257,10 @@ async fn websocket_sends_in_flight_at_sigterm_are_answered_or_not_stored() {
 
 #[tokio::test]
 async fn two_serve_processes_on_one_postgres_wake_each_others_websockets() {
-    let Ok(url) = std::env::var("COURIER_TEST_DATABASE_URL") else {
-        eprintln!("skipping: COURIER_TEST_DATABASE_URL is not set");
+    let Some(url) = postgres_url() else {
         return;
     };
-    let schema = format!("courier_e2e_{:08x}", rand::random::<u32>());
+    let schema = fresh_schema();
     let envs = [("COURIER_DATABASE_SCHEMA", schema.as_str())];
     let one = Relay::start(&["--database-url", &url], &envs);
     let two = Relay::start(&["--database-url", &url], &envs);
@@ -1288,7 +1301,7 @@ async fn two_serve_processes_on_one_postgres_wake_each_others_websockets() {
     let envelope = next_envelope(&mut alice_socket).await;
     assert_eq!(envelope.id, back);
     // A relay in another schema of the same database hears none of it.
-    let other_schema = format!("courier_e2e_{:08x}", rand::random::<u32>());
+    let other_schema = fresh_schema();
     let other = Relay::start(
         &["--database-url", &url],
         &[("COURIER_DATABASE_SCHEMA", other_schema.as_str())],
@@ -1319,11 +1332,10 @@ async fn two_serve_processes_on_one_postgres_wake_each_others_websockets() {
 
 #[tokio::test]
 async fn a_logout_in_one_serve_process_revokes_the_token_in_another_at_once() {
-    let Ok(url) = std::env::var("COURIER_TEST_DATABASE_URL") else {
-        eprintln!("skipping: COURIER_TEST_DATABASE_URL is not set");
+    let Some(url) = postgres_url() else {
         return;
     };
-    let schema = format!("courier_e2e_{:08x}", rand::random::<u32>());
+    let schema = fresh_schema();
     let envs = [("COURIER_DATABASE_SCHEMA", schema.as_str())];
     let one = Relay::start(&["--database-url", &url], &envs);
     let two = Relay::start(&["--database-url", &url], &envs);
