@@ -7,11 +7,14 @@
 //! the hub also keeps, per connected device, the last few entries the relay
 //! handed it with the notification ([`PushHub::envelope`], bounded by count
 //! and bytes): a connection that is caught up pushes those without reading
-//! the store. It uses them only when they continue exactly where it is
-//! (`seq == sent + 1`) and reach the newest seq the hub heard of; any gap
-//! (an evicted entry, a notice that came without its entry, an enqueue in
-//! another process) sends it back to the store. Every path that enqueues —
-//! a local send, a federation delivery, a delivery-failure notice — notifies.
+//! the store, as long as they continue exactly where it is (`seq == sent +
+//! 1`, [`Catchup::Run`]). When the next entry is missing ([`Catchup::Gap`])
+//! it is usually a moment late (the accepts of one group commit finish on
+//! several threads, so their notifications interleave), and the connection
+//! waits briefly for it; an entry that never comes (evicted, a notice that
+//! came without its entry, an enqueue in another process) sends it back to
+//! the store. Every path that enqueues — a local send, a federation
+//! delivery, a delivery-failure notice — notifies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -196,6 +199,28 @@ impl PushHub {
     }
 }
 
+/// What [`Subscription::recent_after`] found.
+#[derive(Debug)]
+pub enum Catchup {
+    /// The entries right after the connection's last seq, in order.
+    /// `complete` when they reach the newest seq notified; otherwise more
+    /// follow (the limit was reached, or a gap comes after them).
+    Run {
+        /// The entries, gapless from the connection's last seq + 1.
+        entries: Vec<Arc<Envelope>>,
+        /// Nothing newer was notified.
+        complete: bool,
+    },
+    /// Something newer was notified, but the next entry is not here: its
+    /// notification may be a moment behind a later one (accepts finish on
+    /// several threads), or it will never come (evicted, too big, or
+    /// enqueued by another process). Wait briefly, then read the store.
+    Gap,
+    /// Nothing newer was notified: only the store can tell (a new
+    /// connection, a wake-up that came without entries).
+    Unknown,
+}
+
 /// A connection's registration with the [`PushHub`].
 pub struct Subscription {
     hub: PushHub,
@@ -211,38 +236,41 @@ impl Subscription {
         &self.device.notify
     }
 
-    /// The recent entries right after `sent`: `seq == sent + 1, sent + 2, …`
-    /// up to `limit`, but only if they reach the newest seq notified, so
-    /// that pushing them leaves nothing unread behind. `None` means "read
-    /// the store". A connection that is the device's only one drops what
-    /// it takes (nobody else will want it).
-    pub fn recent_after(&self, sent: u64, limit: usize) -> Option<Vec<Arc<Envelope>>> {
+    /// What the hub holds for a connection that has pushed everything up
+    /// to `sent`: the entries right after it (`seq == sent + 1, sent + 2,
+    /// …`, at most `limit`), a gap, or nothing it knows of. A connection
+    /// that is the device's only one drops what it takes (nobody else will
+    /// want it).
+    pub fn recent_after(&self, sent: u64, limit: usize) -> Catchup {
         let newest = self.device.newest.load(Ordering::SeqCst);
         if newest <= sent || limit == 0 {
-            return None;
+            return Catchup::Unknown;
         }
         let mut recent = self
             .device
             .recent
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut run = Vec::new();
+        let mut entries = Vec::new();
         let mut next = sent + 1;
         for (&seq, envelope) in recent.entries.range(next..) {
-            if seq != next || run.len() == limit {
+            if seq != next || entries.len() == limit {
                 break;
             }
-            run.push(Arc::clone(envelope));
+            entries.push(Arc::clone(envelope));
             next += 1;
         }
-        if next <= newest {
-            return None;
+        if entries.is_empty() {
+            return Catchup::Gap;
         }
         // Two holders means the hub's map and this subscription.
         if Arc::strong_count(&self.device) <= 2 {
             recent.forget_upto(next - 1);
         }
-        Some(run)
+        Catchup::Run {
+            entries,
+            complete: next > newest,
+        }
     }
 
     /// Takes the pending "prekeys low" notice, if any.
@@ -317,36 +345,54 @@ mod tests {
         }
     }
 
-    fn seqs(run: Option<Vec<Arc<Envelope>>>) -> Option<Vec<u64>> {
-        run.map(|r| r.iter().map(|e| e.seq).collect())
+    /// The seqs of a run, `Err("gap")` or `Err("unknown")`, and whether
+    /// the run was complete.
+    fn seqs(found: Catchup) -> Result<(Vec<u64>, bool), &'static str> {
+        match found {
+            Catchup::Run { entries, complete } => {
+                Ok((entries.iter().map(|e| e.seq).collect(), complete))
+            }
+            Catchup::Gap => Err("gap"),
+            Catchup::Unknown => Err("unknown"),
+        }
     }
 
     #[test]
-    fn recent_entries_serve_only_a_gapless_run_to_the_newest() {
+    fn recent_entries_serve_gapless_runs_and_report_gaps() {
         let hub = PushHub::new();
         let sub = hub.subscribe(alice(), DeviceId(1));
         let _other = hub.subscribe(alice(), DeviceId(1));
-        assert_eq!(seqs(sub.recent_after(0, 10)), None, "nothing notified");
+        assert_eq!(
+            seqs(sub.recent_after(0, 10)),
+            Err("unknown"),
+            "nothing notified"
+        );
         for seq in [5, 6, 7] {
             hub.envelope(&alice(), DeviceId(1), seq, &|| envelope(seq, 10));
         }
-        assert_eq!(seqs(sub.recent_after(4, 10)), Some(vec![5, 6, 7]));
-        assert_eq!(seqs(sub.recent_after(5, 10)), Some(vec![6, 7]));
-        assert_eq!(seqs(sub.recent_after(7, 10)), None, "caught up");
+        assert_eq!(seqs(sub.recent_after(4, 10)), Ok((vec![5, 6, 7], true)));
+        assert_eq!(seqs(sub.recent_after(5, 10)), Ok((vec![6, 7], true)));
+        assert_eq!(seqs(sub.recent_after(7, 10)), Err("unknown"), "caught up");
         // Entry 4 was never handed over: from 3 there is a gap.
-        assert_eq!(seqs(sub.recent_after(3, 10)), None);
-        // A window smaller than the run cannot reach the newest.
-        assert_eq!(seqs(sub.recent_after(4, 2)), None);
-        // A notice without its entry (seq 8) makes the run fall short.
+        assert_eq!(seqs(sub.recent_after(3, 10)), Err("gap"));
+        // A window smaller than the run: the part that fits, more to come.
+        assert_eq!(seqs(sub.recent_after(4, 2)), Ok((vec![5, 6], false)));
+        // A notice without its entry (seq 8) leaves the run short of the
+        // newest, and a gap after it.
         hub.notify(&alice(), DeviceId(1), 8);
-        assert_eq!(seqs(sub.recent_after(4, 10)), None);
+        assert_eq!(seqs(sub.recent_after(4, 10)), Ok((vec![5, 6, 7], false)));
         hub.envelope(&alice(), DeviceId(1), 9, &|| envelope(9, 10));
         assert_eq!(
             seqs(sub.recent_after(7, 10)),
-            None,
+            Err("gap"),
             "8 is only in the store"
         );
-        assert_eq!(seqs(sub.recent_after(8, 10)), Some(vec![9]));
+        assert_eq!(seqs(sub.recent_after(8, 10)), Ok((vec![9], true)));
+        // Handed over out of order: a gap until the late one arrives.
+        hub.envelope(&alice(), DeviceId(1), 11, &|| envelope(11, 10));
+        assert_eq!(seqs(sub.recent_after(9, 10)), Err("gap"));
+        hub.envelope(&alice(), DeviceId(1), 10, &|| envelope(10, 10));
+        assert_eq!(seqs(sub.recent_after(9, 10)), Ok((vec![10, 11], true)));
     }
 
     #[test]
@@ -379,11 +425,14 @@ mod tests {
         }
         assert_eq!(
             seqs(sub.recent_after(big + 1, 10)),
-            None,
+            Err("gap"),
             "must come from the store"
         );
         hub.envelope(&alice(), DeviceId(1), big + 3, &|| envelope(big + 3, 10));
-        assert_eq!(seqs(sub.recent_after(big + 2, 10)), Some(vec![big + 3]));
+        assert_eq!(
+            seqs(sub.recent_after(big + 2, 10)),
+            Ok((vec![big + 3], true))
+        );
         let recent = sub.device.recent.lock().unwrap();
         assert!(recent.entries.is_empty(), "the only connection took them");
         assert_eq!(recent.bytes, 0);

@@ -4,6 +4,8 @@
 //! - `http_requests_total{route,method,status}` and
 //!   `http_request_duration_seconds{route,method,status}` (histogram);
 //! - `ws_connections` (gauge) and `ws_connections_total`;
+//! - `ws_mailbox_reads_total`: store reads by WebSocket connections (a
+//!   caught-up connection pushes what the relay handed the hub instead);
 //! - `messages_accepted_total`, `envelopes_delivered_total` (pushed over a
 //!   WebSocket or returned by a fetch), `envelopes_acked_total`;
 //! - `mailbox_depth` and `outbox_depth` (gauges, read from the store at
@@ -19,6 +21,8 @@ pub const HTTP_DURATION: &str = "courier_http_request_duration_seconds";
 pub const WS_CONNECTIONS: &str = "courier_ws_connections";
 /// Counter: WebSocket connections accepted.
 pub const WS_CONNECTIONS_TOTAL: &str = "courier_ws_connections_total";
+/// Counter: mailbox reads from the store by WebSocket connections.
+pub const WS_MAILBOX_READS: &str = "courier_ws_mailbox_reads_total";
 /// Counter: messages accepted by `POST /v1/messages` (not counting retries).
 pub const MESSAGES_ACCEPTED: &str = "courier_messages_accepted_total";
 /// Counter: envelopes handed to a device (WebSocket push or HTTP fetch).

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::extract::{AccessToken, Authed};
-use crate::hub::Subscription;
+use crate::hub::{Catchup, Subscription};
 use crate::state::AppState;
 
 /// Most envelopes read from the store in one go.
@@ -38,6 +38,13 @@ const FETCH_BATCH_MAX: u32 = 100;
 const PENDING_MAX: usize = 64;
 /// Most bytes of send frames one connection has waiting for the store.
 const SEND_BYTES_IN_FLIGHT_MAX: usize = 2 * 1024 * 1024;
+/// How long a connection waits for an entry the hub has not been handed
+/// yet before it reads the store instead. Accepts finish on several
+/// threads, so the entries of one mailbox often reach the hub a few
+/// microseconds out of order; reading the store for each such gap made
+/// most pushes a store read under load. A real gap (an evicted entry, an
+/// enqueue in another process) costs this much extra latency.
+const GAP_WAIT: Duration = Duration::from_millis(5);
 
 /// A send or an ack that the store has answered.
 enum Done {
@@ -154,6 +161,9 @@ struct Connection<'a> {
     in_flight: BTreeSet<u64>,
     /// The store may hold envelopes after `sent_upto`.
     maybe_more: bool,
+    /// Waiting for the hub to be handed the entry after `sent_upto`, until
+    /// then; after it, the store is read.
+    gap_until: Option<Instant>,
     last_heard: Instant,
 }
 
@@ -172,6 +182,7 @@ impl<'a> Connection<'a> {
             sent_upto: 0,
             in_flight: BTreeSet::new(),
             maybe_more: true,
+            gap_until: None,
             last_heard: Instant::now(),
         }
     }
@@ -221,8 +232,15 @@ impl<'a> Connection<'a> {
                 // read: an enqueue that raced with the read still wakes us.
             }
 
+            let gap_until = self.gap_until;
             tokio::select! {
                 () = &mut notified, if !self.maybe_more => {
+                    self.maybe_more = true;
+                }
+                () = tokio::time::sleep_until(gap_until.unwrap_or_else(Instant::now)),
+                    if gap_until.is_some() && !self.maybe_more =>
+                {
+                    // The entry never reached the hub: read the store.
                     self.maybe_more = true;
                 }
                 Some(done) = pending.next(), if !pending.is_empty() => {
@@ -289,20 +307,33 @@ impl<'a> Connection<'a> {
     }
 
     /// Sends the next envelopes after `sent_upto`, up to the window: the
-    /// ones the hub was handed if they continue exactly where we are and
-    /// reach the newest notified seq, else from the store.
+    /// ones the hub was handed if they continue exactly where we are, else
+    /// (after waiting up to [`GAP_WAIT`] for a late one) from the store.
     async fn push_pending(
         &mut self,
         subscription: &Subscription,
         in_flight_max: usize,
     ) -> std::result::Result<(), String> {
         let room = (in_flight_max - self.in_flight.len()).min(FETCH_BATCH_MAX as usize) as u32;
-        if let Some(run) = subscription.recent_after(self.sent_upto, room as usize) {
-            // Everything up to the newest notified seq is in `run`; a later
-            // enqueue wakes us through the `notified` armed before this.
-            self.maybe_more = false;
-            return self.push(run.iter().map(|e| &**e)).await;
+        match subscription.recent_after(self.sent_upto, room as usize) {
+            Catchup::Run { entries, complete } => {
+                // If complete, a later enqueue wakes us through the
+                // `notified` armed before this.
+                self.gap_until = None;
+                self.maybe_more = !complete;
+                return self.push(entries.iter().map(|e| &**e)).await;
+            }
+            Catchup::Gap if self.gap_until.is_none_or(|until| Instant::now() < until) => {
+                // The late entry's notification wakes us; else the timer.
+                self.gap_until
+                    .get_or_insert_with(|| Instant::now() + GAP_WAIT);
+                self.maybe_more = false;
+                return Ok(());
+            }
+            Catchup::Gap | Catchup::Unknown => {}
         }
+        self.gap_until = None;
+        metrics::counter!(crate::metrics::WS_MAILBOX_READS).increment(1);
         let batch = self
             .state
             .relay
