@@ -84,6 +84,6 @@ impl imp::SqlStore {
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&write).await?;
         let read = pool(options.readers.max(1)).connect_with(connect).await?;
-        Ok(Self::start(read, write, options.group_commit))
+        Self::start(read, write, options.group_commit, None)
     }
 }
