@@ -8,13 +8,13 @@
 //! handed it with the notification ([`PushHub::envelope`], bounded by count
 //! and bytes): a connection that is caught up pushes those without reading
 //! the store, as long as they continue exactly where it is (`seq == sent +
-//! 1`, [`Catchup::Run`]). When the next entry is missing ([`Catchup::Gap`])
-//! it is usually a moment late (the accepts of one group commit finish on
-//! several threads, so their notifications interleave), and the connection
-//! waits briefly for it; an entry that never comes (evicted, a notice that
-//! came without its entry, an enqueue in another process) sends it back to
-//! the store. Every path that enqueues — a local send, a federation
-//! delivery, a delivery-failure notice — notifies.
+//! 1`, [`Catchup::Run`]). The relay hands over each mailbox's entries in
+//! seq order (the store calls it on its commit path, in commit order), so
+//! when the next entry is missing ([`Catchup::Gap`]) it is not coming —
+//! evicted, too big, a notice that came without its entry, an enqueue in
+//! another process — and the connection reads the store. Every path that
+//! enqueues — a local send, a federation delivery, a delivery-failure
+//! notice — notifies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -211,10 +211,9 @@ pub enum Catchup {
         /// Nothing newer was notified.
         complete: bool,
     },
-    /// Something newer was notified, but the next entry is not here: its
-    /// notification may be a moment behind a later one (accepts finish on
-    /// several threads), or it will never come (evicted, too big, or
-    /// enqueued by another process). Wait briefly, then read the store.
+    /// Something newer was notified, but the next entry is not here (it was
+    /// evicted or too big, came without its entry, or was enqueued by
+    /// another process): read the store.
     Gap,
     /// Nothing newer was notified: only the store can tell (a new
     /// connection, a wake-up that came without entries).
@@ -388,7 +387,8 @@ mod tests {
             "8 is only in the store"
         );
         assert_eq!(seqs(sub.recent_after(8, 10)), Ok((vec![9], true)));
-        // Handed over out of order: a gap until the late one arrives.
+        // Handed over out of order (another store's commit order): a gap
+        // until the late one arrives.
         hub.envelope(&alice(), DeviceId(1), 11, &|| envelope(11, 10));
         assert_eq!(seqs(sub.recent_after(9, 10)), Err("gap"));
         hub.envelope(&alice(), DeviceId(1), 10, &|| envelope(10, 10));

@@ -38,13 +38,6 @@ const FETCH_BATCH_MAX: u32 = 100;
 const PENDING_MAX: usize = 64;
 /// Most bytes of send frames one connection has waiting for the store.
 const SEND_BYTES_IN_FLIGHT_MAX: usize = 2 * 1024 * 1024;
-/// How long a connection waits for an entry the hub has not been handed
-/// yet before it reads the store instead. Accepts finish on several
-/// threads, so the entries of one mailbox often reach the hub a few
-/// microseconds out of order; reading the store for each such gap made
-/// most pushes a store read under load. A real gap (an evicted entry, an
-/// enqueue in another process) costs this much extra latency.
-const GAP_WAIT: Duration = Duration::from_millis(5);
 
 /// A send or an ack that the store has answered.
 enum Done {
@@ -161,9 +154,6 @@ struct Connection<'a> {
     in_flight: BTreeSet<u64>,
     /// The store may hold envelopes after `sent_upto`.
     maybe_more: bool,
-    /// Waiting for the hub to be handed the entry after `sent_upto`, until
-    /// then; after it, the store is read.
-    gap_until: Option<Instant>,
     last_heard: Instant,
 }
 
@@ -182,7 +172,6 @@ impl<'a> Connection<'a> {
             sent_upto: 0,
             in_flight: BTreeSet::new(),
             maybe_more: true,
-            gap_until: None,
             last_heard: Instant::now(),
         }
     }
@@ -232,15 +221,8 @@ impl<'a> Connection<'a> {
                 // read: an enqueue that raced with the read still wakes us.
             }
 
-            let gap_until = self.gap_until;
             tokio::select! {
                 () = &mut notified, if !self.maybe_more => {
-                    self.maybe_more = true;
-                }
-                () = tokio::time::sleep_until(gap_until.unwrap_or_else(Instant::now)),
-                    if gap_until.is_some() && !self.maybe_more =>
-                {
-                    // The entry never reached the hub: read the store.
                     self.maybe_more = true;
                 }
                 Some(done) = pending.next(), if !pending.is_empty() => {
@@ -308,7 +290,9 @@ impl<'a> Connection<'a> {
 
     /// Sends the next envelopes after `sent_upto`, up to the window: the
     /// ones the hub was handed if they continue exactly where we are, else
-    /// (after waiting up to [`GAP_WAIT`] for a late one) from the store.
+    /// from the store. (The relay hands the hub each mailbox's entries in
+    /// seq order, so a gap means the entry is not coming: evicted, too big,
+    /// or enqueued by another process.)
     async fn push_pending(
         &mut self,
         subscription: &Subscription,
@@ -319,20 +303,11 @@ impl<'a> Connection<'a> {
             Catchup::Run { entries, complete } => {
                 // If complete, a later enqueue wakes us through the
                 // `notified` armed before this.
-                self.gap_until = None;
                 self.maybe_more = !complete;
                 return self.push(entries.iter().map(|e| &**e)).await;
             }
-            Catchup::Gap if self.gap_until.is_none_or(|until| Instant::now() < until) => {
-                // The late entry's notification wakes us; else the timer.
-                self.gap_until
-                    .get_or_insert_with(|| Instant::now() + GAP_WAIT);
-                self.maybe_more = false;
-                return Ok(());
-            }
             Catchup::Gap | Catchup::Unknown => {}
         }
-        self.gap_until = None;
         metrics::counter!(crate::metrics::WS_MAILBOX_READS).increment(1);
         let batch = self
             .state

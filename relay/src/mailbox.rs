@@ -10,7 +10,7 @@ use courier_protocol::{
 use sha2::{Digest, Sha256};
 
 use crate::error::{RelayError, Result};
-use crate::relay::{AuthedDevice, Relay};
+use crate::relay::{AuthedDevice, Notifier, Relay};
 use crate::store::{
     AcceptOutcome, LocalRecipient, MailboxRef, NewMessage, PurgeReport, RemoteRecipients,
 };
@@ -83,6 +83,40 @@ impl Pushable {
                 .map(|r| (r.user.clone(), r.device, r.header.clone()))
                 .collect(),
         }
+    }
+}
+
+/// Tells `notifier` of new entries, with the entries themselves when it
+/// asked for them and we kept a copy.
+fn notify_new(notifier: &dyn Notifier, delivered: &[MailboxRef], pushable: Option<&Pushable>) {
+    let Some(p) = pushable else {
+        for d in delivered {
+            notifier.mailbox(&d.user, d.device, d.seq);
+        }
+        return;
+    };
+    // `delivered` follows the recipients' order (skipping unknown devices
+    // of a federated delivery), so one forward scan pairs them.
+    let mut headers = p.headers.iter();
+    for d in delivered {
+        let Some((_, _, header)) = headers
+            .by_ref()
+            .find(|(user, device, _)| *user == d.user && *device == d.device)
+        else {
+            notifier.mailbox(&d.user, d.device, d.seq);
+            continue;
+        };
+        let make = || Envelope {
+            seq: d.seq,
+            id: p.id,
+            origin: p.origin.clone(),
+            header: header.clone(),
+            body: p.body.clone(),
+            received_ms: p.received_ms,
+            expires_ms: p.expires_ms,
+            kind: p.kind,
+        };
+        notifier.envelope(&d.user, d.device, d.seq, &make);
     }
 }
 
@@ -169,52 +203,22 @@ impl Relay {
     }
 
     pub(crate) fn notify(&self, delivered: &[MailboxRef]) {
-        self.notify_new(delivered, None);
+        notify_new(&*self.notifier, delivered, None);
     }
 
     /// Stores `new` and tells the notifier of its new mailbox entries (with
-    /// the entries themselves if it wants them).
+    /// the entries themselves if it wants them). The store tells it on its
+    /// commit path, in commit order, so each mailbox's entries reach the
+    /// notifier in seq order.
     async fn accept_and_notify(&self, new: NewMessage) -> Result<AcceptOutcome> {
         let pushable = self.notifier.wants_envelopes().then(|| Pushable::of(&new));
-        let outcome = self.store.accept(new).await?;
-        if let AcceptOutcome::Accepted { delivered } = &outcome {
-            self.notify_new(delivered, pushable.as_ref());
-        }
-        Ok(outcome)
-    }
-
-    /// Tells the notifier of new entries, with the entries themselves when
-    /// it asked for them and we kept a copy.
-    fn notify_new(&self, delivered: &[MailboxRef], pushable: Option<&Pushable>) {
-        let Some(p) = pushable else {
-            for d in delivered {
-                self.notifier.mailbox(&d.user, d.device, d.seq);
+        let notifier = self.notifier.clone();
+        let committed = Box::new(move |outcome: &AcceptOutcome| {
+            if let AcceptOutcome::Accepted { delivered } = outcome {
+                notify_new(&*notifier, delivered, pushable.as_ref());
             }
-            return;
-        };
-        // `delivered` follows the recipients' order (skipping unknown
-        // devices of a federated delivery), so one forward scan pairs them.
-        let mut headers = p.headers.iter();
-        for d in delivered {
-            let Some((_, _, header)) = headers
-                .by_ref()
-                .find(|(user, device, _)| *user == d.user && *device == d.device)
-            else {
-                self.notifier.mailbox(&d.user, d.device, d.seq);
-                continue;
-            };
-            let make = || Envelope {
-                seq: d.seq,
-                id: p.id,
-                origin: p.origin.clone(),
-                header: header.clone(),
-                body: p.body.clone(),
-                received_ms: p.received_ms,
-                expires_ms: p.expires_ms,
-                kind: p.kind,
-            };
-            self.notifier.envelope(&d.user, d.device, d.seq, &make);
-        }
+        });
+        self.store.accept_then(new, committed).await
     }
 
     /// Accepts envelopes a peer relay delivered (the caller has checked that

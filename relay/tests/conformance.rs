@@ -80,6 +80,7 @@ conformance!(
     outbox_wake_makes_backed_off_entries_due_but_leaves_leased_ones,
     concurrent_acks_from_many_devices_are_each_counted_once,
     a_federated_batch_is_stored_in_order_with_its_odd_envelopes_answered_alone,
+    the_notifier_hears_of_each_mailboxs_entries_in_seq_order,
 );
 
 fn id(n: u8) -> EnvelopeId {
@@ -1631,4 +1632,81 @@ async fn a_federated_batch_is_stored_in_order_with_its_odd_envelopes_answered_al
     }
     let s = stats(&h).await;
     assert_eq!((s.messages, s.mailbox_entries), (100, 200));
+}
+
+/// Records the seqs handed over per device, with the entries themselves
+/// (as a push hub does).
+#[derive(Default)]
+struct SeqRecorder(Mutex<Vec<(String, u64)>>);
+
+impl Notifier for SeqRecorder {
+    fn mailbox(&self, user: &Username, device: DeviceId, seq: u64) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((format!("{user}/{device}"), seq));
+    }
+    fn wants_envelopes(&self) -> bool {
+        true
+    }
+    fn envelope(
+        &self,
+        user: &Username,
+        device: DeviceId,
+        seq: u64,
+        make: &dyn Fn() -> courier_relay::types::Envelope,
+    ) {
+        assert_eq!(make().seq, seq);
+        self.0
+            .lock()
+            .unwrap()
+            .push((format!("{user}/{device}"), seq));
+    }
+}
+
+async fn the_notifier_hears_of_each_mailboxs_entries_in_seq_order(kind: Kind) {
+    let recorder = Arc::new(SeqRecorder::default());
+    let Some(h) = Harness::build(kind, |_| {}, Some(recorder.clone() as Arc<dyn Notifier>)).await
+    else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    let c = user(&h, "carol", 3).await;
+    // Many concurrent senders, so the store commits them in groups and the
+    // callers resume in any order on two threads: the notifier must still
+    // hear of each mailbox's entries in seq order, or a push hub would see
+    // gaps that are not there.
+    let mut tasks = Vec::new();
+    for n in 0..400u32 {
+        let relay = Arc::clone(&h.relay);
+        let sender = a.authed().clone();
+        let to = match n % 3 {
+            0 => vec![(b.address(), b.device)],
+            1 => vec![(c.address(), c.device)],
+            _ => vec![(b.address(), b.device), (c.address(), c.device)],
+        };
+        let mut random = [0u8; 10];
+        random[..4].copy_from_slice(&n.to_be_bytes());
+        let msg = message(EnvelopeId::new(T0 + 2, random), &to, &n.to_be_bytes());
+        tasks.push(tokio::spawn(async move {
+            relay.accept_message(&sender, msg).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let heard = recorder.0.lock().unwrap().clone();
+    let bob = format!("bob/{}", b.device);
+    let carol = format!("carol/{}", c.device);
+    for (device, count) in [(bob, 267), (carol, 266)] {
+        let seqs: Vec<u64> = heard
+            .iter()
+            .filter(|(d, _)| *d == device)
+            .map(|(_, seq)| *seq)
+            .collect();
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs.len(), count, "{device}");
+        assert_eq!(seqs, expected, "{device}: entries heard out of seq order");
+    }
 }

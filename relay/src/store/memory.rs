@@ -9,8 +9,8 @@ use courier_protocol::{Bytes, DeviceId, EnvelopeId, RelayName, Username};
 
 use super::{
     AcceptOutcome, AccessRecord, ChallengeRecord, DeviceRecord, InviteRecord, LinkRecord,
-    MailboxRef, NewAccount, NewMessage, NewSession, OutboxDestination, OutboxEntry, OutboxId,
-    PurgeReport, RotateOutcome, Store, StoreStats, TokenHash, TokenHashes,
+    MailboxRef, NewAccount, NewMessage, NewSession, OnCommit, OutboxDestination, OutboxEntry,
+    OutboxId, PurgeReport, RotateOutcome, Store, StoreStats, TokenHash, TokenHashes,
 };
 use crate::error::{RelayError, Result};
 use crate::types::{Envelope, EnvelopeKind, OneTimePreKey, SignedDeviceList, SignedPreKey};
@@ -484,6 +484,14 @@ impl Store for MemoryStore {
 
     async fn accept(&self, message: NewMessage) -> Result<AcceptOutcome> {
         self.lock().accept(message)
+    }
+
+    async fn accept_then(&self, message: NewMessage, committed: OnCommit) -> Result<AcceptOutcome> {
+        // Under the lock, so entries of one mailbox are announced in seq order.
+        let mut state = self.lock();
+        let outcome = state.accept(message)?;
+        committed(&outcome);
+        Ok(outcome)
     }
 
     async fn fetch(

@@ -223,6 +223,10 @@ pub struct NewMessage {
     pub skip_unknown: bool,
 }
 
+/// What [`Store::accept_then`] calls with a stored message's outcome. It
+/// runs on the store's commit path: it must be quick and must not block.
+pub type OnCommit = Box<dyn FnOnce(&AcceptOutcome) + Send + Sync>;
+
 /// A new mailbox entry, to notify.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxRef {
@@ -399,6 +403,18 @@ pub trait Store: Send + Sync + 'static {
     /// local recipient does not exist, unless `skip_unknown`), `MailboxFull`,
     /// `Conflict` (same id, other source or content).
     async fn accept(&self, message: NewMessage) -> Result<AcceptOutcome>;
+    /// Like [`Store::accept`], and calls `committed` with the outcome once
+    /// it is durable, before answering. A store that commits in batches
+    /// calls it for the accepts of a batch in commit order, from one
+    /// thread, so the new entries of a mailbox reach it in seq order (what
+    /// lets the push hub hand entries straight to WebSockets without
+    /// gaps). The default calls it when `accept` returns, in whatever order
+    /// concurrent callers resume.
+    async fn accept_then(&self, message: NewMessage, committed: OnCommit) -> Result<AcceptOutcome> {
+        let outcome = self.accept(message).await?;
+        committed(&outcome);
+        Ok(outcome)
+    }
     /// Unexpired entries of a mailbox with `seq > after`, ascending, at most `limit`.
     async fn fetch(
         &self,

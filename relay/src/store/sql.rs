@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{RelayError, Result};
 use crate::store::{
     AcceptOutcome, AccessRecord, ChallengeRecord, DeviceRecord, InviteRecord, LinkRecord,
-    MailboxRef, NewAccount, NewMessage, NewSession, OutboxDestination, OutboxEntry, OutboxId,
+    MailboxRef, NewAccount, NewMessage, OnCommit, NewSession, OutboxDestination, OutboxEntry, OutboxId,
     PurgeReport, RotateOutcome, Store, StoreStats, TokenHash, TokenHashes,
 };
 use crate::types::{
@@ -118,10 +118,15 @@ trait WriteJob: Send {
     fn finish(self: Box<Self>, committed: Result<()>);
 }
 
+/// What a job calls with its committed result before replying.
+type Then<T> = Box<dyn FnOnce(&T) + Send>;
+
 struct Typed<T, F> {
     op: Option<F>,
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
+    /// Called with a successful, committed result before the reply.
+    then: Option<Then<T>>,
 }
 
 impl<T, F> WriteJob for Typed<T, F>
@@ -149,6 +154,9 @@ where
             (Some(Ok(v)), Ok(())) => Ok(v),
             (Some(Ok(_)), Err(e)) => Err(e),
         };
+        if let (Ok(v), Some(then)) = (&answer, self.then) {
+            then(v);
+        }
         // The caller may have gone away; the data is committed regardless.
         let _ = self.reply.send(answer);
     }
@@ -158,7 +166,7 @@ where
 /// with a few multi-row statements instead of several statements each.
 enum Job {
     Op(Box<dyn WriteJob>),
-    Accept(Box<NewMessage>, oneshot::Sender<Result<AcceptOutcome>>),
+    Accept(Box<AcceptJob>),
     Ack(Box<AckJob>),
 }
 
@@ -176,18 +184,40 @@ where
     T: Send + 'static,
     F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T>> + Send + 'static,
 {
+    job_then(op, reply, None)
+}
+
+/// A job that calls `then` with its committed result before replying.
+fn job_then<T, F>(
+    op: F,
+    reply: oneshot::Sender<Result<T>>,
+    then: Option<Then<T>>,
+) -> Box<dyn WriteJob>
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T>> + Send + 'static,
+{
     Box::new(Typed {
         op: Some(op),
         result: None,
         reply,
+        then,
     })
 }
 
-fn accept_job(m: NewMessage, reply: oneshot::Sender<Result<AcceptOutcome>>) -> Box<dyn WriteJob> {
-    job(move |c| Box::pin(accept_in(c, m)), reply)
+fn accept_job(
+    m: NewMessage,
+    reply: oneshot::Sender<Result<AcceptOutcome>>,
+    then: Option<OnCommit>,
+) -> Box<dyn WriteJob> {
+    let then = then.map(|f| f as Then<AcceptOutcome>);
+    job_then(move |c| Box::pin(accept_in(c, m)), reply, then)
 }
 
-type Accepts = Vec<(NewMessage, oneshot::Sender<Result<AcceptOutcome>>)>;
+/// A queued accept: the message, its caller, and what to call once it is
+/// committed ([`Store::accept_then`]).
+type AcceptJob = (NewMessage, oneshot::Sender<Result<AcceptOutcome>>, Option<OnCommit>);
+type Accepts = Vec<AcceptJob>;
 type Acks = Vec<AckJob>;
 
 /// What a batch's fast paths produced, answered after COMMIT.
@@ -250,8 +280,8 @@ async fn run_in_transaction(
             Ok(None) | Err(_) => {
                 exec(conn, "ROLLBACK TO SAVEPOINT accepts").await?;
                 exec(conn, "RELEASE SAVEPOINT accepts").await?;
-                for (m, reply) in accepts.drain(..) {
-                    ops.push(accept_job(m, reply));
+                for (m, reply, then) in accepts.drain(..) {
+                    ops.push(accept_job(m, reply, then));
                 }
             }
         }
@@ -331,14 +361,14 @@ async fn run_writer(
         for j in jobs.drain(..) {
             match j {
                 Job::Op(op) => ops.push(op),
-                Job::Accept(m, reply) => accepts.push((*m, reply)),
+                Job::Accept(accept) => accepts.push(*accept),
                 Job::Ack(ack) => acks.push(*ack),
             }
         }
         if accepts.len() == 1
-            && let Some((m, reply)) = accepts.pop()
+            && let Some((m, reply, then)) = accepts.pop()
         {
-            ops.push(accept_job(m, reply));
+            ops.push(accept_job(m, reply, then));
         }
         let committed = match syncer.as_ref().and_then(Syncer::failure) {
             Some(failure) => Err(failure),
@@ -391,9 +421,6 @@ impl Committed {
             acks,
             fast,
         } = self;
-        for op in ops {
-            op.finish(status.clone());
-        }
         let lost = || {
             status
                 .clone()
@@ -401,14 +428,18 @@ impl Committed {
                 .unwrap_or_else(|| RelayError::Store("batch lost".into()))
         };
         let fast_ok = status.is_ok();
+        // In commit order: the batched accepts claimed their seqs first.
         match fast.accepts.filter(|_| fast_ok) {
             Some(outcomes) => {
-                for ((_, reply), outcome) in accepts.into_iter().zip(outcomes) {
+                for ((_, reply, then), outcome) in accepts.into_iter().zip(outcomes) {
+                    if let Some(then) = then {
+                        then(&outcome);
+                    }
                     let _ = reply.send(Ok(outcome));
                 }
             }
             None => {
-                for (_, reply) in accepts {
+                for (_, reply, _) in accepts {
                     let _ = reply.send(Err(lost()));
                 }
             }
@@ -424,6 +455,9 @@ impl Committed {
                     let _ = ack.reply.send(Err(lost()));
                 }
             }
+        }
+        for op in ops {
+            op.finish(status.clone());
         }
     }
 }
@@ -592,6 +626,17 @@ impl SqlStore {
         let (reply, answer) = oneshot::channel();
         self.writer
             .send(Job::Op(job(op, reply)))
+            .await
+            .map_err(|_| RelayError::Store("writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| RelayError::Store("writer stopped".into()))?
+    }
+
+    async fn queue_accept(&self, message: NewMessage, then: Option<OnCommit>) -> Result<AcceptOutcome> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Job::Accept(Box::new((message, reply, then))))
             .await
             .map_err(|_| RelayError::Store("writer stopped".into()))?;
         answer
@@ -965,9 +1010,9 @@ fn in_list(first: usize, count: usize) -> String {
 /// `None` (caller rolls back and goes one by one) if any message needs
 /// individual treatment.
 async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptOutcome>>> {
-    let mut ids: Vec<&[u8; 16]> = batch.iter().map(|(m, _)| m.id.as_bytes()).collect();
+    let mut ids: Vec<&[u8; 16]> = batch.iter().map(|(m, _, _)| m.id.as_bytes()).collect();
     ids.sort_unstable();
-    if ids.windows(2).any(|w| w[0] == w[1]) || batch.iter().any(|(m, _)| m.local.is_empty() && m.remote.is_empty()) {
+    if ids.windows(2).any(|w| w[0] == w[1]) || batch.iter().any(|(m, _, _)| m.local.is_empty() && m.remote.is_empty()) {
         return Ok(None);
     }
     for chunk in batch.chunks(CHUNK_ROWS) {
@@ -976,7 +1021,7 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
             row_list(1, 8, chunk.len())
         );
         let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-        for (m, _) in chunk {
+        for (m, _, _) in chunk {
             query = query
                 .bind(m.id.as_bytes().as_slice())
                 .bind(&m.digest[..])
@@ -996,7 +1041,7 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
     // Entries per recipient device, in batch order.
     let mut order: Vec<(&Username, DeviceId)> = Vec::new();
     let mut counts: HashMap<(&Username, DeviceId), (i64, i64, i64)> = HashMap::new();
-    for (m, _) in batch {
+    for (m, _, _) in batch {
         for r in &m.local {
             let e = counts.entry((&r.user, r.device)).or_insert_with(|| {
                 order.push((&r.user, r.device));
@@ -1010,7 +1055,7 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
     order.sort();
     let depth_max = batch
         .iter()
-        .map(|(m, _)| m.depth_max)
+        .map(|(m, _, _)| m.depth_max)
         .min()
         .unwrap_or(0);
     if !claim_sequences(c, &order, &mut counts, depth_max).await? {
@@ -1021,7 +1066,7 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
     type MailboxRow<'a> = (i64, i64, &'a [u8], &'a [u8], i64);
     let mut rows: Vec<MailboxRow<'_>> = Vec::new();
     let mut outcomes = Vec::with_capacity(batch.len());
-    for (m, _) in batch {
+    for (m, _, _) in batch {
         let mut delivered = Vec::with_capacity(m.local.len());
         for r in &m.local {
             let Some(slot) = counts.get_mut(&(&r.user, r.device)) else {
@@ -1049,7 +1094,7 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
         }
         query.execute(&mut *c).await?;
     }
-    insert_outboxes(c, batch.iter().map(|(m, _)| m)).await?;
+    insert_outboxes(c, batch.iter().map(|(m, _, _)| m)).await?;
     Ok(Some(outcomes))
 }
 
@@ -1562,14 +1607,11 @@ impl Store for SqlStore {
     }
 
     async fn accept(&self, message: NewMessage) -> Result<AcceptOutcome> {
-        let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(Job::Accept(Box::new(message), reply))
-            .await
-            .map_err(|_| RelayError::Store("writer stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| RelayError::Store("writer stopped".into()))?
+        self.queue_accept(message, None).await
+    }
+
+    async fn accept_then(&self, message: NewMessage, committed: OnCommit) -> Result<AcceptOutcome> {
+        self.queue_accept(message, Some(committed)).await
     }
 
     async fn fetch(
@@ -1885,6 +1927,7 @@ mod syncer_tests {
             op: Some(unused),
             result: Some(Ok(7)),
             reply,
+            then: None,
         });
         syncer.after_sync(Committed {
             ops: vec![op],
