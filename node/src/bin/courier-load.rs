@@ -23,6 +23,12 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::Mutex;
 
+/// mimalloc instead of glibc's malloc: the load tool allocates and frees small
+/// buffers (frames, JSON, envelopes) on every message from several threads,
+/// where glibc's arenas showed up as the top symbols of the profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load generator for a Courier relay.
 #[derive(Debug, Parser)]
 #[command(name = "courier-load", version, about)]
