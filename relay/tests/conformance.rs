@@ -904,7 +904,17 @@ async fn expired_entries_are_purged(kind: Kind) {
     };
     let a = user(&h, "alice", 1).await;
     let b = user(&h, "bob", 2).await;
+    let c = user(&h, "carol", 3).await;
     let mut m = message(id(1), &[(b.address(), b.device)], b"short");
+    m.ttl_secs = 10;
+    h.relay.accept_message(a.authed(), m).await.unwrap();
+    // Two recipients: both entries expire in one purge, releasing the
+    // body by two references at once.
+    let mut m = message(
+        id(4),
+        &[(b.address(), b.device), (c.address(), c.device)],
+        b"short, twice",
+    );
     m.ttl_secs = 10;
     h.relay.accept_message(a.authed(), m).await.unwrap();
     h.relay
@@ -919,8 +929,8 @@ async fn expired_entries_are_purged(kind: Kind) {
     assert_eq!(f.envelopes.len(), 1, "expired entries are not delivered");
     assert_eq!(f.envelopes[0].body.as_slice(), b"long");
     let report = h.relay.purge_expired().await.unwrap();
-    assert_eq!(report.mailbox_entries, 1);
-    assert_eq!(report.messages, 1);
+    assert_eq!(report.mailbox_entries, 3);
+    assert_eq!(report.messages, 2);
     let s = stats(&h).await;
     assert_eq!((s.messages, s.bodies, s.mailbox_entries), (1, 1, 1));
     h.clock.advance(3600 * 1000);
@@ -928,18 +938,24 @@ async fn expired_entries_are_purged(kind: Kind) {
     assert_eq!(
         stats(&h).await,
         StoreStats {
-            accounts: 2,
+            accounts: 3,
             ..StoreStats::default()
         }
     );
-    // A purge frees depth: the mailbox takes new mail.
+    // A purge frees depth: the mailboxes take new mail, and their depth
+    // is what is really in them.
     h.relay
         .accept_message(
             a.authed(),
-            message(id(3), &[(b.address(), b.device)], b"new"),
+            message(
+                id(3),
+                &[(b.address(), b.device), (c.address(), c.device)],
+                b"new",
+            ),
         )
         .await
         .unwrap();
+    assert_eq!(stats(&h).await.mailbox_entries, 2);
 }
 
 async fn a_full_mailbox_refuses_the_whole_message(kind: Kind) {

@@ -706,15 +706,6 @@ async fn insert_device(c: &mut Conn, d: &DeviceRecord) -> Result<()> {
     Ok(())
 }
 
-/// One fewer reference to a message; its body goes with the last one.
-async fn release(c: &mut Conn, id: &[u8]) -> Result<()> {
-    q("UPDATE messages SET refs = refs - 1, body = CASE WHEN refs <= 1 THEN NULL ELSE body END WHERE id = ?")
-        .bind(id)
-        .execute(&mut *c)
-        .await?;
-    Ok(())
-}
-
 async fn revoke(c: &mut Conn, session: &str) -> Result<()> {
     q("DELETE FROM access_tokens WHERE session_id = ?")
         .bind(session)
@@ -985,6 +976,12 @@ async fn ack_many(c: &mut Conn, acks: &Acks) -> Result<Vec<u32>> {
         }
     }
     release_many(c, released.into_iter().collect()).await?;
+    lower_depths(c, depths).await?;
+    Ok(counts)
+}
+
+/// Lowers each device's mailbox depth by its count of deleted entries.
+async fn lower_depths(c: &mut Conn, depths: HashMap<i64, i64>) -> Result<()> {
     let depths: Vec<(i64, i64)> = depths.into_iter().collect();
     for chunk in depths.chunks(CHUNK_ROWS) {
         let sql = format!(
@@ -997,7 +994,7 @@ async fn ack_many(c: &mut Conn, acks: &Acks) -> Result<Vec<u32>> {
         }
         query.execute(&mut *c).await?;
     }
-    Ok(counts)
+    Ok(())
 }
 
 /// `count` placeholders separated by commas, numbered from `first`.
@@ -1676,15 +1673,15 @@ impl Store for SqlStore {
                             .bind(now)
                             .fetch_all(&mut *c)
                             .await?;
+                        // Batched like acks: two statements, not two per entry.
+                        let mut released: HashMap<Vec<u8>, i64> = HashMap::new();
+                        let mut depths: HashMap<i64, i64> = HashMap::new();
                         for r in &rows {
-                            let pk: i64 = r.try_get(0)?;
-                            let id: Vec<u8> = r.try_get(1)?;
-                            release(c, &id).await?;
-                            q("UPDATE devices SET depth = depth - 1 WHERE pk = ?")
-                                .bind(pk)
-                                .execute(&mut *c)
-                                .await?;
+                            *depths.entry(r.try_get(0)?).or_default() += 1;
+                            *released.entry(r.try_get(1)?).or_default() += 1;
                         }
+                        release_many(c, released.into_iter().collect()).await?;
+                        lower_depths(c, depths).await?;
                         Ok(rows.len() as u64)
                     })
                 })
