@@ -325,7 +325,9 @@ impl Device {
             self.base.replacen("http", "ws", 1),
             self.access_token()
         );
-        let (stream, _) = tokio_tungstenite::connect_async(url)
+        // TCP_NODELAY: frames are small and answered one by one; Nagle
+        // would hold each behind the previous one's ACK.
+        let (stream, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .map_err(ClientError::transport)?;
         Ok(Socket { stream })

@@ -303,7 +303,9 @@ impl Transport for HttpTransport {
             .parse()
             .map_err(|_| TransportError::BadResponse("token is not a valid header value".into()))?;
         request.headers_mut().insert("authorization", auth);
-        let connect = tokio_tungstenite::connect_async(request);
+        // TCP_NODELAY: sends and acks are small frames; with Nagle each
+        // could wait for the previous one's (delayed) ACK.
+        let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
         let (stream, _) = tokio::time::timeout(Duration::from_secs(10), connect)
             .await
             .map_err(|_| {
