@@ -886,7 +886,9 @@ fn row_list(first: usize, cols: usize, rows: usize) -> String {
     out
 }
 
-/// `n` fewer references to each message; a body goes with the last one.
+/// One fewer reference to a message per occurrence of its id in `ids` (the
+/// message ids of deleted mailbox or outbox entries); a body goes with its
+/// message's last reference.
 ///
 /// One `UPDATE … WHERE id IN (…)` per distinct `n` (almost always just
 /// `n = 1`). Not `UPDATE … FROM (VALUES …)`: without table statistics
@@ -894,9 +896,13 @@ fn row_list(first: usize, cols: usize, rows: usize) -> String {
 /// values, so every batch of acks cost time proportional to every message
 /// still kept for deduplication (57 µs per released row after 100,000
 /// messages; the scan was the gateway's bottleneck).
-async fn release_many(c: &mut Conn, released: Vec<(Vec<u8>, i64)>) -> Result<()> {
+async fn release_many(c: &mut Conn, ids: Vec<Vec<u8>>) -> Result<()> {
+    let mut counts: HashMap<Vec<u8>, i64> = HashMap::new();
+    for id in ids {
+        *counts.entry(id).or_default() += 1;
+    }
     let mut by_count: BTreeMap<i64, Vec<Vec<u8>>> = BTreeMap::new();
-    for (id, n) in released {
+    for (id, n) in counts {
         by_count.entry(n).or_default().push(id);
     }
     for (n, ids) in by_count {
@@ -954,8 +960,8 @@ async fn ack_many(c: &mut Conn, acks: &Acks) -> Result<Vec<u32>> {
     }
     let keys: Vec<(i64, i64)> = wanted.keys().copied().collect();
     let mut counts = vec![0u32; acks.len()];
-    let mut released: HashMap<Vec<u8>, i64> = HashMap::new();
-    let mut depths: HashMap<i64, i64> = HashMap::new();
+    let mut released = Vec::new();
+    let mut emptied = Vec::new();
     for chunk in keys.chunks(CHUNK_ROWS) {
         let sql = format!(
             "WITH a(pk, seq) AS (VALUES {}) DELETE FROM mailbox WHERE (device_pk, seq) IN (SELECT pk, seq FROM a) RETURNING device_pk, seq, message_id",
@@ -971,17 +977,22 @@ async fn ack_many(c: &mut Conn, acks: &Acks) -> Result<Vec<u32>> {
             if let Some(&n) = wanted.get(&(pk, seq)) {
                 counts[n] += 1;
             }
-            *released.entry(r.try_get(2)?).or_default() += 1;
-            *depths.entry(pk).or_default() += 1;
+            released.push(r.try_get(2)?);
+            emptied.push(pk);
         }
     }
-    release_many(c, released.into_iter().collect()).await?;
-    lower_depths(c, depths).await?;
+    release_many(c, released).await?;
+    lower_depths(c, emptied).await?;
     Ok(counts)
 }
 
-/// Lowers each device's mailbox depth by its count of deleted entries.
-async fn lower_depths(c: &mut Conn, depths: HashMap<i64, i64>) -> Result<()> {
+/// Lowers each device's mailbox depth by one per occurrence of its pk in
+/// `devices` (the devices of deleted mailbox entries).
+async fn lower_depths(c: &mut Conn, devices: Vec<i64>) -> Result<()> {
+    let mut depths: HashMap<i64, i64> = HashMap::new();
+    for pk in devices {
+        *depths.entry(pk).or_default() += 1;
+    }
     let depths: Vec<(i64, i64)> = depths.into_iter().collect();
     for chunk in depths.chunks(CHUNK_ROWS) {
         let sql = format!(
@@ -1674,14 +1685,14 @@ impl Store for SqlStore {
                             .fetch_all(&mut *c)
                             .await?;
                         // Batched like acks: two statements, not two per entry.
-                        let mut released: HashMap<Vec<u8>, i64> = HashMap::new();
-                        let mut depths: HashMap<i64, i64> = HashMap::new();
+                        let mut released = Vec::with_capacity(rows.len());
+                        let mut devices = Vec::with_capacity(rows.len());
                         for r in &rows {
-                            *depths.entry(r.try_get(0)?).or_default() += 1;
-                            *released.entry(r.try_get(1)?).or_default() += 1;
+                            devices.push(r.try_get(0)?);
+                            released.push(r.try_get(1)?);
                         }
-                        release_many(c, released.into_iter().collect()).await?;
-                        lower_depths(c, depths).await?;
+                        release_many(c, released).await?;
+                        lower_depths(c, devices).await?;
                         Ok(rows.len() as u64)
                     })
                 })
@@ -1899,12 +1910,12 @@ async fn delete_outboxes(c: &mut Conn, ids: &[OutboxId]) -> Result<u32> {
         for id in chunk {
             query = query.bind(*id);
         }
-        let mut released: HashMap<Vec<u8>, i64> = HashMap::new();
+        let mut released = Vec::new();
         for r in query.fetch_all(&mut *c).await? {
-            *released.entry(r.try_get(0)?).or_default() += 1;
+            released.push(r.try_get(0)?);
             n += 1;
         }
-        release_many(c, released.into_iter().collect()).await?;
+        release_many(c, released).await?;
     }
     Ok(n)
 }
