@@ -111,6 +111,24 @@ async fn next_envelope(socket: &mut client::Socket) -> courier_protocol::api::En
     }
 }
 
+/// Sends `body` from `from` to device 1 of `to` over HTTP and returns the
+/// envelope that then arrives on `socket` (a socket of that device),
+/// checked to be the one sent.
+async fn send_and_receive(
+    from: &Device,
+    to: &Address,
+    socket: &mut client::Socket,
+    body: &[u8],
+) -> courier_protocol::api::Envelope {
+    let id = envelope_id();
+    from.send(id, body.to_vec(), &[(to.clone(), DeviceId(1))])
+        .await
+        .unwrap();
+    let envelope = next_envelope(socket).await;
+    assert_eq!(envelope.id, id);
+    envelope
+}
+
 #[tokio::test]
 async fn messages_reach_every_device_over_websocket_and_offline_devices_catch_up() {
     let relay = Relay::start(&[], &[]);
@@ -569,15 +587,7 @@ async fn sigterm_closes_websockets_with_a_close_frame_and_exits_cleanly() {
     let alice = relay.user("alice").await;
     let mut socket = alice.connect().await.unwrap();
     // Make sure the connection is live before the signal.
-    alice
-        .send(
-            envelope_id(),
-            vec![7; 8],
-            &[(alice.address.clone(), DeviceId(1))],
-        )
-        .await
-        .unwrap();
-    next_envelope(&mut socket).await;
+    send_and_receive(&alice, &alice.address, &mut socket, &[7; 8]).await;
     let status = tokio::task::spawn_blocking(move || {
         let status = relay.terminate();
         (status, relay)
@@ -679,17 +689,7 @@ async fn postgres_end_to_end_when_configured() {
     bob.upload_keys(2).await.unwrap();
     assert_eq!(alice.bundle(&bob.address).await.unwrap().bundles.len(), 1);
     let mut socket = bob.connect().await.unwrap();
-    let id = envelope_id();
-    alice
-        .send(
-            id,
-            b"over postgres".to_vec(),
-            &[(bob.address.clone(), DeviceId(1))],
-        )
-        .await
-        .unwrap();
-    let envelope = next_envelope(&mut socket).await;
-    assert_eq!(envelope.id, id);
+    let envelope = send_and_receive(&alice, &bob.address, &mut socket, b"over postgres").await;
     socket.ack(vec![envelope.seq]).await.unwrap();
     socket.close().await;
     drop(relay);
@@ -865,16 +865,7 @@ async fn two_federated_relays_carry_bundles_and_pushes_across() {
     assert!(bundle.bundles[0].one_time_prekey.is_some());
 
     let mut socket = alice.connect().await.unwrap();
-    let id = envelope_id();
-    bob.send(
-        id,
-        b"across".to_vec(),
-        &[(alice.address.clone(), DeviceId(1))],
-    )
-    .await
-    .unwrap();
-    let envelope = next_envelope(&mut socket).await;
-    assert_eq!(envelope.id, id);
+    let envelope = send_and_receive(&bob, &alice.address, &mut socket, b"across").await;
     assert_eq!(envelope.origin.as_str(), "relay-b.test");
     assert_eq!(envelope.body.as_slice(), b"across");
     socket.ack(vec![envelope.seq]).await.unwrap();
@@ -1272,17 +1263,7 @@ async fn two_serve_processes_on_one_postgres_wake_each_others_websockets() {
     let mut alice_socket = alice.connect().await.unwrap();
     // Sent through process one: process two's session is woken by NOTIFY
     // (it never reads its mailbox on its own while idle).
-    let id = envelope_id();
-    alice
-        .send(
-            id,
-            b"via one".to_vec(),
-            &[(bob.address.clone(), DeviceId(1))],
-        )
-        .await
-        .unwrap();
-    let envelope = next_envelope(&mut bob_socket).await;
-    assert_eq!(envelope.id, id);
+    let envelope = send_and_receive(&alice, &bob.address, &mut bob_socket, b"via one").await;
     bob_socket.ack(vec![envelope.seq]).await.unwrap();
     // And the other way, sent as a WebSocket frame to process two.
     let back = envelope_id();
@@ -1309,15 +1290,7 @@ async fn two_serve_processes_on_one_postgres_wake_each_others_websockets() {
     let carol = other.user("carol").await;
     let mut carol_socket = carol.connect().await.unwrap();
     alice.base = two.url.clone();
-    alice
-        .send(
-            envelope_id(),
-            b"x".to_vec(),
-            &[(bob.address.clone(), DeviceId(1))],
-        )
-        .await
-        .unwrap();
-    next_envelope(&mut bob_socket).await;
+    send_and_receive(&alice, &bob.address, &mut bob_socket, b"x").await;
     while let Some(frame) = carol_socket
         .next_within(Duration::from_millis(300))
         .await

@@ -1673,10 +1673,7 @@ impl Notifier for SeqRecorder {
         make: &dyn Fn() -> courier_relay::types::Envelope,
     ) {
         assert_eq!(make().seq, seq);
-        self.0
-            .lock()
-            .unwrap()
-            .push((format!("{user}/{device}"), seq));
+        self.mailbox(user, device, seq);
     }
 }
 
