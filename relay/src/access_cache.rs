@@ -3,7 +3,9 @@
 //!
 //! Revocation stays immediate within this process: logout, a refresh
 //! (rotation deletes the session's old access tokens) and a reused refresh
-//! token drop entries here before the call returns, and an entry filled
+//! token drop that one session's entries here before the call returns
+//! (found through a per-session index, so neither scans the cache nor
+//! touches other sessions' entries), and an entry filled
 //! from a store read that raced with such a drop is not kept (the
 //! generation check). Other processes sharing the database hear of the
 //! drops through [`crate::Notifier::revoked`] if the embedder wires one
@@ -29,11 +31,29 @@ struct Cached {
 #[derive(Default)]
 struct Inner {
     tokens: HashMap<TokenHash, Cached>,
+    /// The cached tokens of each session, so revoking one session touches
+    /// only its own entries instead of scanning every token.
+    sessions: HashMap<String, Vec<TokenHash>>,
     /// One-time prekeys left per device of a cached token, as read with it
     /// or as this process last changed it (for the low-water hint).
     prekeys: HashMap<(Username, DeviceId), u32>,
     /// Bumped by every drop; a fill that started before a drop is refused.
     generation: u64,
+}
+
+impl Inner {
+    /// Drops one token and its place in the session index.
+    fn remove(&mut self, token: &TokenHash) {
+        let Some(cached) = self.tokens.remove(token) else {
+            return;
+        };
+        if let Some(tokens) = self.sessions.get_mut(&cached.session) {
+            tokens.retain(|t| t != token);
+            if tokens.is_empty() {
+                self.sessions.remove(&cached.session);
+            }
+        }
+    }
 }
 
 pub(crate) struct AccessCache {
@@ -67,7 +87,7 @@ impl AccessCache {
         let mut inner = self.lock();
         let c = inner.tokens.get(token)?;
         if c.fresh_until_ms <= now_ms {
-            inner.tokens.remove(token);
+            inner.remove(token);
             return None;
         }
         let one_time_count = *inner.prekeys.get(&(c.user.clone(), c.device))?;
@@ -102,16 +122,29 @@ impl AccessCache {
             return;
         }
         if inner.tokens.len() >= self.entries_max {
-            inner.tokens.retain(|_, c| c.fresh_until_ms > now_ms);
+            let stale: Vec<TokenHash> = inner
+                .tokens
+                .iter()
+                .filter(|(_, c)| c.fresh_until_ms <= now_ms)
+                .map(|(hash, _)| *hash)
+                .collect();
+            for hash in &stale {
+                inner.remove(hash);
+            }
             if inner.tokens.len() >= self.entries_max {
                 // Bounded memory over hit rate: start over.
                 inner.tokens.clear();
+                inner.sessions.clear();
                 inner.prekeys.clear();
             }
         }
         inner
             .prekeys
             .insert((record.user.clone(), record.device), record.one_time_count);
+        let tokens = inner.sessions.entry(record.session.clone()).or_default();
+        if !tokens.contains(&token) {
+            tokens.push(token);
+        }
         inner.tokens.insert(
             token,
             Cached {
@@ -124,20 +157,29 @@ impl AccessCache {
         );
     }
 
-    /// Drops every token of `session`.
+    /// Drops every token of `session`: a lookup in the session index, so
+    /// its cost does not grow with the number of cached tokens.
     pub(crate) fn forget_session(&self, session: &str) {
         let mut inner = self.lock();
         inner.generation += 1;
-        inner.tokens.retain(|_, c| c.session != session);
+        for hash in inner.sessions.remove(session).unwrap_or_default() {
+            inner.tokens.remove(&hash);
+        }
     }
 
     /// Drops every token of one device (its session's tokens were rotated).
     pub(crate) fn forget_device(&self, user: &Username, device: DeviceId) {
         let mut inner = self.lock();
         inner.generation += 1;
-        inner
+        let gone: Vec<TokenHash> = inner
             .tokens
-            .retain(|_, c| !(c.device == device && c.user == *user));
+            .iter()
+            .filter(|(_, c)| c.device == device && c.user == *user)
+            .map(|(hash, _)| *hash)
+            .collect();
+        for hash in &gone {
+            inner.remove(hash);
+        }
     }
 
     /// Drops everything (a session was revoked and we do not know which).
@@ -145,6 +187,7 @@ impl AccessCache {
         let mut inner = self.lock();
         inner.generation += 1;
         inner.tokens.clear();
+        inner.sessions.clear();
         inner.prekeys.clear();
     }
 
@@ -154,5 +197,52 @@ impl AccessCache {
         if let Some(c) = inner.prekeys.get_mut(&(user.clone(), device)) {
             *c = count;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(session: &str, device: u32) -> AccessRecord {
+        AccessRecord {
+            session: session.to_owned(),
+            user: Username::parse("alice").unwrap(),
+            device: DeviceId(device),
+            expires_ms: 1_000_000,
+            one_time_count: 5,
+        }
+    }
+
+    #[test]
+    fn forgetting_a_session_drops_only_its_tokens() {
+        let cache = AccessCache::new(100, 10_000);
+        let (a1, a2, b) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        for (token, session) in [(a1, "a"), (a2, "a"), (b, "b")] {
+            let generation = cache.generation();
+            cache.fill(token, &record(session, 1), generation, 0);
+        }
+        cache.forget_session("a");
+        assert!(cache.get(&a1, 1).is_none());
+        assert!(cache.get(&a2, 1).is_none());
+        // Another session of the same device stays cached: no store read.
+        assert_eq!(cache.get(&b, 1).map(|r| r.session), Some("b".to_owned()));
+        let inner = cache.lock();
+        assert!(!inner.sessions.contains_key("a"), "index entry gone too");
+        assert_eq!(inner.sessions.get("b").map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn the_session_index_follows_evictions() {
+        let cache = AccessCache::new(2, 10);
+        let generation = cache.generation();
+        cache.fill([1; 32], &record("a", 1), generation, 0);
+        cache.fill([2; 32], &record("b", 1), generation, 0);
+        // Both stale at 20: the fill evicts them and their index entries.
+        cache.fill([3; 32], &record("c", 1), generation, 20);
+        let inner = cache.lock();
+        assert_eq!(inner.tokens.len(), 1);
+        assert_eq!(inner.sessions.len(), 1);
+        assert!(inner.sessions.contains_key("c"));
     }
 }

@@ -145,14 +145,16 @@ impl Relay {
             .rotate_refresh(&hash_secret(refresh_token), now, tokens)
             .await?
         {
-            RotateOutcome::Rotated { user, device } => {
-                // The store deleted the session's old access tokens.
-                self.revoke_cached(Revocation::Device(user, device));
+            RotateOutcome::Rotated { session, .. } => {
+                // The store deleted the session's old access tokens; only
+                // they leave the cache (an index lookup, not a scan).
+                self.revoke_cached(Revocation::Session(session));
                 Ok(response)
             }
-            RotateOutcome::Reused => {
-                // Some session was revoked; the outcome does not say which.
-                self.revoke_cached(Revocation::All);
+            RotateOutcome::Reused { session } => {
+                // That session is revoked; every other session's cached
+                // tokens (here and in other processes) stay.
+                self.revoke_cached(Revocation::Session(session));
                 Err(RelayError::InvalidRefreshToken)
             }
             RotateOutcome::Invalid => Err(RelayError::InvalidRefreshToken),
@@ -165,6 +167,14 @@ impl Relay {
     /// relays [`crate::Notifier::revoked`], else within
     /// [`crate::Config::access_cache_ms`]).
     pub async fn authenticate(&self, access_token: &str) -> Result<AuthedDevice> {
+        self.authenticate_until(access_token)
+            .await
+            .map(|(device, _)| device)
+    }
+
+    /// Like [`Relay::authenticate`], also returning when the token expires
+    /// (Unix ms): a long-lived connection (the WebSocket) ends then.
+    pub async fn authenticate_until(&self, access_token: &str) -> Result<(AuthedDevice, u64)> {
         let hash = hash_secret(access_token);
         let now = self.now_ms();
         let record = match self.access_cache.get(&hash, now) {
@@ -184,12 +194,13 @@ impl Relay {
             return Err(RelayError::TokenExpired);
         }
         let low = self.config.prekeys_low_water;
-        Ok(AuthedDevice {
+        let device = AuthedDevice {
             user: record.user,
             device: record.device,
             session: record.session,
             prekeys_low: (record.one_time_count < low).then_some(record.one_time_count),
-        })
+        };
+        Ok((device, record.expires_ms))
     }
 
     /// Ends the caller's session: its access and refresh tokens stop working.

@@ -19,6 +19,11 @@ use crate::types::{
     FetchResponse,
 };
 
+/// Most header and body bytes one [`Relay::fetch`] returns (beyond its first
+/// envelope): base64 and JSON framing of this much stay well under
+/// `courier_protocol::limits::FETCH_RESPONSE_BYTES_MAX`.
+pub const FETCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 /// What [`Relay::accept_message`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -298,20 +303,55 @@ impl Relay {
     }
 
     /// The caller's unexpired mailbox entries with `seq > after`, in order,
-    /// at most `limit` (clamped to 1..=`FETCH_LIMIT_MAX`).
+    /// at most `limit` (clamped to 1..=`FETCH_LIMIT_MAX`) and at most
+    /// [`FETCH_BYTES_MAX`] bytes of headers and bodies (so the JSON answer
+    /// stays under `FETCH_RESPONSE_BYTES_MAX`).
     pub async fn fetch(
         &self,
         device: &AuthedDevice,
         after: u64,
         limit: u32,
     ) -> Result<FetchResponse> {
+        self.fetch_bounded(device, after, limit, FETCH_BYTES_MAX)
+            .await
+    }
+
+    /// Like [`Relay::fetch`] with a byte cap of the caller's: entries stop
+    /// before the one that would take their header and body bytes past
+    /// `bytes_max`, except that the first entry always comes (however big),
+    /// so a reader always progresses. `more` is true if anything was left.
+    pub async fn fetch_bounded(
+        &self,
+        device: &AuthedDevice,
+        after: u64,
+        limit: u32,
+        bytes_max: usize,
+    ) -> Result<FetchResponse> {
         let limit = limit.clamp(1, FETCH_LIMIT_MAX as u32);
         let mut envelopes = self
             .store
-            .fetch(&device.user, device.device, after, limit + 1, self.now_ms())
+            .fetch(
+                &device.user,
+                device.device,
+                after,
+                limit + 1,
+                bytes_max,
+                self.now_ms(),
+            )
             .await?;
-        let more = envelopes.len() > limit as usize;
-        envelopes.truncate(limit as usize);
+        let mut keep = 0usize;
+        let mut bytes = 0usize;
+        for envelope in &envelopes {
+            bytes += envelope.header.len() + envelope.body.len();
+            if keep == limit as usize || (keep > 0 && bytes > bytes_max) {
+                break;
+            }
+            keep += 1;
+        }
+        // Past the cap, the store stopped reading: there may be more even
+        // if nothing was trimmed here (a first entry bigger than the cap).
+        let more = envelopes.len() > keep || bytes > bytes_max;
+        envelopes.truncate(keep);
         Ok(FetchResponse { envelopes, more })
     }
 

@@ -81,6 +81,8 @@ conformance!(
     concurrent_acks_from_many_devices_are_each_counted_once,
     a_federated_batch_is_stored_in_order_with_its_odd_envelopes_answered_alone,
     the_notifier_hears_of_each_mailboxs_entries_in_seq_order,
+    a_reused_refresh_token_drops_only_its_own_sessions_cached_tokens,
+    fetches_are_capped_by_bytes_and_always_progress,
 );
 
 fn id(n: u8) -> EnvelopeId {
@@ -414,6 +416,36 @@ async fn cached_access_tokens_follow_rotation_logout_reuse_and_prekey_changes(ki
         other.authenticate(&token).await,
         Err(RelayError::Unauthenticated)
     );
+}
+
+/// Audit item 17: a reused refresh token revokes its own session, and only
+/// that session's cached tokens leave the cache (it used to empty the whole
+/// cache, here and in every process on the same database).
+async fn a_reused_refresh_token_drops_only_its_own_sessions_cached_tokens(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let alice = user(&h, "alice", 1).await;
+    let bob = user(&h, "bob", 2).await;
+    let first = alice.tokens.clone().unwrap();
+    let bob_token = bob.tokens.clone().unwrap().access_token;
+    // Cached by the login helper's authenticate.
+    let bob_session = h.relay.authenticate(&bob_token).await.unwrap().session;
+    let second = h.relay.refresh(&first.refresh_token).await.unwrap();
+    // Bob's session leaves the store behind the relay's back: from here on
+    // only the cache knows his token, so accepting it proves no store read.
+    h.store.revoke_session(&bob_session).await.unwrap();
+    assert_eq!(
+        h.relay.refresh(&first.refresh_token).await,
+        Err(RelayError::InvalidRefreshToken)
+    );
+    assert_eq!(
+        h.relay.authenticate(&second.access_token).await,
+        Err(RelayError::Unauthenticated),
+        "the reused session is revoked"
+    );
+    let still = h.relay.authenticate(&bob_token).await.unwrap();
+    assert_eq!(still.user.as_str(), "bob", "another session stays cached");
 }
 
 async fn linking_a_device_needs_approval_signed_by_an_existing_device(kind: Kind) {
@@ -811,6 +843,54 @@ async fn fetch_returns_entries_in_order_from_a_cursor(kind: Kind) {
             .envelopes
             .is_empty()
     );
+}
+
+/// Audit item 2: a read of big entries holds at most the byte cap (plus the
+/// one entry that crosses it, which the relay trims off), never a whole
+/// batch of 100 × 256 KiB.
+async fn fetches_are_capped_by_bytes_and_always_progress(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    let to = [(b.address(), b.device)];
+    for n in 0..6u8 {
+        h.relay
+            .accept_message(a.authed(), message(id(n), &to, &vec![n; 100_000]))
+            .await
+            .unwrap();
+    }
+    // The store itself stops after the entry that crosses the cap.
+    let raw = h
+        .store
+        .fetch(&b.user, b.device, 0, 100, 250_000, T0)
+        .await
+        .unwrap();
+    assert_eq!(raw.len(), 3, "stops right after crossing 250 000 bytes");
+    // Two entries (header 8 + body 100 000 each) fit under 250 000.
+    let page = h
+        .relay
+        .fetch_bounded(b.authed(), 0, 100, 250_000)
+        .await
+        .unwrap();
+    let bodies: Vec<u8> = page.envelopes.iter().map(|e| e.body.0[0]).collect();
+    assert_eq!(bodies, [0, 1]);
+    assert!(page.more);
+    // An entry bigger than the cap still comes, alone: readers progress.
+    let last = page.envelopes[1].seq;
+    let page = h
+        .relay
+        .fetch_bounded(b.authed(), last, 100, 1_000)
+        .await
+        .unwrap();
+    let bodies: Vec<u8> = page.envelopes.iter().map(|e| e.body.0[0]).collect();
+    assert_eq!(bodies, [2]);
+    assert!(page.more);
+    // The count limit still holds, and the end of the mailbox is reported.
+    let page = h.relay.fetch(b.authed(), last, 100).await.unwrap();
+    assert_eq!(page.envelopes.len(), 4);
+    assert!(!page.more);
 }
 
 async fn acking_out_of_order_and_twice_is_safe_and_frees_the_body(kind: Kind) {

@@ -349,7 +349,7 @@ impl Store for MemoryStore {
         let session = r.session.clone();
         if r.used {
             s.revoke(&session);
-            return Ok(RotateOutcome::Reused);
+            return Ok(RotateOutcome::Reused { session });
         }
         if r.expires_ms <= now_ms {
             return Ok(RotateOutcome::Invalid);
@@ -366,12 +366,16 @@ impl Store for MemoryStore {
         s.refresh.insert(
             next.refresh,
             Refresh {
-                session,
+                session: session.clone(),
                 expires_ms: next.refresh_expires_ms,
                 used: false,
             },
         );
-        Ok(RotateOutcome::Rotated { user, device })
+        Ok(RotateOutcome::Rotated {
+            session,
+            user,
+            device,
+        })
     }
 
     async fn revoke_session(&self, session: &str) -> Result<()> {
@@ -500,6 +504,7 @@ impl Store for MemoryStore {
         device: DeviceId,
         after: u64,
         limit: u32,
+        bytes_max: usize,
         now_ms: u64,
     ) -> Result<Vec<Envelope>> {
         let s = self.lock();
@@ -507,8 +512,9 @@ impl Store for MemoryStore {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for (seq, e) in d.mailbox.range(after.saturating_add(1)..) {
-            if out.len() >= limit as usize {
+            if out.len() >= limit as usize || bytes > bytes_max {
                 break;
             }
             if e.expires_ms <= now_ms {
@@ -517,12 +523,14 @@ impl Store for MemoryStore {
             let Some(m) = s.messages.get(&e.message) else {
                 continue;
             };
+            let body = m.body.clone().unwrap_or_default();
+            bytes += e.header.len() + body.len();
             out.push(Envelope {
                 seq: *seq,
                 id: e.message,
                 origin: m.origin.clone(),
                 header: e.header.clone(),
-                body: m.body.clone().unwrap_or_default(),
+                body,
                 received_ms: m.received_ms,
                 expires_ms: e.expires_ms,
                 kind: m.kind,

@@ -140,13 +140,19 @@ pub struct AccessRecord {
 pub enum RotateOutcome {
     /// The token was current: it is now used and `next` is stored.
     Rotated {
+        /// The login session the token belonged to (its old access tokens
+        /// were deleted).
+        session: String,
         /// The account.
         user: Username,
         /// The device.
         device: DeviceId,
     },
     /// The token had been used before: the whole session is revoked.
-    Reused,
+    Reused {
+        /// The revoked session, so only its cached tokens are dropped.
+        session: String,
+    },
     /// Unknown, expired or of a revoked session.
     Invalid,
 }
@@ -415,13 +421,18 @@ pub trait Store: Send + Sync + 'static {
         committed(&outcome);
         Ok(outcome)
     }
-    /// Unexpired entries of a mailbox with `seq > after`, ascending, at most `limit`.
+    /// Unexpired entries of a mailbox with `seq > after`, ascending, at most
+    /// `limit`, and no more after the one that takes their header and body
+    /// bytes past `bytes_max` (so a read holds at most `bytes_max` plus one
+    /// envelope in memory, however big the entries; the caller trims that
+    /// last one off if it wants to stay under the cap).
     async fn fetch(
         &self,
         user: &Username,
         device: DeviceId,
         after: u64,
         limit: u32,
+        bytes_max: usize,
         now_ms: u64,
     ) -> Result<Vec<crate::types::Envelope>>;
     /// Deletes the named entries that exist; returns how many did. A body

@@ -1353,7 +1353,7 @@ impl Store for SqlStore {
                 let used: i64 = r.try_get(2)?;
                 if used != 0 {
                     revoke(c, &session).await?;
-                    return Ok(RotateOutcome::Reused);
+                    return Ok(RotateOutcome::Reused { session });
                 }
                 if expires_ms <= now_ms {
                     return Ok(RotateOutcome::Invalid);
@@ -1368,7 +1368,7 @@ impl Store for SqlStore {
                     .rows_affected();
                 if marked == 0 {
                     revoke(c, &session).await?;
-                    return Ok(RotateOutcome::Reused);
+                    return Ok(RotateOutcome::Reused { session });
                 }
                 let row = q("SELECT username, device FROM sessions WHERE id = ?")
                     .bind(session.as_str())
@@ -1381,6 +1381,7 @@ impl Store for SqlStore {
                     .await?;
                 insert_tokens(c, &session, &next).await?;
                 Ok(RotateOutcome::Rotated {
+                    session,
                     user: username(s.try_get(0)?)?,
                     device: device_id(s.try_get(1)?)?,
                 })
@@ -1628,30 +1629,39 @@ impl Store for SqlStore {
         device: DeviceId,
         after: u64,
         limit: u32,
+        bytes_max: usize,
         now_ms: u64,
     ) -> Result<Vec<Envelope>> {
-        let rows = q("SELECT m.seq, m.message_id, g.origin, m.header, g.body, g.received_ms, m.expires_ms, g.kind FROM mailbox m JOIN messages g ON g.id = m.message_id WHERE m.device_pk = (SELECT pk FROM devices WHERE username = ? AND device = ?) AND m.seq > ? AND m.expires_ms > ? ORDER BY m.seq LIMIT ?")
+        use futures::TryStreamExt as _;
+        // Rows are decoded one at a time and the read stops at the byte
+        // cap, so a mailbox of big entries never sits in memory whole.
+        let mut rows = q("SELECT m.seq, m.message_id, g.origin, m.header, g.body, g.received_ms, m.expires_ms, g.kind FROM mailbox m JOIN messages g ON g.id = m.message_id WHERE m.device_pk = (SELECT pk FROM devices WHERE username = ? AND device = ?) AND m.seq > ? AND m.expires_ms > ? ORDER BY m.seq LIMIT ?")
             .bind(user.as_str())
             .bind(i64::from(device.0))
             .bind(i(after))
             .bind(i(now_ms))
             .bind(i64::from(limit))
-            .fetch_all(&self.read)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Envelope {
-                    seq: u(r.try_get(0)?),
-                    id: envelope_id(r.try_get(1)?)?,
-                    origin: relay_name(r.try_get(2)?)?,
-                    header: Bytes(r.try_get(3)?),
-                    body: Bytes(r.try_get::<Option<Vec<u8>>, _>(4)?.unwrap_or_default()),
-                    received_ms: u(r.try_get(5)?),
-                    expires_ms: u(r.try_get(6)?),
-                    kind: kind_from_code(r.try_get(7)?),
-                })
-            })
-            .collect()
+            .fetch(&self.read);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while bytes <= bytes_max {
+            let Some(r) = rows.try_next().await? else {
+                break;
+            };
+            let envelope = Envelope {
+                seq: u(r.try_get(0)?),
+                id: envelope_id(r.try_get(1)?)?,
+                origin: relay_name(r.try_get(2)?)?,
+                header: Bytes(r.try_get(3)?),
+                body: Bytes(r.try_get::<Option<Vec<u8>>, _>(4)?.unwrap_or_default()),
+                received_ms: u(r.try_get(5)?),
+                expires_ms: u(r.try_get(6)?),
+                kind: kind_from_code(r.try_get(7)?),
+            };
+            bytes += envelope.header.len() + envelope.body.len();
+            out.push(envelope);
+        }
+        Ok(out)
     }
 
     async fn ack(&self, user: &Username, device: DeviceId, seqs: &[u64]) -> Result<u32> {

@@ -204,9 +204,12 @@ impl Store for SimStore {
         device: DeviceId,
         after: u64,
         limit: u32,
+        bytes_max: usize,
         now_ms: u64,
     ) -> Result<Vec<Envelope>> {
-        self.inner.fetch(user, device, after, limit, now_ms).await
+        self.inner
+            .fetch(user, device, after, limit, bytes_max, now_ms)
+            .await
     }
     async fn ack(&self, user: &Username, device: DeviceId, seqs: &[u64]) -> Result<u32> {
         self.inner.ack(user, device, seqs).await
