@@ -70,6 +70,21 @@ pub struct WebSocketConfig {
     pub read_buffer_bytes: usize,
     /// Write buffer per connection before a flush.
     pub write_buffer_bytes: usize,
+    /// A write to a connection (a frame handed to the socket, a flush) that
+    /// has not completed after this long drops the connection: a client
+    /// that stops reading holds its memory for at most this long.
+    pub write_timeout_ms: u64,
+    /// Most header and body bytes read from the mailbox for one round of
+    /// pushes (beyond its first envelope): what a stalled connection can
+    /// hold in memory, whatever the envelopes' sizes.
+    pub fetch_bytes_max: usize,
+    /// Most open connections per device; one more is closed at once with
+    /// close code 4029.
+    pub connections_per_device_max: usize,
+    /// Most open connections per account (all its devices); 4029 beyond.
+    pub connections_per_account_max: usize,
+    /// Most open connections in this process; 4029 beyond.
+    pub connections_max: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -81,6 +96,11 @@ impl Default for WebSocketConfig {
             frame_bytes_max: courier_protocol::limits::WS_FRAME_BYTES_MAX,
             read_buffer_bytes: 4 * 1024,
             write_buffer_bytes: 0,
+            write_timeout_ms: 10_000,
+            fetch_bytes_max: 1024 * 1024,
+            connections_per_device_max: 4,
+            connections_per_account_max: 32,
+            connections_max: 10_000,
         }
     }
 }

@@ -65,7 +65,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Authed {
 pub struct AccessToken(pub String);
 
 /// The access token of a request: `Authorization: Bearer …`, or for
-/// browsers' WebSockets (which cannot set headers) `?access_token=…`.
+/// browsers' WebSockets (which cannot set headers) the subprotocol
+/// `courier.token.<token>`, or `?access_token=…`.
 fn access_token(req: &Request) -> Option<String> {
     if let Some(value) = req.headers().get(header::AUTHORIZATION) {
         let text = value.to_str().ok()?;
@@ -74,11 +75,33 @@ fn access_token(req: &Request) -> Option<String> {
             .eq_ignore_ascii_case("bearer")
             .then(|| token.trim().to_owned());
     }
+    if let Some(token) = subprotocol_token(req) {
+        return Some(token);
+    }
     let query = req.uri().query()?;
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         (k == "access_token").then(|| v.to_owned())
     })
+}
+
+/// Prefix of the WebSocket subprotocol that carries an access token:
+/// browsers cannot set headers on a WebSocket, and a token in the URL ends
+/// up in logs and histories, so they offer `courier.v1,
+/// courier.token.<token>` in `Sec-WebSocket-Protocol` instead (the relay
+/// echoes only `courier.v1`).
+pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "courier.token.";
+
+/// The access token offered as a `courier.token.<token>` subprotocol.
+fn subprotocol_token(req: &Request) -> Option<String> {
+    req.headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|protocol| protocol.trim().strip_prefix(TOKEN_SUBPROTOCOL_PREFIX))
+        .filter(|token| !token.is_empty())
+        .map(str::to_owned)
 }
 
 /// Authenticates the request, applies the per-account rate limit, and adds

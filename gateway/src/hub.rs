@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use courier_protocol::api::Envelope;
 use courier_protocol::{DeviceId, Username};
+use courier_relay::{AuthedDevice, Revocation};
 use tokio::sync::Notify;
 
 type DeviceKey = (Username, DeviceId);
@@ -98,6 +99,112 @@ impl Default for Device {
 #[derive(Clone, Default)]
 pub struct PushHub {
     devices: Arc<Mutex<HashMap<DeviceKey, Arc<Device>>>>,
+    connections: Arc<Mutex<Registry>>,
+}
+
+/// Most live connections, per device, per account and in total (one
+/// process; `[websocket]` in `courier.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Per device.
+    pub per_device: usize,
+    /// Per account, over all its devices.
+    pub per_account: usize,
+    /// In total.
+    pub total: usize,
+}
+
+impl Caps {
+    /// No limit at all.
+    pub const NONE: Caps = Caps {
+        per_device: usize::MAX,
+        per_account: usize::MAX,
+        total: usize::MAX,
+    };
+}
+
+/// Which cap refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The device has [`Caps::per_device`] connections.
+    Device,
+    /// The account has [`Caps::per_account`] connections.
+    Account,
+    /// The relay has [`Caps::total`] connections.
+    Relay,
+}
+
+/// Live connections: counted for the caps, and indexed by login session so
+/// a revocation reaches exactly the connections it concerns.
+#[derive(Debug, Default)]
+struct Registry {
+    next_id: u64,
+    live: HashMap<u64, Live>,
+    accounts: HashMap<Username, usize>,
+    devices: HashMap<DeviceKey, usize>,
+    sessions: HashMap<String, Vec<u64>>,
+}
+
+#[derive(Debug)]
+struct Live {
+    key: DeviceKey,
+    session: String,
+    recheck: Arc<Notify>,
+}
+
+impl Registry {
+    fn admit(&mut self, device: &AuthedDevice, caps: Caps) -> Result<(u64, Arc<Notify>), Refused> {
+        let key = (device.user.clone(), device.device);
+        if self.live.len() >= caps.total {
+            return Err(Refused::Relay);
+        }
+        if self.accounts.get(&device.user).copied().unwrap_or(0) >= caps.per_account {
+            return Err(Refused::Account);
+        }
+        if self.devices.get(&key).copied().unwrap_or(0) >= caps.per_device {
+            return Err(Refused::Device);
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let recheck = Arc::new(Notify::new());
+        *self.accounts.entry(device.user.clone()).or_default() += 1;
+        *self.devices.entry(key.clone()).or_default() += 1;
+        self.sessions
+            .entry(device.session.clone())
+            .or_default()
+            .push(id);
+        self.live.insert(
+            id,
+            Live {
+                key,
+                session: device.session.clone(),
+                recheck: recheck.clone(),
+            },
+        );
+        Ok((id, recheck))
+    }
+
+    fn leave(&mut self, id: u64) {
+        let Some(live) = self.live.remove(&id) else {
+            return;
+        };
+        fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+            if let Some(n) = map.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+        decrement(&mut self.accounts, &live.key.0);
+        decrement(&mut self.devices, &live.key);
+        if let Some(ids) = self.sessions.get_mut(&live.session) {
+            ids.retain(|other| *other != id);
+            if ids.is_empty() {
+                self.sessions.remove(&live.session);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PushHub {
@@ -173,7 +280,8 @@ impl PushHub {
     }
 
     /// Registers a connection of `(user, device)`; it is unregistered when the
-    /// returned [`Subscription`] drops.
+    /// returned [`Subscription`] drops. Counted against no cap and reached by
+    /// no revocation: connections of clients use [`PushHub::admit`].
     pub fn subscribe(&self, user: Username, device: DeviceId) -> Subscription {
         let key = (user, device);
         let device = self
@@ -187,7 +295,68 @@ impl PushHub {
             hub: self.clone(),
             key,
             device,
+            admission: None,
         }
+    }
+
+    /// Registers a connection of `device` (its login session included) if
+    /// the device, its account and the relay are under `caps`. The
+    /// connection's [`Subscription::recheck`] is woken when its session or
+    /// device is revoked ([`PushHub::revoked`]).
+    pub fn admit(&self, device: &AuthedDevice, caps: Caps) -> Result<Subscription, Refused> {
+        let (id, recheck) = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(device, caps)?;
+        let mut subscription = self.subscribe(device.user.clone(), device.device);
+        subscription.admission = Some(Admission { id, recheck });
+        Ok(subscription)
+    }
+
+    /// Tells the connections a revocation may concern to check their access
+    /// token again (the relay has already dropped the revoked tokens from
+    /// its cache, so the check reads the store): those whose token is gone
+    /// close, a connection that already uses the session's new token (after
+    /// a refresh) stays. A lookup in the session index, not a scan, except
+    /// for a whole device or everything.
+    pub fn revoked(&self, revocation: &Revocation) {
+        let registry = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let wake = |id: &u64| {
+            if let Some(live) = registry.live.get(id) {
+                // `notify_one` keeps a permit for a connection that is busy
+                // writing, so the check is never missed.
+                live.recheck.notify_one();
+            }
+        };
+        match revocation {
+            Revocation::Session(session) => {
+                registry
+                    .sessions
+                    .get(session)
+                    .into_iter()
+                    .flatten()
+                    .for_each(wake);
+            }
+            Revocation::Device(user, device) => registry
+                .live
+                .iter()
+                .filter(|(_, live)| live.key.0 == *user && live.key.1 == *device)
+                .for_each(|(id, _)| wake(id)),
+            Revocation::All => registry.live.keys().for_each(wake),
+        }
+    }
+
+    /// How many connections were admitted and are still open.
+    pub fn connections(&self) -> usize {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .live
+            .len()
     }
 
     /// How many distinct devices have at least one connection.
@@ -225,6 +394,13 @@ pub struct Subscription {
     hub: PushHub,
     key: DeviceKey,
     device: Arc<Device>,
+    admission: Option<Admission>,
+}
+
+/// A connection counted against the caps and reached by revocations.
+struct Admission {
+    id: u64,
+    recheck: Arc<Notify>,
 }
 
 impl Subscription {
@@ -272,6 +448,15 @@ impl Subscription {
         }
     }
 
+    /// Woken (with a stored permit) when a revocation may concern this
+    /// connection: it must check its access token again.
+    pub async fn recheck(&self) {
+        match &self.admission {
+            Some(admission) => admission.recheck.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Takes the pending "prekeys low" notice, if any.
     pub fn take_prekeys_low(&self) -> Option<u32> {
         match self.device.prekeys_low.swap(NO_NOTICE, Ordering::SeqCst) {
@@ -283,6 +468,13 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        if let Some(admission) = &self.admission {
+            self.hub
+                .connections
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .leave(admission.id);
+        }
         let mut devices = self
             .hub
             .devices
@@ -297,6 +489,8 @@ impl Drop for Subscription {
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt as _;
+
     use super::*;
 
     fn alice() -> Username {
@@ -329,6 +523,66 @@ mod tests {
         // Notifying a device nobody listens to is a no-op, and builds nothing.
         hub.notify(&alice(), DeviceId(1), 1);
         hub.envelope(&alice(), DeviceId(1), 1, &|| unreachable!("nobody listens"));
+    }
+
+    fn authed(user: &str, device: u32, session: &str) -> AuthedDevice {
+        AuthedDevice {
+            user: Username::parse(user).unwrap(),
+            device: DeviceId(device),
+            session: session.to_owned(),
+            prekeys_low: None,
+        }
+    }
+
+    #[test]
+    fn connections_are_capped_per_device_account_and_relay_and_freed_on_drop() {
+        let hub = PushHub::new();
+        let caps = Caps {
+            per_device: 2,
+            per_account: 3,
+            total: 4,
+        };
+        let a1 = hub.admit(&authed("alice", 1, "s1"), caps).unwrap();
+        let _a2 = hub.admit(&authed("alice", 1, "s1"), caps).unwrap();
+        assert_eq!(
+            hub.admit(&authed("alice", 1, "s1"), caps).err(),
+            Some(Refused::Device)
+        );
+        let _a3 = hub.admit(&authed("alice", 2, "s2"), caps).unwrap();
+        assert_eq!(
+            hub.admit(&authed("alice", 3, "s3"), caps).err(),
+            Some(Refused::Account)
+        );
+        let _b1 = hub.admit(&authed("bob", 1, "s4"), caps).unwrap();
+        assert_eq!(
+            hub.admit(&authed("carol", 1, "s5"), caps).err(),
+            Some(Refused::Relay)
+        );
+        drop(a1);
+        assert_eq!(hub.connections(), 3);
+        hub.admit(&authed("alice", 1, "s1"), caps).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_revocation_wakes_exactly_the_connections_it_concerns() {
+        let hub = PushHub::new();
+        let a = hub.admit(&authed("alice", 1, "s1"), Caps::NONE).unwrap();
+        let b = hub.admit(&authed("alice", 1, "s2"), Caps::NONE).unwrap();
+        let c = hub.admit(&authed("bob", 1, "s3"), Caps::NONE).unwrap();
+        let woken = |sub: &Subscription| sub.recheck().now_or_never().is_some();
+        hub.revoked(&Revocation::Session("s1".into()));
+        assert!(woken(&a), "its session");
+        assert!(!woken(&b), "another session of the same device");
+        assert!(!woken(&c));
+        hub.revoked(&Revocation::Device(
+            Username::parse("alice").unwrap(),
+            DeviceId(1),
+        ));
+        assert!(woken(&a) && woken(&b) && !woken(&c));
+        hub.revoked(&Revocation::All);
+        assert!(woken(&a) && woken(&b) && woken(&c));
+        // The permit was taken: nothing left to wake for.
+        assert!(!woken(&a));
     }
 
     fn envelope(seq: u64, body: usize) -> Envelope {

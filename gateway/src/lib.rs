@@ -77,6 +77,10 @@ impl courier_relay::Notifier for PushHub {
     fn prekeys_low(&self, user: &Username, device: DeviceId, remaining: u32) {
         PushHub::prekeys_low(self, user, device, remaining);
     }
+
+    fn revoked(&self, revocation: &courier_relay::Revocation) {
+        PushHub::revoked(self, revocation);
+    }
 }
 
 #[derive(utoipa::OpenApi)]

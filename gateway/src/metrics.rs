@@ -23,6 +23,12 @@ pub const WS_CONNECTIONS: &str = "courier_ws_connections";
 pub const WS_CONNECTIONS_TOTAL: &str = "courier_ws_connections_total";
 /// Counter: mailbox reads from the store by WebSocket connections.
 pub const WS_MAILBOX_READS: &str = "courier_ws_mailbox_reads_total";
+/// Counter: WebSocket connections closed at once because a per-device,
+/// per-account or relay-wide cap was reached (close code 4029).
+pub const WS_CONNECTIONS_REFUSED: &str = "courier_ws_connections_refused_total";
+/// Counter: WebSocket connections dropped because a write did not complete
+/// within `websocket.write_timeout_ms` (the client stopped reading).
+pub const WS_WRITE_TIMEOUTS: &str = "courier_ws_write_timeouts_total";
 /// Counter: messages accepted by `POST /v1/messages` (not counting retries).
 pub const MESSAGES_ACCEPTED: &str = "courier_messages_accepted_total";
 /// Counter: envelopes handed to a device (WebSocket push or HTTP fetch).

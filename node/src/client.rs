@@ -318,16 +318,20 @@ impl Device {
         decode(request.send().await.map_err(ClientError::transport)?).await
     }
 
-    /// Opens the push WebSocket.
+    /// Opens the push WebSocket, with the token in the `Authorization`
+    /// header (never in the URL, where it would reach logs).
     pub async fn connect(&self) -> Result<Socket, ClientError> {
-        let url = format!(
-            "{}/v1/ws?access_token={}",
-            self.base.replacen("http", "ws", 1),
-            self.access_token()
-        );
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = format!("{}/v1/ws", self.base.replacen("http", "ws", 1))
+            .into_client_request()
+            .map_err(ClientError::transport)?;
+        let auth = format!("Bearer {}", self.access_token())
+            .parse()
+            .map_err(ClientError::transport)?;
+        request.headers_mut().insert("authorization", auth);
         // TCP_NODELAY: frames are small and answered one by one; Nagle
         // would hold each behind the previous one's ACK.
-        let (stream, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        let (stream, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
             .await
             .map_err(ClientError::transport)?;
         Ok(Socket { stream })

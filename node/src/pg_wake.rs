@@ -11,7 +11,8 @@
 //! Revocations travel the same way: a logout, a refresh or a reused refresh
 //! token in one process makes every other process drop the revoked access
 //! tokens from its token cache at once, instead of trusting them for up to
-//! `access_cache_ms`.
+//! `access_cache_ms`, and close its WebSockets that authenticated with them
+//! (each connection of the session re-checks its token).
 //!
 //! Wake-ups are best effort: if the listener's connection drops, the
 //! notifications in between are lost, so on reconnecting it wakes every
@@ -200,9 +201,12 @@ async fn listen(
                 Some((from, _)) if from == instance => {}
                 Some((_, Message::Mail(user, device, seq))) => hub.notify(&user, device, seq),
                 Some((_, Message::Revoked(revocation))) => {
+                    // Cache first, so the connections the hub then tells to
+                    // re-check their token read the store.
                     if let Some(relay) = relay() {
                         relay.forget_revoked(&revocation);
                     }
+                    hub.revoked(&revocation);
                 }
                 None => tracing::warn!(payload = notification.payload(), "bad wake-up payload"),
             },
@@ -216,6 +220,9 @@ async fn listen(
                 if let Some(relay) = relay() {
                     relay.forget_revoked(&Revocation::All);
                 }
+                // A logout announced meanwhile must still close its
+                // sockets here: every connection re-checks its token.
+                hub.revoked(&Revocation::All);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "PostgreSQL wake-up listener failed; retrying");
