@@ -18,8 +18,12 @@ use crate::wire::*;
 const FETCH_LIMIT_DEFAULT: u32 = 100;
 
 fn relay_error(e: courier_relay::RelayError) -> Error {
-    if let courier_relay::RelayError::Store(detail) = &e {
-        tracing::error!(%detail, "store failure");
+    match &e {
+        courier_relay::RelayError::Store(detail) => tracing::error!(%detail, "store failure"),
+        courier_relay::RelayError::StorageFull(detail) => {
+            tracing::error!(%detail, "storage full: writes are refused until space is freed")
+        }
+        _ => {}
     }
     Error::from(e.to_api_error())
 }

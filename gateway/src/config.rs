@@ -15,6 +15,33 @@ pub struct HttpConfig {
     pub body_bytes_max: usize,
     /// A request still running after this long gets 503 `unavailable`.
     pub request_timeout_ms: u64,
+    /// A connection must deliver a complete request head within this long
+    /// of opening, or of its previous response: it bounds connections that
+    /// send nothing or half a header, and is also the keep-alive idle
+    /// timeout. The connection is then closed.
+    pub header_read_timeout_ms: u64,
+    /// Most open client connections (WebSockets included); beyond it new
+    /// connections get 503 `unavailable` and are closed.
+    pub connections_max: usize,
+    /// Most open connections from one client address (an IPv6 address
+    /// counts by its /64); beyond it new ones get 429 `rate_limited` and
+    /// are closed. Addresses in `trusted_proxies` are exempt.
+    pub connections_per_ip_max: usize,
+    /// Reverse proxies (addresses or CIDRs, e.g. `10.0.0.0/8`, `::1`)
+    /// whose `Forwarded` / `X-Forwarded-For` headers name the client; the
+    /// client is the rightmost hop not in this list. Empty: the TCP peer
+    /// is the client and those headers are ignored.
+    pub trusted_proxies: Vec<String>,
+    /// Longest request target (path and query); longer gets 414
+    /// `uri_too_long`.
+    pub uri_bytes_max: usize,
+    /// Largest request head (all header names and values); larger gets 431
+    /// `headers_too_large`. Heads over four times this (at least 64 KiB)
+    /// are cut off by the HTTP parser: 431 without a body, connection closed.
+    pub header_bytes_max: usize,
+    /// `/metrics` and `/readyz` read the store's figures at most once per
+    /// this interval; concurrent requests share one read.
+    pub stats_cache_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -23,6 +50,13 @@ impl Default for HttpConfig {
             cors_origins: Vec::new(),
             body_bytes_max: courier_protocol::limits::HTTP_BODY_BYTES_MAX,
             request_timeout_ms: 30_000,
+            header_read_timeout_ms: 10_000,
+            connections_max: 8_192,
+            connections_per_ip_max: 256,
+            trusted_proxies: Vec::new(),
+            uri_bytes_max: 8 * 1024,
+            header_bytes_max: 16 * 1024,
+            stats_cache_ms: 5_000,
         }
     }
 }

@@ -11,19 +11,21 @@
 //! a [`PushHub`] wired as the relay's notifier, and a bound listener.
 
 pub mod api;
+pub mod client_ip;
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod ratelimit;
 pub mod state;
+pub mod stats;
 pub mod ws;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +33,6 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use axum::{Router, middleware as mw};
 use courier_protocol::{DeviceId, ErrorCode, Username};
 use courier_relay::Relay;
@@ -126,6 +127,13 @@ impl Gateway {
     /// WebSockets only see envelopes that were there when they connected.
     pub fn new(relay: Arc<Relay>, hub: PushHub, config: GatewayConfig) -> Self {
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let stats_interval = Duration::from_millis(config.http.stats_cache_ms);
+        // The node validates the list first; should it still not parse, no
+        // forwarding header is believed.
+        let proxies = client_ip::Proxies::parse(&config.http.trusted_proxies).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "trusted_proxies ignored");
+            client_ip::Proxies::default()
+        });
         let rate = &config.rate_limit;
         let state = AppState {
             relay,
@@ -144,6 +152,8 @@ impl Gateway {
             federation: None,
             shutdown: shutdown_rx,
             connections: state::Tracker::default(),
+            proxies: Arc::new(proxies),
+            stats: Arc::new(stats::StatsCache::new(stats_interval)),
         };
         Gateway { state, shutdown }
     }
@@ -222,24 +232,20 @@ impl Gateway {
             // `changed()` then returns at once: both read as "stopping".
             let _ = signal.send(true);
         });
-        let mut stop = stopping.clone();
-        // TCP_NODELAY on every connection: pushes, answers and HTTP
-        // responses are small writes, and with Nagle's algorithm each could
-        // sit behind the client's delayed ACK of the previous one (40 ms on
-        // Linux), which was the p99 of WebSocket sends at any load.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        let mut served = tokio::spawn(async move { server.await });
+        let http = &self.state.config.http;
+        let config = listener::ListenerConfig {
+            header_read_timeout: Duration::from_millis(http.header_read_timeout_ms.max(1)),
+            connections_max: http.connections_max,
+            connections_per_ip_max: http.connections_per_ip_max,
+            head_bytes_hard_max: http.header_bytes_max.saturating_mul(4).max(64 * 1024),
+        };
+        let limits = Arc::new(listener::ConnectionLimits::new(
+            config.connections_max,
+            config.connections_per_ip_max,
+            self.state.proxies.clone(),
+        ));
+        let server = listener::serve(listener, router, config, limits, stopping.clone());
+        let mut served = tokio::spawn(server);
         let mut stop = stopping;
         tokio::select! {
             // The server failed before any shutdown signal.
@@ -348,12 +354,14 @@ async fn healthz() -> &'static str {
 }
 
 /// Readiness: the store answers a query (which also means its migrations
-/// ran: stores migrate before they are handed to the relay).
+/// ran: stores migrate before they are handed to the relay). The answer is
+/// the cached one of `/metrics` (at most `stats_cache_ms` old), so probes
+/// cost the store nothing more.
 async fn readyz(State(state): State<AppState>) -> Response {
     if *state.shutdown.borrow() {
         return Error::with_message(ErrorCode::Unavailable, "shutting down").into_response();
     }
-    match state.relay.store().outbox_destinations().await {
+    match store_stats(&state).await {
         Ok(_) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
@@ -369,7 +377,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     };
     // Depths are read from the store, so they are right across restarts and
     // across several relay processes sharing one database.
-    match state.relay.store().stats().await {
+    match store_stats(&state).await {
         Ok(stats) => {
             ::metrics::gauge!(metrics::MAILBOX_DEPTH).set(stats.mailbox_entries as f64);
             ::metrics::gauge!(metrics::OUTBOX_DEPTH).set(stats.outbox_entries as f64);
@@ -381,4 +389,9 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         handle.render(),
     )
         .into_response()
+}
+
+/// The store's figures, read at most once per `stats_cache_ms`.
+async fn store_stats(state: &AppState) -> Result<courier_relay::store::StoreStats, String> {
+    state.stats.get(|| state.relay.store().stats()).await
 }

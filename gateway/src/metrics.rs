@@ -9,7 +9,9 @@
 //! - `messages_accepted_total`, `envelopes_delivered_total` (pushed over a
 //!   WebSocket or returned by a fetch), `envelopes_acked_total`;
 //! - `mailbox_depth` and `outbox_depth` (gauges, read from the store at
-//!   each scrape).
+//!   most once per `[http] stats_cache_ms`, see `stats.rs`);
+//! - `store_stats_reads_total`: those store reads (however many scrapes
+//!   and readiness probes asked for them).
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -39,6 +41,8 @@ pub const ENVELOPES_ACKED: &str = "courier_envelopes_acked_total";
 pub const MAILBOX_DEPTH: &str = "courier_mailbox_depth";
 /// Gauge: envelopes waiting in the federation outbox.
 pub const OUTBOX_DEPTH: &str = "courier_outbox_depth";
+/// Counter: reads of the store's figures for `/metrics` and `/readyz`.
+pub const STORE_STATS_READS: &str = "courier_store_stats_reads_total";
 
 /// Latency buckets in seconds, 0.5 ms to 10 s.
 const DURATION_BUCKETS: &[f64] = &[

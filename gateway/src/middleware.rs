@@ -44,12 +44,44 @@ static BOOT_ID: std::sync::LazyLock<u32> = std::sync::LazyLock::new(|| {
         .unwrap_or(0)
 });
 
-/// The client IP of a request (the TCP peer; no forwarding headers are
-/// trusted).
-pub fn client_ip(req: &Request) -> Option<IpAddr> {
+/// The client IP of a request: the TCP peer, or, if that is one of
+/// `proxies`, the client their forwarding headers name (see `client_ip.rs`).
+pub fn client_ip(req: &Request, proxies: &crate::client_ip::Proxies) -> Option<IpAddr> {
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
+        .map(|ConnectInfo(addr)| proxies.client(addr.ip(), req.headers()))
+}
+
+/// A request target or head over its limit: 414 `uri_too_long` or 431
+/// `headers_too_large`, with the JSON body every error has. (hyper itself
+/// only stops heads far larger, see `listener.rs`.)
+fn oversized(req: &Request, http: &crate::config::HttpConfig) -> Option<Error> {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > http.uri_bytes_max {
+        return Some(Error::with_message(
+            ErrorCode::UriTooLong,
+            format!(
+                "the request target is longer than {} bytes",
+                http.uri_bytes_max
+            ),
+        ));
+    }
+    // As on the wire: "name: value\r\n" per header.
+    let head: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if head > http.header_bytes_max {
+        return Some(Error::with_message(
+            ErrorCode::HeadersTooLarge,
+            format!(
+                "the request headers are larger than {} bytes",
+                http.header_bytes_max
+            ),
+        ));
+    }
+    None
 }
 
 /// Request id, span, access log, metrics, per-IP rate limit and timeout,
@@ -64,7 +96,7 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().clone();
-    let ip = client_ip(&req);
+    let ip = client_ip(&req, &state.proxies);
     let span = tracing::info_span!(
         "request",
         request_id = %id.to_str().unwrap_or(""),
@@ -74,8 +106,13 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     );
 
     let mut response = async {
+        if let Some(error) = oversized(&req, &state.config.http) {
+            return error.into_response();
+        }
         if let Some(ip) = ip
-            && let Err(wait) = state.ip_limiter.check(&ip, Instant::now())
+            && let Err(wait) = state
+                .ip_limiter
+                .check(&crate::client_ip::limit_key(ip), Instant::now())
         {
             return Error::rate_limited(wait).into_response();
         }

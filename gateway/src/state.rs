@@ -37,6 +37,10 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Open WebSocket connections, so shutdown can wait for their close.
     pub connections: Tracker,
+    /// Reverse proxies whose forwarding headers name the client.
+    pub proxies: Arc<crate::client_ip::Proxies>,
+    /// The store's figures for `/metrics` and `/readyz`.
+    pub stats: Arc<crate::stats::StatsCache>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -49,8 +49,53 @@ pub fn ensure_data_dir(data_dir: &Path, config: &Config) -> anyhow::Result<bool>
          # Flags and COURIER_* environment variables override these values.\n\n{}",
         config.to_toml()
     );
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    // 0600 whatever the umask: it may hold a database password.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(&path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(true)
+}
+
+/// Makes every file and directory this process creates private to its
+/// user (umask 077): the SQLite database and its WAL and shared-memory
+/// files (SQLite creates those with 0644), `http.addr`, `peers.json`, the
+/// control socket. One setting instead of a mode at each place that
+/// creates a file, including the places inside libraries.
+pub fn private_files() {
+    #[cfg(unix)]
+    {
+        use nix::sys::stat::{Mode, umask};
+        umask(Mode::from_bits_truncate(0o077));
+    }
+}
+
+/// Warns (once, as a structured event) when the data directory can be
+/// read or entered by other users: it holds the relay key, the database
+/// and maybe a database password. The directory is not changed: its mode
+/// may be deliberate (a shared group for backups).
+pub fn warn_if_data_dir_exposed(data_dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(data_dir) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    data_dir = %data_dir.display(),
+                    mode = format!("{mode:04o}"),
+                    "the data directory is accessible to other users (it holds the relay key and the database); run chmod 700 on it"
+                );
+            }
+        }
+    }
 }
 
 /// The federation addresses to advertise: external addresses if set, else

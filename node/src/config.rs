@@ -372,6 +372,24 @@ impl Config {
                 message: "must be at least 1".to_owned(),
             });
         }
+        courier_gateway::client_ip::Proxies::parse(&self.http.trusted_proxies).map_err(|e| {
+            ConfigError::Invalid {
+                field: "http.trusted_proxies",
+                message: e.to_string(),
+            }
+        })?;
+        if self.http.connections_max == 0 || self.http.connections_per_ip_max == 0 {
+            return Err(ConfigError::Invalid {
+                field: "http.connections_max",
+                message: "connections_max and connections_per_ip_max must be at least 1".to_owned(),
+            });
+        }
+        if self.http.header_read_timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                field: "http.header_read_timeout_ms",
+                message: "must be at least 1".to_owned(),
+            });
+        }
         if self.federation.peers_max == 0 {
             return Err(ConfigError::Invalid {
                 field: "federation.peers_max",
@@ -509,6 +527,22 @@ mod tests {
             bad.apply_env([("COURIER_RATE_LIMIT_IP_BURST".to_owned(), "many".to_owned())])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn trusted_proxies_come_from_the_environment_and_must_parse() {
+        let mut c = Config::default();
+        assert!(c.http.trusted_proxies.is_empty());
+        c.apply_env([(
+            "COURIER_HTTP_TRUSTED_PROXIES".to_owned(),
+            "[\"127.0.0.1\", \"10.0.0.0/8\"]".to_owned(),
+        )])
+        .unwrap();
+        assert_eq!(c.http.trusted_proxies, vec!["127.0.0.1", "10.0.0.0/8"]);
+        c.validate().unwrap();
+        c.http.trusted_proxies = vec!["10.0.0.0/40".to_owned()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("http.trusted_proxies"), "{err}");
     }
 
     #[test]

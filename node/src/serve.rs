@@ -50,6 +50,7 @@ pub fn relay(
 /// Runs the relay until SIGINT or SIGTERM.
 pub async fn run(data_dir: &Path, config: Config) -> anyhow::Result<()> {
     admin::ensure_data_dir(data_dir, &config)?;
+    admin::warn_if_data_dir_exposed(data_dir);
     let (key, _) = identity::load_or_create(data_dir)?;
     let peer = identity::peer_id(&key);
     let store = crate::store::open(data_dir, &config).await?;

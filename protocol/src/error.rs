@@ -114,6 +114,13 @@ codes! {
     Unavailable = ("unavailable", 503, "the relay is temporarily unavailable"),
     /// An unexpected server-side error; details are in the relay's logs.
     Internal = ("internal", 500, "internal error"),
+    /// The request target (path and query) is longer than the relay accepts.
+    UriTooLong = ("uri_too_long", 414, "the request URI is too long"),
+    /// The request head (header names and values) is larger than the relay
+    /// accepts.
+    HeadersTooLarge = ("headers_too_large", 431, "the request headers are too large"),
+    /// The relay's storage is full: nothing was stored; retry later.
+    InsufficientStorage = ("insufficient_storage", 507, "the relay's storage is full"),
 }
 
 impl fmt::Display for ErrorCode {

@@ -78,6 +78,12 @@ pub enum RelayError {
     /// for logs only.
     #[error("store error: {0}")]
     Store(String),
+    /// The store's disk (or database quota) is full: SQLite `SQLITE_FULL`,
+    /// PostgreSQL `53100 disk_full`. The write did not happen and nothing
+    /// is damaged; the same write succeeds once space is freed. Details are
+    /// for logs only.
+    #[error("storage full: {0}")]
+    StorageFull(String),
 }
 
 impl RelayError {
@@ -107,6 +113,7 @@ impl RelayError {
             RelayError::Conflict(_) => ErrorCode::Conflict,
             RelayError::NotLocal => ErrorCode::UnknownRelay,
             RelayError::Store(_) => ErrorCode::Unavailable,
+            RelayError::StorageFull(_) => ErrorCode::InsufficientStorage,
         }
     }
 
@@ -115,6 +122,9 @@ impl RelayError {
     pub fn to_api_error(&self) -> courier_protocol::ApiError {
         match self {
             RelayError::Store(_) => courier_protocol::ApiError::new(ErrorCode::Unavailable),
+            RelayError::StorageFull(_) => {
+                courier_protocol::ApiError::new(ErrorCode::InsufficientStorage)
+            }
             other => courier_protocol::ApiError::with_message(other.code(), other.to_string()),
         }
     }
@@ -138,8 +148,24 @@ impl From<ErrorCode> for RelayError {
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 impl From<sqlx::Error> for RelayError {
     fn from(e: sqlx::Error) -> Self {
+        if is_storage_full(&e) {
+            return RelayError::StorageFull(e.to_string());
+        }
         RelayError::Store(e.to_string())
     }
+}
+
+/// Whether a database error says the disk is full: SQLite's result code 13
+/// (`SQLITE_FULL`, reported as the extended code, whose low byte is the
+/// primary one) or PostgreSQL's SQLSTATE `53100` (`disk_full`). The two
+/// code spaces do not overlap (SQLSTATEs are five characters).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn is_storage_full(e: &sqlx::Error) -> bool {
+    const SQLITE_FULL: i64 = 13;
+    let Some(code) = e.as_database_error().and_then(|d| d.code()) else {
+        return false;
+    };
+    code == "53100" || code.parse::<i64>().is_ok_and(|n| n & 0xff == SQLITE_FULL)
 }
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

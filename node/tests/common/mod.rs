@@ -217,3 +217,24 @@ pub fn envelope_id() -> courier_protocol::EnvelopeId {
         rand::random(),
     )
 }
+
+// Spawning into a directory the test prepared (its mode, its filesystem).
+impl Relay {
+    /// `courier serve --data-dir DATA_DIR` on a directory the test made
+    /// (e.g. with a chosen mode, or on a small filesystem), capturing
+    /// stderr if `capture` is set. The caller keeps `data_dir` alive.
+    pub fn start_in(data_dir: &Path, args: &[&str], envs: &[(&str, &str)], capture: bool) -> Relay {
+        let stderr = capture.then(|| {
+            let name = format!("courier-stderr-{}.log", rand::random::<u64>());
+            std::env::temp_dir().join(name)
+        });
+        Relay::spawn_in(
+            data_dir,
+            args.iter().map(|s| s.to_string()).collect(),
+            envs.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            stderr,
+        )
+    }
+}

@@ -116,6 +116,8 @@ trait WriteJob: Send {
     fn run<'c>(&'c mut self, conn: &'c mut Conn) -> BoxFuture<'c, bool>;
     /// Answers the caller once the transaction's fate is known.
     fn finish(self: Box<Self>, committed: Result<()>);
+    /// The operation's error if it failed because the disk is full.
+    fn storage_full(&self) -> Option<RelayError>;
 }
 
 /// What a job calls with its committed result before replying.
@@ -144,6 +146,13 @@ where
             self.result = Some(result);
             ok
         })
+    }
+
+    fn storage_full(&self) -> Option<RelayError> {
+        match &self.result {
+            Some(Err(e @ RelayError::StorageFull(_))) => Some(e.clone()),
+            _ => None,
+        }
     }
 
     fn finish(self: Box<Self>, committed: Result<()>) {
@@ -277,6 +286,10 @@ async fn run_in_transaction(
                 }
                 fast.accepts = Some(outcomes);
             }
+            // A full disk fails every write of the batch alike (and SQLite
+            // may have rolled the whole transaction back already): fail the
+            // batch with it rather than retry each accept.
+            Err(e @ RelayError::StorageFull(_)) => return Err(e),
             Ok(None) | Err(_) => {
                 exec(conn, "ROLLBACK TO SAVEPOINT accepts").await?;
                 exec(conn, "RELEASE SAVEPOINT accepts").await?;
@@ -299,6 +312,9 @@ async fn run_in_transaction(
             exec(conn, "SAVEPOINT op").await?;
         }
         let ok = op.run(conn).await;
+        if !ok && let Some(full) = op.storage_full() {
+            return Err(full);
+        }
         if single {
             if !ok {
                 exec(conn, "ROLLBACK").await?;
