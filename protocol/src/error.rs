@@ -114,6 +114,10 @@ codes! {
     Unavailable = ("unavailable", 503, "the relay is temporarily unavailable"),
     /// An unexpected server-side error; details are in the relay's logs.
     Internal = ("internal", 500, "internal error"),
+    /// A recipient mailbox holds as much from this sender's source (the
+    /// sending account, or for federated mail the relay it came from) as
+    /// one source may; other senders still get through. Retry later.
+    MailboxQuota = ("mailbox_quota", 507, "the recipient mailbox holds as much from this sender as allowed"),
 }
 
 impl fmt::Display for ErrorCode {

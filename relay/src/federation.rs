@@ -174,6 +174,7 @@ pub fn is_transient(code: ErrorCode) -> bool {
         code,
         ErrorCode::RateLimited
             | ErrorCode::MailboxFull
+            | ErrorCode::MailboxQuota
             | ErrorCode::Unavailable
             | ErrorCode::Internal
             | ErrorCode::RelayUnreachable
