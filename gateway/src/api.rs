@@ -331,9 +331,9 @@ pub async fn key_bundle(
         (status = 201, description = "`SendResponse`: stored", body = crate::openapi::SendResponseDoc),
         (status = 400, description = "`bad_request`, `malformed`", body = crate::openapi::ErrorBodyDoc),
         (status = 404, description = "`unknown_user`, `unknown_device`, `unknown_relay`", body = crate::openapi::ErrorBodyDoc),
-        (status = 409, description = "`conflict`: the id was used for another message", body = crate::openapi::ErrorBodyDoc),
+        (status = 409, description = "`conflict`: this sender used the id for another message", body = crate::openapi::ErrorBodyDoc),
         (status = 413, description = "`payload_too_large`, `too_many_recipients`", body = crate::openapi::ErrorBodyDoc),
-        (status = 507, description = "`mailbox_full`", body = crate::openapi::ErrorBodyDoc),
+        (status = 507, description = "`mailbox_full`; `mailbox_quota`: a recipient mailbox holds as much from this sender as one source may", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn send(
     State(state): State<AppState>,

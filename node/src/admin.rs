@@ -143,7 +143,7 @@ pub fn existing_config(data_dir: &Path) -> anyhow::Result<Config> {
 /// `courier invite`: a one-time registration code valid for `valid_hours`.
 pub async fn invite(data_dir: &Path, config: &Config, valid_hours: u64) -> anyhow::Result<String> {
     let store = crate::store::open(data_dir, config).await?;
-    let relay = crate::serve::relay(config, store, Arc::new(courier_relay::NoNotifier))?;
+    let relay = crate::serve::relay(data_dir, config, store, Arc::new(courier_relay::NoNotifier))?;
     let code = relay
         .create_invite(valid_hours.saturating_mul(3600 * 1000))
         .await

@@ -75,6 +75,34 @@ pub struct RelaySettings {
     /// Most envelopes waiting in one device's mailbox; sends beyond get
     /// 507 `mailbox_full`.
     pub mailbox_depth_max: u32,
+    /// Most bytes (body + header of each envelope) waiting in one device's
+    /// mailbox; sends beyond get 507 `mailbox_full`.
+    pub mailbox_bytes_max: u64,
+    /// Most envelopes one source may have waiting in one device's mailbox
+    /// (source: the sending account, or for federated mail the relay it
+    /// came from); sends beyond get 507 `mailbox_quota`, others still get
+    /// through. 0 (the default): a quarter of `mailbox_depth_max`.
+    pub mailbox_per_source_max: u32,
+    /// Most bytes one source may have waiting in one device's mailbox.
+    /// 0 (the default): a quarter of `mailbox_bytes_max`.
+    pub mailbox_per_source_bytes_max: u64,
+}
+
+impl RelaySettings {
+    /// The per-source share limits in effect: (entries, bytes). A share is
+    /// a quarter of the mailbox unless configured, so that one source (or
+    /// three) cannot fill a mailbox and lock everyone else out.
+    pub fn per_source(&self) -> (u32, u64) {
+        let entries = match self.mailbox_per_source_max {
+            0 => (self.mailbox_depth_max / 4).max(1),
+            n => n,
+        };
+        let bytes = match self.mailbox_per_source_bytes_max {
+            0 => (self.mailbox_bytes_max / 4).max(1),
+            n => n,
+        };
+        (entries, bytes)
+    }
 }
 
 impl Default for RelaySettings {
@@ -89,6 +117,10 @@ impl Default for RelaySettings {
             link_secs: defaults.link_ms / 1000,
             prekeys_low_water: defaults.prekeys_low_water,
             mailbox_depth_max: defaults.mailbox_depth_max,
+            mailbox_bytes_max: defaults.mailbox_bytes_max,
+            // Follow the totals unless set (see `RelaySettings::per_source`).
+            mailbox_per_source_max: 0,
+            mailbox_per_source_bytes_max: 0,
         }
     }
 }

@@ -21,9 +21,11 @@ pub const HTTP_ADDR_FILE: &str = "http.addr";
 /// How often expired mailbox entries, bodies and auth records are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Builds the relay over `store` with the settings of `config`; `notifier`
-/// hears of every enqueue (mailbox and outbox).
+/// Builds the relay over `store` with the settings of `config` and the
+/// store secret of `data_dir` ([`crate::store::secret`]); `notifier` hears
+/// of every enqueue (mailbox and outbox).
 pub fn relay(
+    data_dir: &Path,
     config: &Config,
     store: Arc<dyn courier_relay::Store>,
     notifier: Arc<dyn courier_relay::Notifier>,
@@ -36,6 +38,12 @@ pub fn relay(
     relay_config.link_ms = r.link_secs.saturating_mul(1000);
     relay_config.prekeys_low_water = r.prekeys_low_water;
     relay_config.mailbox_depth_max = r.mailbox_depth_max;
+    relay_config.mailbox_bytes_max = r.mailbox_bytes_max;
+    (
+        relay_config.mailbox_per_source_max,
+        relay_config.mailbox_per_source_bytes_max,
+    ) = r.per_source();
+    relay_config.store_secret = crate::store::secret(data_dir)?;
     relay_config.registration = match config.registration() {
         Registration::Open => courier_relay::Registration::Open,
         Registration::Invite => courier_relay::Registration::Invite,
@@ -70,7 +78,7 @@ pub async fn run(data_dir: &Path, config: Config) -> anyhow::Result<()> {
         pg_wake = Some(notifier);
     }
     let notifier = OutboxNotifier::new(local, outbox_wake.clone());
-    let relay = Arc::new(relay(&config, store, Arc::new(notifier))?);
+    let relay = Arc::new(relay(data_dir, &config, store, Arc::new(notifier))?);
     if let Some(pg_wake) = pg_wake {
         pg_wake.attach(&relay);
     }

@@ -77,6 +77,50 @@ pub async fn open(data_dir: &Path, config: &Config) -> anyhow::Result<Arc<dyn St
     }
 }
 
+/// Name of the store secret's file inside the data directory.
+pub const SECRET_FILE: &str = "store.key";
+
+/// The store secret (`<data-dir>/store.key`, 32 random bytes, mode 0600),
+/// created on first start. It keys what the store keeps about senders
+/// (see `courier_relay::secret`); it lives beside the database, not in it,
+/// so a copy of the database alone does not reveal senders. Every process
+/// sharing one database must have the same file.
+pub fn secret(data_dir: &Path) -> anyhow::Result<courier_relay::StoreSecret> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let path = data_dir.join(SECRET_FILE);
+    let read = |path: &Path| -> anyhow::Result<courier_relay::StoreSecret> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{}: not a store secret (32 bytes)", path.display()))?;
+        Ok(courier_relay::StoreSecret::new(bytes))
+    };
+    if path.exists() {
+        return read(&path);
+    }
+    let bytes = rand::random::<[u8; 32]>();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(&path) {
+        Ok(mut file) => {
+            file.write_all(&bytes)
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(courier_relay::StoreSecret::new(bytes))
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

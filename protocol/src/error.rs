@@ -121,6 +121,10 @@ codes! {
     HeadersTooLarge = ("headers_too_large", 431, "the request headers are too large"),
     /// The relay's storage is full: nothing was stored; retry later.
     InsufficientStorage = ("insufficient_storage", 507, "the relay's storage is full"),
+    /// A recipient mailbox holds as much from this sender's source (the
+    /// sending account, or for federated mail the relay it came from) as
+    /// one source may; other senders still get through. Retry later.
+    MailboxQuota = ("mailbox_quota", 507, "the recipient mailbox holds as much from this sender as allowed"),
 }
 
 impl fmt::Display for ErrorCode {

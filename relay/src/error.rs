@@ -67,8 +67,12 @@ pub enum RelayError {
     /// A recipient mailbox is at its depth limit.
     #[error("mailbox full")]
     MailboxFull,
-    /// The request conflicts with stored state (envelope id reused for
-    /// different content or by another sender; stale device list version).
+    /// A recipient mailbox holds as much from this message's source (the
+    /// submitting account, or the relay it came from) as one source may.
+    #[error("mailbox quota of this source reached")]
+    MailboxQuota,
+    /// The request conflicts with stored state (envelope id reused by the
+    /// same source for different content; stale device list version).
     #[error("conflict: {0}")]
     Conflict(&'static str),
     /// The address is not on this relay; ask the federation.
@@ -110,6 +114,7 @@ impl RelayError {
             RelayError::TooManyDevices => ErrorCode::TooManyDevices,
             RelayError::TooManyPrekeys => ErrorCode::TooManyPrekeys,
             RelayError::MailboxFull => ErrorCode::MailboxFull,
+            RelayError::MailboxQuota => ErrorCode::MailboxQuota,
             RelayError::Conflict(_) => ErrorCode::Conflict,
             RelayError::NotLocal => ErrorCode::UnknownRelay,
             RelayError::Store(_) => ErrorCode::Unavailable,

@@ -175,6 +175,7 @@ pub fn is_transient(code: ErrorCode) -> bool {
         ErrorCode::RateLimited
             | ErrorCode::MailboxFull
             | ErrorCode::InsufficientStorage
+            | ErrorCode::MailboxQuota
             | ErrorCode::Unavailable
             | ErrorCode::Internal
             | ErrorCode::RelayUnreachable

@@ -17,6 +17,7 @@ pub mod federation;
 pub mod mailbox;
 pub mod outbox;
 pub mod relay;
+pub mod secret;
 pub mod store;
 pub mod types;
 
@@ -26,6 +27,7 @@ pub use mailbox::Accepted;
 pub use relay::{
     AuthedDevice, Config, NoNotifier, Notifier, Random, Registration, Relay, Revocation,
 };
+pub use secret::StoreSecret;
 #[cfg(feature = "sqlite")]
 pub use store::{Durability, SqliteOptions, SqliteStore};
 pub use store::{MemoryStore, Store, StoreStats};

@@ -7,7 +7,6 @@ use courier_protocol::limits::{ACK_SEQS_MAX, FETCH_LIMIT_MAX, MESSAGE_TTL_SECS_M
 use courier_protocol::{
     Bytes, DeviceId, EnvelopeId, OutgoingMessage, RelayName, Username, Validate,
 };
-use sha2::{Digest, Sha256};
 
 use crate::error::{RelayError, Result};
 use crate::relay::{AuthedDevice, Notifier, Relay};
@@ -38,26 +37,6 @@ pub struct Accepted {
     pub delivered: Vec<MailboxRef>,
     /// Relays whose outbox got an entry (empty for a duplicate).
     pub remote: Vec<RelayName>,
-}
-
-fn digest(
-    source: &str,
-    body: &[u8],
-    recipients: impl Iterator<Item = (String, u32, Vec<u8>)>,
-) -> [u8; 32] {
-    let mut h = Sha256::new();
-    let field = |h: &mut Sha256, b: &[u8]| {
-        h.update((b.len() as u64).to_be_bytes());
-        h.update(b);
-    };
-    field(&mut h, source.as_bytes());
-    field(&mut h, body);
-    for (to, device, header) in recipients {
-        field(&mut h, to.as_bytes());
-        h.update(device.to_be_bytes());
-        field(&mut h, &header);
-    }
-    h.finalize().into()
 }
 
 /// What the relay keeps of an accepted message to hand new mailbox entries
@@ -139,7 +118,12 @@ impl Relay {
         OutgoingMessage::validate(&message)?;
         let now = self.now_ms();
         let source = format!("local:{}/{}", sender.user, sender.device);
-        let digest = digest(
+        // A mailbox's share is per account, not per device: more devices
+        // must not buy a sender more of someone's mailbox.
+        let quota_source = format!("local:{}", sender.user);
+        let secret = &self.config.store_secret;
+        let key = secret.message_key(&source, &message.id);
+        let digest = secret.digest(
             &source,
             message.body.as_slice(),
             message
@@ -152,6 +136,7 @@ impl Relay {
         for r in message.recipients {
             if r.to.relay == self.config.name {
                 local.push(LocalRecipient {
+                    quota_key: Some(secret.quota_key(&r.to.user, r.device, &quota_source)),
                     user: r.to.user,
                     device: r.device,
                     header: r.header,
@@ -169,9 +154,14 @@ impl Relay {
             .map(|(relay, recipients)| RemoteRecipients { relay, recipients })
             .collect();
         let relays: Vec<RelayName> = remote.iter().map(|r| r.relay.clone()).collect();
+        // Only outbox entries need the sender (for a failure notice); sealed,
+        // so the database does not name it.
+        let sealed = (!remote.is_empty())
+            .then(|| Bytes(secret.seal_sender(self.random_bytes(), &sender.user, sender.device)));
         let new = NewMessage {
             id: message.id,
             source,
+            key,
             digest,
             origin: self.config.name.clone(),
             kind: EnvelopeKind::Message,
@@ -180,8 +170,11 @@ impl Relay {
             expires_ms: now + message.ttl_secs * 1000,
             local,
             remote,
-            sender: Some((sender.user.clone(), sender.device)),
+            sender: sealed,
             depth_max: self.config.mailbox_depth_max,
+            bytes_max: self.config.mailbox_bytes_max,
+            per_source_max: self.config.mailbox_per_source_max,
+            per_source_bytes_max: self.config.mailbox_per_source_bytes_max,
             skip_unknown: false,
         };
         match self.accept_and_notify(new).await? {
@@ -264,8 +257,12 @@ impl Relay {
         }
         // A peer cannot make us keep a message longer than any sender could.
         let expires_ms = envelope.expires_ms.min(now + MESSAGE_TTL_SECS_MAX * 1000);
+        // The source of federated mail is the relay it came from: that is
+        // all we know of its sender, and what dedup and quotas are scoped to.
         let source = format!("relay:{origin}");
-        let digest = digest(
+        let secret = &self.config.store_secret;
+        let key = secret.message_key(&source, &envelope.id);
+        let digest = secret.digest(
             &source,
             envelope.body.as_slice(),
             envelope
@@ -275,7 +272,7 @@ impl Relay {
         );
         let new = NewMessage {
             id: envelope.id,
-            source,
+            key,
             digest,
             origin: origin.clone(),
             kind: envelope.kind,
@@ -286,14 +283,19 @@ impl Relay {
                 .recipients
                 .into_iter()
                 .map(|r| LocalRecipient {
+                    quota_key: Some(secret.quota_key(&r.user, r.device, &source)),
                     user: r.user,
                     device: r.device,
                     header: r.header,
                 })
                 .collect(),
+            source,
             remote: Vec::new(),
             sender: None,
             depth_max: self.config.mailbox_depth_max,
+            bytes_max: self.config.mailbox_bytes_max,
+            per_source_max: self.config.mailbox_per_source_max,
+            per_source_bytes_max: self.config.mailbox_per_source_bytes_max,
             skip_unknown: true,
         };
         match self.accept_and_notify(new).await? {

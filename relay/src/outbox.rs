@@ -112,7 +112,12 @@ impl Relay {
     }
 
     fn failure_notice(&self, entry: &OutboxEntry, code: ErrorCode) -> Result<Option<NewMessage>> {
-        let Some((user, device)) = entry.sender.clone() else {
+        let Some(sealed) = &entry.sender else {
+            return Ok(None);
+        };
+        // Sealed under another secret (the operator replaced store.key) or
+        // damaged: the notice cannot be addressed, so none is sent.
+        let Some((user, device)) = self.config.store_secret.open_sender(sealed.as_slice()) else {
             return Ok(None);
         };
         if entry.kind != EnvelopeKind::Message {
@@ -135,9 +140,11 @@ impl Relay {
             .map_err(|e| crate::error::RelayError::Store(e.to_string()))?;
         let now = self.now_ms();
         let id = courier_protocol::EnvelopeId::new(now, self.random_bytes::<10>());
+        let source = format!("notice:{}", entry.id);
         Ok(Some(NewMessage {
             id,
-            source: format!("notice:{}", entry.id),
+            key: self.config.store_secret.message_key(&source, &id),
+            source,
             digest: [0; 32],
             origin: self.config.name.clone(),
             kind: EnvelopeKind::DeliveryFailure,
@@ -148,11 +155,16 @@ impl Relay {
                 user,
                 device,
                 header: Default::default(),
+                // Counted against nobody's share: it is the relay's own.
+                quota_key: None,
             }],
             remote: Vec::new(),
             sender: None,
             // A notice is small and must not be lost to a full mailbox.
             depth_max: u32::MAX,
+            bytes_max: u64::MAX,
+            per_source_max: u32::MAX,
+            per_source_bytes_max: u64::MAX,
             skip_unknown: true,
         }))
     }

@@ -10,6 +10,7 @@ use rand_core::CryptoRng;
 
 use crate::access_cache::AccessCache;
 use crate::clock::Clock;
+use crate::secret::StoreSecret;
 use crate::store::Store;
 
 /// Who may create an account.
@@ -50,6 +51,19 @@ pub struct Config {
     pub prekeys_per_device_max: u32,
     /// Most entries one device mailbox may hold.
     pub mailbox_depth_max: u32,
+    /// Most bytes (body + header of each entry) one device mailbox may
+    /// hold; beyond, `mailbox_full`.
+    pub mailbox_bytes_max: u64,
+    /// Most entries one source (a local account, or a remote relay for
+    /// federated mail) may have waiting in one device mailbox; beyond,
+    /// `mailbox_quota`, while other sources still get through.
+    pub mailbox_per_source_max: u32,
+    /// Most bytes one source may have waiting in one device mailbox.
+    pub mailbox_per_source_bytes_max: u64,
+    /// Keys what the store keeps about senders (see [`crate::secret`]).
+    /// The default is a fixed, public value for tests and simulations: a
+    /// real relay sets its own (the node reads `<data-dir>/store.key`).
+    pub store_secret: StoreSecret,
     /// Most devices per account.
     pub devices_per_account_max: u32,
     /// How long an outbox entry handed to the federation stays leased before
@@ -63,7 +77,9 @@ pub struct Config {
 
 impl Config {
     /// Defaults for a relay called `name`: open registration, 15-minute access
-    /// tokens (up to 100 000 cached for 30 s), 30-day refresh tokens, low water 20, 10 000 entries per mailbox.
+    /// tokens (up to 100 000 cached for 30 s), 30-day refresh tokens, low water 20, 10 000 entries
+    /// and 1 GiB per mailbox, a quarter of each per source, and the public
+    /// test store secret.
     pub fn new(name: RelayName) -> Self {
         Config {
             name,
@@ -77,6 +93,12 @@ impl Config {
             prekeys_low_water: 20,
             prekeys_per_device_max: ONE_TIME_PREKEYS_PER_DEVICE_MAX as u32,
             mailbox_depth_max: 10_000,
+            mailbox_bytes_max: 1 << 30,
+            // A quarter each: one source (or three) cannot fill a mailbox
+            // and lock everyone else out.
+            mailbox_per_source_max: 10_000 / 4,
+            mailbox_per_source_bytes_max: (1 << 30) / 4,
+            store_secret: StoreSecret::new([0; 32]),
             devices_per_account_max: DEVICES_PER_ACCOUNT_MAX as u32,
             outbox_lease_ms: 30 * 1000,
             outbox_backoff_base_ms: 1000,

@@ -83,6 +83,10 @@ conformance!(
     the_notifier_hears_of_each_mailboxs_entries_in_seq_order,
     a_reused_refresh_token_drops_only_its_own_sessions_cached_tokens,
     fetches_are_capped_by_bytes_and_always_progress,
+    an_envelope_id_is_deduplicated_per_source,
+    each_source_gets_only_its_share_of_a_mailbox,
+    concurrent_sends_over_a_share_are_refused_exactly_beyond_it,
+    a_sources_share_and_the_mailbox_are_bounded_in_bytes_too,
 );
 
 fn id(n: u8) -> EnvelopeId {
@@ -777,15 +781,12 @@ async fn retried_send_with_the_same_envelope_id_stores_nothing_new(kind: Kind) {
     );
     assert!(retry.delivered.is_empty());
     assert_eq!(stats(&h).await, before);
-    // Same id, other content or other sender: refused, nothing changes.
+    // Same id and sender, other content: refused, nothing changes. (The
+    // same id from another sender is a message of its own: see
+    // `an_envelope_id_is_deduplicated_per_source`.)
     let r = h
         .relay
         .accept_message(a.authed(), message(id(1), &to, b"other"))
-        .await;
-    assert_eq!(r.unwrap_err().code(), ErrorCode::Conflict);
-    let r = h
-        .relay
-        .accept_message(b.authed(), message(id(1), &to, b"hi"))
         .await;
     assert_eq!(r.unwrap_err().code(), ErrorCode::Conflict);
     assert_eq!(stats(&h).await, before);
@@ -1350,11 +1351,24 @@ async fn federated_envelopes_are_deduplicated_and_checked(kind: Kind) {
     );
     assert_eq!(f.envelopes[0].origin, origin);
     assert_eq!(f.envelopes[0].body.as_slice(), &[1u8; 4]);
-    // The same id from another relay is not a duplicate of this one.
+    // The same id from another relay is not a duplicate of this one, nor
+    // a conflict: deduplication is per source.
     let other = RelayName::parse("relay-c.example").unwrap();
     let acks = h
         .relay
         .accept_federated(&other, vec![env(1, vec![(b.user.clone(), b.device)])])
+        .await;
+    assert_eq!(acks[0].status, AckStatus::Accepted);
+    // The same relay with other content under that id is.
+    let acks = h
+        .relay
+        .accept_federated(
+            &origin,
+            vec![FedEnvelope {
+                body: Bytes(vec![0xee; 4]),
+                ..env(1, vec![(b.user.clone(), b.device)])
+            }],
+        )
         .await;
     assert_eq!(acks[0].status, AckStatus::Rejected(ErrorCode::Conflict));
     // An envelope claiming to come from ourselves is refused.
@@ -1802,4 +1816,420 @@ async fn the_notifier_hears_of_each_mailboxs_entries_in_seq_order(kind: Kind) {
         assert_eq!(seqs.len(), count, "{device}");
         assert_eq!(seqs, expected, "{device}: entries heard out of seq order");
     }
+}
+
+/// Audit #13 item 5: a co-recipient who learned an envelope id (or guessed
+/// it) and stored it first does not turn the real message into a conflict.
+async fn an_envelope_id_is_deduplicated_per_source(kind: Kind) {
+    let Some(h) = Harness::new(kind).await else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    let m = user(&h, "mallory", 3).await;
+    let to = [(b.address(), b.device)];
+    // Mallory squats the id alice will use.
+    let squat = h
+        .relay
+        .accept_message(m.authed(), message(id(1), &to, b"squat"))
+        .await
+        .unwrap();
+    assert!(!squat.duplicate);
+    let real = h
+        .relay
+        .accept_message(a.authed(), message(id(1), &to, b"real"))
+        .await
+        .unwrap();
+    assert!(
+        !real.duplicate,
+        "alice's message is stored, not a duplicate"
+    );
+    let f = h.relay.fetch(b.authed(), 0, 10).await.unwrap();
+    let bodies: Vec<&[u8]> = f.envelopes.iter().map(|e| e.body.as_slice()).collect();
+    assert_eq!(bodies, [&b"squat"[..], &b"real"[..]]);
+    assert!(f.envelopes.iter().all(|e| e.id == id(1)));
+    // Retries stay idempotent per source; other content from the same
+    // source is still a conflict.
+    let before = stats(&h).await;
+    for (who, body) in [(&a, &b"real"[..]), (&m, &b"squat"[..])] {
+        let retry = h
+            .relay
+            .accept_message(who.authed(), message(id(1), &to, body))
+            .await
+            .unwrap();
+        assert!(retry.duplicate);
+    }
+    let r = h
+        .relay
+        .accept_message(a.authed(), message(id(1), &to, b"changed"))
+        .await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::Conflict);
+    assert_eq!(stats(&h).await, before);
+    // Federated: a local squatter and another relay do not block the id
+    // for the relay the real message comes from.
+    let origin = RelayName::parse("relay-b.example").unwrap();
+    let env = |body: &[u8]| FedEnvelope {
+        id: id(2),
+        body: Bytes(body.to_vec()),
+        recipients: vec![FedRecipient {
+            user: b.user.clone(),
+            device: b.device,
+            header: Bytes(vec![9; 4]),
+        }],
+        expires_ms: T0 + 60_000,
+        kind: EnvelopeKind::Message,
+    };
+    h.relay
+        .accept_message(m.authed(), message(id(2), &to, b"squat"))
+        .await
+        .unwrap();
+    let other = RelayName::parse("relay-c.example").unwrap();
+    let acks = h.relay.accept_federated(&other, vec![env(b"c")]).await;
+    assert_eq!(acks[0].status, AckStatus::Accepted);
+    let acks = h
+        .relay
+        .accept_federated(&origin, vec![env(b"real"), env(b"real")])
+        .await;
+    let statuses: Vec<AckStatus> = acks.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [AckStatus::Accepted, AckStatus::Duplicate]);
+    let acks = h.relay.accept_federated(&origin, vec![env(b"other")]).await;
+    assert_eq!(acks[0].status, AckStatus::Rejected(ErrorCode::Conflict));
+    let f = h.relay.fetch(b.authed(), 0, 10).await.unwrap();
+    assert_eq!(f.envelopes.len(), 5);
+    assert_eq!(f.envelopes[4].body.as_slice(), b"real");
+    assert_eq!(f.envelopes[4].origin, origin);
+}
+
+/// Audit #13 item 1: one source (a local account, or a remote relay) fills
+/// at most its share of a device's mailbox; everyone else still gets
+/// through, and acks and purge give the share back.
+async fn each_source_gets_only_its_share_of_a_mailbox(kind: Kind) {
+    let Some(h) = Harness::with(kind, |c| {
+        c.mailbox_depth_max = 10;
+        c.mailbox_per_source_max = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    let a = user(&h, "alice", 1).await;
+    let b = user(&h, "bob", 2).await;
+    let c = user(&h, "carol", 3).await;
+    let m = user(&h, "mallory", 4).await;
+    let to_b = [(b.address(), b.device)];
+    for n in 0..3 {
+        h.relay
+            .accept_message(m.authed(), message(id(n), &to_b, b"junk"))
+            .await
+            .unwrap();
+    }
+    let before = stats(&h).await;
+    let r = h
+        .relay
+        .accept_message(
+            m.authed(),
+            message(
+                id(3),
+                &[(c.address(), c.device), (b.address(), b.device)],
+                b"junk",
+            ),
+        )
+        .await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::MailboxQuota);
+    assert_eq!(
+        stats(&h).await,
+        before,
+        "nothing stored, not even for carol"
+    );
+    // A second sender is not affected.
+    let ok = h
+        .relay
+        .accept_message(a.authed(), message(id(10), &to_b, b"hello"))
+        .await
+        .unwrap();
+    assert_eq!(ok.delivered.len(), 1);
+    // Mallory's share is per recipient device: carol still takes hers.
+    h.relay
+        .accept_message(m.authed(), message(id(4), &[(c.address(), c.device)], b"x"))
+        .await
+        .unwrap();
+    // An ack gives a share back.
+    let f = h.relay.fetch(b.authed(), 0, 10).await.unwrap();
+    assert_eq!(f.envelopes.len(), 4);
+    h.relay
+        .ack(b.authed(), &[f.envelopes[0].seq])
+        .await
+        .unwrap();
+    h.relay
+        .accept_message(m.authed(), message(id(5), &to_b, b"junk"))
+        .await
+        .unwrap();
+    let r = h
+        .relay
+        .accept_message(m.authed(), message(id(6), &to_b, b"junk"))
+        .await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::MailboxQuota);
+    // Federated mail counts against the relay it came from.
+    let env = |n: u8| FedEnvelope {
+        id: id(20 + n),
+        body: Bytes(vec![n; 4]),
+        recipients: vec![FedRecipient {
+            user: b.user.clone(),
+            device: b.device,
+            header: Bytes(vec![9; 4]),
+        }],
+        expires_ms: T0 + 60_000,
+        kind: EnvelopeKind::Message,
+    };
+    let origin = RelayName::parse("relay-b.example").unwrap();
+    let acks = h
+        .relay
+        .accept_federated(&origin, (0..4).map(env).collect())
+        .await;
+    let statuses: Vec<AckStatus> = acks.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            AckStatus::Accepted,
+            AckStatus::Accepted,
+            AckStatus::Accepted,
+            AckStatus::Rejected(ErrorCode::MailboxQuota),
+        ]
+    );
+    let other = RelayName::parse("relay-c.example").unwrap();
+    let acks = h.relay.accept_federated(&other, vec![env(5)]).await;
+    assert_eq!(acks[0].status, AckStatus::Accepted);
+    // 3 mallory + 1 alice + 3 relay-b + 1 relay-c; the depth limit still
+    // holds for everyone together.
+    assert_eq!(
+        h.relay
+            .fetch(b.authed(), 0, 20)
+            .await
+            .unwrap()
+            .envelopes
+            .len(),
+        8
+    );
+    // Purge gives shares back too.
+    h.clock.advance(3_600_001);
+    h.relay.purge_expired().await.unwrap();
+    for n in 0..3 {
+        h.relay
+            .accept_message(m.authed(), message(id(30 + n), &to_b, b"junk"))
+            .await
+            .unwrap();
+    }
+    let acks = h
+        .relay
+        .accept_federated(
+            &origin,
+            vec![FedEnvelope {
+                expires_ms: T0 + 7_200_000,
+                ..env(9)
+            }],
+        )
+        .await;
+    assert_eq!(acks[0].status, AckStatus::Accepted);
+}
+
+/// The batched path (concurrent sends in one transaction) holds the share
+/// as exactly as the one-by-one path.
+async fn concurrent_sends_over_a_share_are_refused_exactly_beyond_it(kind: Kind) {
+    let Some(h) = Harness::with(kind, |c| c.mailbox_per_source_max = 5).await else {
+        return;
+    };
+    let b = user(&h, "bob", 2).await;
+    let m = user(&h, "mallory", 4).await;
+    let a = user(&h, "alice", 1).await;
+    let to_b = [(b.address(), b.device)];
+    let sends = (0..20).map(|n| {
+        let relay = h.relay.clone();
+        let who = if n % 4 == 3 {
+            a.authed().clone()
+        } else {
+            m.authed().clone()
+        };
+        let msg = message(id(n), &to_b, b"junk");
+        async move { (n % 4 == 3, relay.accept_message(&who, msg).await) }
+    });
+    let results = futures::future::join_all(sends).await;
+    let mut mallory_ok = 0;
+    for (from_alice, r) in results {
+        match (from_alice, r) {
+            (true, r) => assert!(r.is_ok(), "alice is never refused: {r:?}"),
+            (false, Ok(_)) => mallory_ok += 1,
+            (false, Err(e)) => assert_eq!(e.code(), ErrorCode::MailboxQuota),
+        }
+    }
+    assert_eq!(mallory_ok, 5);
+    assert_eq!(
+        h.relay
+            .fetch(b.authed(), 0, 50)
+            .await
+            .unwrap()
+            .envelopes
+            .len(),
+        10
+    );
+}
+
+/// Bytes: a source's share and the whole mailbox are bounded in size as
+/// well as in entries (one huge-message flood pins as well as many small).
+async fn a_sources_share_and_the_mailbox_are_bounded_in_bytes_too(kind: Kind) {
+    let Some(h) = Harness::with(kind, |c| {
+        c.mailbox_per_source_bytes_max = 2 * (1000 + 8);
+        c.mailbox_bytes_max = 5 * (1000 + 8);
+    })
+    .await
+    else {
+        return;
+    };
+    let b = user(&h, "bob", 2).await;
+    let to_b = [(b.address(), b.device)];
+    let big = vec![7u8; 1000];
+    let mut senders = Vec::new();
+    for (n, name) in ["s0", "s1", "s2"].iter().enumerate() {
+        senders.push(user(&h, name, 10 + n as u8).await);
+    }
+    for n in 0..2 {
+        h.relay
+            .accept_message(senders[0].authed(), message(id(n), &to_b, &big))
+            .await
+            .unwrap();
+    }
+    let r = h
+        .relay
+        .accept_message(senders[0].authed(), message(id(2), &to_b, &big))
+        .await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::MailboxQuota);
+    for n in 0..2 {
+        h.relay
+            .accept_message(senders[1].authed(), message(id(10 + n), &to_b, &big))
+            .await
+            .unwrap();
+    }
+    h.relay
+        .accept_message(senders[2].authed(), message(id(20), &to_b, &big))
+        .await
+        .unwrap();
+    // Five big entries: the mailbox is full in bytes for everyone.
+    let r = h
+        .relay
+        .accept_message(senders[2].authed(), message(id(21), &to_b, &big))
+        .await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::MailboxFull);
+    let f = h.relay.fetch(b.authed(), 0, 10).await.unwrap();
+    h.relay
+        .ack(b.authed(), &[f.envelopes[0].seq])
+        .await
+        .unwrap();
+    h.relay
+        .accept_message(senders[2].authed(), message(id(21), &to_b, &big))
+        .await
+        .unwrap();
+    // The mailbox is exactly full again: even a small entry is refused.
+    let r = h
+        .relay
+        .accept_message(senders[0].authed(), message(id(2), &to_b, b"small"))
+        .await;
+    assert_eq!(r.unwrap_err().code(), ErrorCode::MailboxFull);
+}
+
+/// What a reader of the database file sees in the rows about messages:
+/// every value of `outbox`, `messages`, `mailbox` and `mailbox_quota`,
+/// as bytes.
+async fn message_rows(file: &std::path::Path) -> Vec<(String, String, Vec<u8>)> {
+    use sqlx::Row as _;
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(file)
+        .read_only(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let mut out = Vec::new();
+    for table in ["outbox", "messages", "mailbox", "mailbox_quota"] {
+        let columns: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT name FROM pragma_table_info('{table}')"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect();
+        for column in columns {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT CAST({column} AS BLOB) FROM {table}"
+            )))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            for r in rows {
+                let value: Option<Vec<u8>> = r.get(0);
+                out.push((table.to_owned(), column.clone(), value.unwrap_or_default()));
+            }
+        }
+    }
+    pool.close().await;
+    out
+}
+
+/// Audit #13 item 14: the rows of an undelivered message do not name its
+/// sealed sender, and the keyed digest and message key cannot be checked
+/// against a guess without the relay's store secret; the failure notice
+/// still finds the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_does_not_reveal_the_sender_of_an_undelivered_message() {
+    let mut seen = Vec::new();
+    for secret in [[1u8; 32], [2u8; 32]] {
+        let h = Harness::with(Kind::Sqlite, |c| {
+            c.store_secret = courier_relay::StoreSecret::new(secret)
+        })
+        .await
+        .unwrap();
+        let a = user(&h, "zaphodsender", 1).await;
+        let b = user(&h, "bob", 2).await;
+        let mut m = message(
+            id(1),
+            &[
+                (remote("x", "relay-b.example"), DeviceId(3)),
+                (b.address(), b.device),
+            ],
+            b"sealed",
+        );
+        m.ttl_secs = 60;
+        h.relay.accept_message(a.authed(), m).await.unwrap();
+        assert_eq!(stats(&h).await.outbox_entries, 1, "undelivered");
+        let file = h.sqlite_file().unwrap();
+        let rows = message_rows(&file).await;
+        assert!(!rows.is_empty());
+        for (table, column, value) in &rows {
+            assert!(
+                !value.windows(12).any(|w| w == b"zaphodsender"),
+                "{table}.{column} names the sender"
+            );
+            assert_ne!(column, "sender_user");
+            assert_ne!(column, "sender_device");
+        }
+        let digest = rows
+            .iter()
+            .find(|(t, c, _)| t == "messages" && c == "digest")
+            .map(|(_, _, v)| v.clone())
+            .unwrap();
+        let key = rows
+            .iter()
+            .find(|(t, c, _)| t == "messages" && c == "id")
+            .map(|(_, _, v)| v.clone())
+            .unwrap();
+        seen.push((digest, key));
+        // The notice still reaches the sender.
+        h.clock.advance(60_000);
+        assert_eq!(h.relay.outbox_expire().await.unwrap(), 1);
+        let f = h.relay.fetch(a.authed(), 0, 10).await.unwrap();
+        assert_eq!(f.envelopes.len(), 1);
+        assert_eq!(f.envelopes[0].kind, EnvelopeKind::DeliveryFailure);
+    }
+    assert_ne!(
+        seen[0].0, seen[1].0,
+        "the digest is keyed by the relay secret"
+    );
+    assert_ne!(seen[0].1, seen[1].1, "so is the message key");
 }

@@ -13,6 +13,7 @@ use super::{
     OutboxId, PurgeReport, RotateOutcome, Store, StoreStats, TokenHash, TokenHashes,
 };
 use crate::error::{RelayError, Result};
+use crate::secret::{MessageKey, QuotaKey};
 use crate::types::{Envelope, EnvelopeKind, OneTimePreKey, SignedDeviceList, SignedPreKey};
 
 /// A store that keeps everything in process memory; nothing survives a restart.
@@ -43,7 +44,8 @@ struct State {
     access: HashMap<TokenHash, (String, u64)>,
     refresh: HashMap<TokenHash, Refresh>,
     links: HashMap<String, LinkRecord>,
-    messages: HashMap<EnvelopeId, Message>,
+    /// By message key: (source, envelope id), not the envelope id alone.
+    messages: HashMap<MessageKey, Message>,
     outbox: BTreeMap<OutboxId, Outgoing>,
     next_outbox_id: OutboxId,
 }
@@ -62,13 +64,19 @@ struct Device {
     next_one_time: u64,
     mailbox: BTreeMap<u64, Entry>,
     next_seq: u64,
+    /// Bytes of the mailbox's entries.
+    bytes: u64,
+    /// (entries, bytes) per quota key with entries waiting.
+    quotas: HashMap<QuotaKey, (u64, u64)>,
 }
 
 #[derive(Debug)]
 struct Entry {
-    message: EnvelopeId,
+    message: MessageKey,
     header: Bytes,
     expires_ms: u64,
+    quota_key: Option<QuotaKey>,
+    bytes: u64,
 }
 
 #[derive(Debug)]
@@ -80,6 +88,7 @@ struct Refresh {
 
 #[derive(Debug)]
 struct Message {
+    envelope: EnvelopeId,
     digest: [u8; 32],
     origin: RelayName,
     kind: EnvelopeKind,
@@ -92,6 +101,7 @@ struct Message {
 #[derive(Debug)]
 struct Outgoing {
     entry: OutboxEntry,
+    message: MessageKey,
     next_attempt_ms: u64,
 }
 
@@ -103,6 +113,29 @@ impl Device {
             next_one_time: 0,
             mailbox: BTreeMap::new(),
             next_seq: 1,
+            bytes: 0,
+            quotas: HashMap::new(),
+        }
+    }
+
+    /// Removes an entry and gives back what it counted.
+    fn remove(&mut self, seq: u64) -> Option<Entry> {
+        let e = self.mailbox.remove(&seq)?;
+        self.forget(&e);
+        Some(e)
+    }
+
+    /// Gives back what a removed entry counted.
+    fn forget(&mut self, e: &Entry) {
+        self.bytes = self.bytes.saturating_sub(e.bytes);
+        if let Some(k) = e.quota_key
+            && let Some(q) = self.quotas.get_mut(&k)
+        {
+            q.0 = q.0.saturating_sub(1);
+            q.1 = q.1.saturating_sub(e.bytes);
+            if q.0 == 0 {
+                self.quotas.remove(&k);
+            }
         }
     }
 }
@@ -116,7 +149,7 @@ impl State {
         self.accounts.get_mut(user)?.devices.get_mut(&device)
     }
 
-    fn release(&mut self, id: &EnvelopeId) {
+    fn release(&mut self, id: &MessageKey) {
         if let Some(m) = self.messages.get_mut(id) {
             m.refs = m.refs.saturating_sub(1);
             if m.refs == 0 {
@@ -132,7 +165,7 @@ impl State {
     }
 
     fn accept(&mut self, m: NewMessage) -> Result<AcceptOutcome> {
-        if let Some(existing) = self.messages.get(&m.id) {
+        if let Some(existing) = self.messages.get(&m.key) {
             return if existing.digest == m.digest {
                 Ok(AcceptOutcome::Duplicate {
                     accepted_ms: existing.received_ms,
@@ -143,8 +176,10 @@ impl State {
         }
         // Check everything before changing anything.
         let mut local = Vec::with_capacity(m.local.len());
-        let mut adding: HashMap<(Username, DeviceId), u64> = HashMap::new();
+        let mut adding: HashMap<(Username, DeviceId), (u64, u64)> = HashMap::new();
+        let mut sharing: HashMap<(Username, DeviceId, QuotaKey), (u64, u64)> = HashMap::new();
         for r in m.local {
+            let bytes = (m.body.as_slice().len() + r.header.as_slice().len()) as u64;
             let Some(d) = self.device(&r.user, r.device) else {
                 if m.skip_unknown {
                     continue;
@@ -155,27 +190,51 @@ impl State {
                     RelayError::UnknownUser
                 });
             };
-            let n = adding.entry((r.user.clone(), r.device)).or_insert(0);
-            *n += 1;
-            if d.mailbox.len() as u64 + *n > u64::from(m.depth_max) {
+            let n = adding.entry((r.user.clone(), r.device)).or_insert((0, 0));
+            n.0 += 1;
+            n.1 += bytes;
+            if d.mailbox.len() as u64 + n.0 > u64::from(m.depth_max)
+                || d.bytes.saturating_add(n.1) > m.bytes_max
+            {
                 return Err(RelayError::MailboxFull);
             }
-            local.push(r);
+            if let Some(k) = r.quota_key {
+                let held = d.quotas.get(&k).copied().unwrap_or((0, 0));
+                let q = sharing
+                    .entry((r.user.clone(), r.device, k))
+                    .or_insert((0, 0));
+                q.0 += 1;
+                q.1 += bytes;
+                if held.0 + q.0 > u64::from(m.per_source_max)
+                    || held.1.saturating_add(q.1) > m.per_source_bytes_max
+                {
+                    return Err(RelayError::MailboxQuota);
+                }
+            }
+            local.push((r, bytes));
         }
         if local.is_empty() && m.remote.is_empty() {
             return Err(RelayError::UnknownDevice);
         }
         let mut delivered = Vec::with_capacity(local.len());
-        for r in local {
+        for (r, bytes) in local {
             if let Some(d) = self.device_mut(&r.user, r.device) {
                 let seq = d.next_seq;
                 d.next_seq += 1;
+                d.bytes += bytes;
+                if let Some(k) = r.quota_key {
+                    let q = d.quotas.entry(k).or_insert((0, 0));
+                    q.0 += 1;
+                    q.1 += bytes;
+                }
                 d.mailbox.insert(
                     seq,
                     Entry {
-                        message: m.id,
+                        message: m.key,
                         header: r.header,
                         expires_ms: m.expires_ms,
+                        quota_key: r.quota_key,
+                        bytes,
                     },
                 );
                 delivered.push(MailboxRef {
@@ -203,13 +262,15 @@ impl State {
                         attempts: 0,
                         sender: m.sender.clone(),
                     },
+                    message: m.key,
                     next_attempt_ms: 0,
                 },
             );
         }
         self.messages.insert(
-            m.id,
+            m.key,
             Message {
+                envelope: m.id,
                 digest: m.digest,
                 origin: m.origin,
                 kind: m.kind,
@@ -527,7 +588,7 @@ impl Store for MemoryStore {
             bytes += e.header.len() + body.len();
             out.push(Envelope {
                 seq: *seq,
-                id: e.message,
+                id: m.envelope,
                 origin: m.origin.clone(),
                 header: e.header.clone(),
                 body,
@@ -544,9 +605,9 @@ impl Store for MemoryStore {
         let Some(d) = s.device_mut(user, device) else {
             return Ok(0);
         };
-        let removed: Vec<EnvelopeId> = seqs
+        let removed: Vec<MessageKey> = seqs
             .iter()
-            .filter_map(|seq| d.mailbox.remove(seq).map(|e| e.message))
+            .filter_map(|seq| d.remove(*seq).map(|e| e.message))
             .collect();
         for id in &removed {
             s.release(id);
@@ -560,13 +621,17 @@ impl Store for MemoryStore {
         let mut released = Vec::new();
         for account in s.accounts.values_mut() {
             for d in account.devices.values_mut() {
-                d.mailbox.retain(|_, e| {
-                    let keep = e.expires_ms > now_ms;
-                    if !keep {
+                let expired: Vec<u64> = d
+                    .mailbox
+                    .iter()
+                    .filter(|(_, e)| e.expires_ms <= now_ms)
+                    .map(|(seq, _)| *seq)
+                    .collect();
+                for seq in expired {
+                    if let Some(e) = d.remove(seq) {
                         released.push(e.message);
                     }
-                    keep
-                });
+                }
             }
         }
         report.mailbox_entries = released.len() as u64;
@@ -621,7 +686,7 @@ impl Store for MemoryStore {
         let mut n = 0;
         for id in ids {
             if let Some(o) = s.outbox.remove(id) {
-                s.release(&o.entry.envelope);
+                s.release(&o.message);
                 n += 1;
             }
         }
@@ -667,7 +732,7 @@ impl Store for MemoryStore {
                 }
             }
         }
-        s.release(&o.entry.envelope);
+        s.release(&o.message);
         Ok(delivered)
     }
 

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use courier_protocol::{DeviceId, EnvelopeId, RelayName, Username};
 
 use crate::error::Result;
+pub use crate::secret::{MessageKey, QuotaKey};
 use crate::types::{
     DeviceKeys, EnvelopeKind, FedRecipient, OneTimePreKey, SignedDeviceList, SignedPreKey,
 };
@@ -183,6 +184,10 @@ pub struct LocalRecipient {
     pub device: DeviceId,
     /// Its header.
     pub header: Bytes,
+    /// What the entry counts against: the keyed (recipient device, source)
+    /// of [`crate::secret::StoreSecret::quota_key`]; `None` counts against
+    /// no source's share (delivery-failure notices).
+    pub quota_key: Option<QuotaKey>,
 }
 
 /// The recipients of a new message on one other relay.
@@ -198,12 +203,15 @@ pub struct RemoteRecipients {
 /// outbox entry per remote relay. Stored all at once or not at all.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
-    /// Envelope id (idempotency key).
+    /// Envelope id, as delivered to recipients.
     pub id: EnvelopeId,
     /// Who submitted it (`local:<user>/<device>` or `relay:<name>`): a retry
-    /// must come from the same source to count as a duplicate.
+    /// must come from the same source to count as a duplicate. Not stored.
     pub source: String,
-    /// SHA-256 over body and recipients: a retry must match it.
+    /// The idempotency key: keyed hash of (source, id). Two sources may
+    /// use the same envelope id; only the same source's retry collides.
+    pub key: MessageKey,
+    /// Keyed digest over source, body and recipients: a retry must match it.
     pub digest: [u8; 32],
     /// Relay that accepted it from its sender.
     pub origin: RelayName,
@@ -219,14 +227,29 @@ pub struct NewMessage {
     pub local: Vec<LocalRecipient>,
     /// Outbox entries, one per destination relay.
     pub remote: Vec<RemoteRecipients>,
-    /// The submitting local device, remembered with outbox entries only so a
-    /// delivery-failure notice can reach it.
-    pub sender: Option<(Username, DeviceId)>,
+    /// The submitting local device, sealed with the store secret
+    /// ([`crate::secret::StoreSecret::seal_sender`]), remembered with outbox
+    /// entries only so a delivery-failure notice can reach it.
+    pub sender: Option<Bytes>,
     /// Mailbox depth limit per device.
     pub depth_max: u32,
+    /// Mailbox size limit per device (body + header of each entry).
+    pub bytes_max: u64,
+    /// Most entries with one quota key per device mailbox.
+    pub per_source_max: u32,
+    /// Most bytes with one quota key per device mailbox.
+    pub per_source_bytes_max: u64,
     /// Skip local recipients that do not exist instead of failing
     /// (federated delivery: the sender's device list may be stale).
     pub skip_unknown: bool,
+}
+
+impl NewMessage {
+    /// What the entry for `r` counts against its mailbox's byte limits:
+    /// the body (stored once, but kept alive by every entry) and the header.
+    pub fn entry_bytes(&self, r: &LocalRecipient) -> u64 {
+        (self.body.as_slice().len() + r.header.as_slice().len()) as u64
+    }
 }
 
 /// What [`Store::accept_then`] calls with a stored message's outcome. It
@@ -278,8 +301,8 @@ pub struct OutboxEntry {
     pub expires_ms: u64,
     /// Delivery attempts so far.
     pub attempts: u32,
-    /// The local device that submitted it, if any.
-    pub sender: Option<(Username, DeviceId)>,
+    /// The local device that submitted it, sealed, if any.
+    pub sender: Option<Bytes>,
 }
 
 /// Outbox backlog of one destination.
@@ -406,8 +429,11 @@ pub trait Store: Send + Sync + 'static {
     // --- mailboxes ---
 
     /// Stores a message (see [`NewMessage`]). Errors: `UnknownDevice` (a
-    /// local recipient does not exist, unless `skip_unknown`), `MailboxFull`,
-    /// `Conflict` (same id, other source or content).
+    /// local recipient does not exist, unless `skip_unknown`), `MailboxFull`
+    /// (a mailbox at `depth_max` or `bytes_max`), `MailboxQuota` (a mailbox
+    /// at `per_source_max` or `per_source_bytes_max` for the entry's quota
+    /// key), `Conflict` (same key, other content). Counts are kept in the
+    /// same statements as the entries, and given back by ack and purge.
     async fn accept(&self, message: NewMessage) -> Result<AcceptOutcome>;
     /// Like [`Store::accept`], and calls `committed` with the outcome once
     /// it is durable, before answering. A store that commits in batches

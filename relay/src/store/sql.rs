@@ -739,12 +739,15 @@ async fn revoke(c: &mut Conn, session: &str) -> Result<()> {
 }
 
 async fn accept_in(c: &mut Conn, mut m: NewMessage) -> Result<AcceptOutcome> {
-    let id = m.id.as_bytes().to_vec();
+    // Rows are keyed by the message key (source and envelope id), so only
+    // the same source's retry meets an existing row.
+    let id = m.key.to_vec();
     // Assume every local recipient exists; corrected below if some are
     // skipped (federated delivery), which saves a statement per message.
     let planned = (m.local.len() + m.remote.len()) as i64;
-    let inserted = q("INSERT INTO messages (id, digest, origin, kind, body, refs, received_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
+    let inserted = q("INSERT INTO messages (id, envelope, digest, origin, kind, body, refs, received_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
         .bind(&id[..])
+        .bind(m.id.as_bytes().as_slice())
         .bind(&m.digest[..])
         .bind(m.origin.as_str())
         .bind(kind_code(m.kind))
@@ -772,11 +775,15 @@ async fn accept_in(c: &mut Conn, mut m: NewMessage) -> Result<AcceptOutcome> {
     let mut delivered = Vec::with_capacity(m.local.len());
     let local = std::mem::take(&mut m.local);
     for r in local {
-        // One statement claims the sequence number and checks the depth.
-        let row = q("UPDATE devices SET next_seq = next_seq + 1, depth = depth + 1 WHERE username = ? AND device = ? AND depth < ? RETURNING pk, next_seq - 1")
+        let bytes = i(m.entry_bytes(&r));
+        // One statement claims the sequence number and checks depth and size.
+        let row = q("UPDATE devices SET next_seq = next_seq + 1, depth = depth + 1, bytes = bytes + ? WHERE username = ? AND device = ? AND depth < ? AND bytes + ? <= ? RETURNING pk, next_seq - 1")
+            .bind(bytes)
             .bind(r.user.as_str())
             .bind(i64::from(r.device.0))
             .bind(i64::from(m.depth_max))
+            .bind(bytes)
+            .bind(i(m.bytes_max))
             .fetch_optional(&mut *c)
             .await?;
         let Some(row) = row else {
@@ -798,12 +805,25 @@ async fn accept_in(c: &mut Conn, mut m: NewMessage) -> Result<AcceptOutcome> {
         };
         let pk: i64 = row.try_get(0)?;
         let seq: i64 = row.try_get(1)?;
-        q("INSERT INTO mailbox (device_pk, seq, message_id, header, expires_ms) VALUES (?, ?, ?, ?, ?)")
+        if let Some(k) = &r.quota_key {
+            let counted = [Share {
+                pk,
+                key: k,
+                entries: 1,
+                bytes,
+            }];
+            if !count_shares(c, &counted, m.per_source_max, m.per_source_bytes_max).await? {
+                return Err(RelayError::MailboxQuota);
+            }
+        }
+        q("INSERT INTO mailbox (device_pk, seq, message_id, header, expires_ms, quota_key, bytes) VALUES (?, ?, ?, ?, ?, ?, ?)")
             .bind(pk)
             .bind(seq)
             .bind(&id[..])
             .bind(r.header.as_slice())
             .bind(i(m.expires_ms))
+            .bind(r.quota_key.as_ref().map(|k| k.as_slice()))
+            .bind(bytes)
             .execute(&mut *c)
             .await?;
         delivered.push(MailboxRef {
@@ -833,17 +853,16 @@ async fn insert_outbox(c: &mut Conn, m: &NewMessage) -> Result<()> {
 
 /// One outbox row per (message, destination relay), in multi-row statements.
 async fn insert_outboxes<'m>(c: &mut Conn, messages: impl Iterator<Item = &'m NewMessage>) -> Result<()> {
-    // (relay, message id, recipients, sender user, sender device, due, expires)
-    type OutboxRow<'a> = (&'a str, &'a [u8], Vec<u8>, Option<&'a str>, Option<i64>, i64, i64);
+    // (relay, message key, recipients, sealed sender, due, expires)
+    type OutboxRow<'a> = (&'a str, &'a [u8], Vec<u8>, Option<&'a [u8]>, i64, i64);
     let mut rows: Vec<OutboxRow<'m>> = Vec::new();
     for m in messages {
         for remote in &m.remote {
             rows.push((
                 remote.relay.as_str(),
-                m.id.as_bytes().as_slice(),
+                m.key.as_slice(),
                 encode(&remote.recipients)?,
-                m.sender.as_ref().map(|(u, _)| u.as_str()),
-                m.sender.as_ref().map(|(_, d)| i64::from(d.0)),
+                m.sender.as_ref().map(|b| b.as_slice()),
                 // Due at once; its acceptance time keeps the outbox in
                 // due-time order, which `outbox_take` reads by index.
                 i(m.received_ms),
@@ -854,17 +873,16 @@ async fn insert_outboxes<'m>(c: &mut Conn, messages: impl Iterator<Item = &'m Ne
     for chunk in rows.chunks(CHUNK_ROWS) {
         // `attempts` starts at its column default, 0.
         let sql = format!(
-            "INSERT INTO outbox (relay, message_id, recipients, sender_user, sender_device, next_attempt_ms, expires_ms) VALUES {}",
-            row_list(1, 7, chunk.len())
+            "INSERT INTO outbox (relay, message_id, recipients, sender, next_attempt_ms, expires_ms) VALUES {}",
+            row_list(1, 6, chunk.len())
         );
         let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-        for (relay, id, recipients, user, device, due, expires) in chunk {
+        for (relay, id, recipients, sender, due, expires) in chunk {
             query = query
                 .bind(*relay)
                 .bind(*id)
                 .bind(&recipients[..])
-                .bind(*user)
-                .bind(*device)
+                .bind(*sender)
                 .bind(*due)
                 .bind(*expires);
         }
@@ -980,7 +998,7 @@ async fn ack_many(c: &mut Conn, acks: &Acks) -> Result<Vec<u32>> {
     let mut emptied = Vec::new();
     for chunk in keys.chunks(CHUNK_ROWS) {
         let sql = format!(
-            "WITH a(pk, seq) AS (VALUES {}) DELETE FROM mailbox WHERE (device_pk, seq) IN (SELECT pk, seq FROM a) RETURNING device_pk, seq, message_id",
+            "WITH a(pk, seq) AS (VALUES {}) DELETE FROM mailbox WHERE (device_pk, seq) IN (SELECT pk, seq FROM a) RETURNING device_pk, seq, message_id, quota_key, bytes",
             row_list(1, 2, chunk.len())
         );
         let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
@@ -994,30 +1012,32 @@ async fn ack_many(c: &mut Conn, acks: &Acks) -> Result<Vec<u32>> {
                 counts[n] += 1;
             }
             released.push(r.try_get(2)?);
-            emptied.push(pk);
+            emptied.push((pk, r.try_get(3)?, r.try_get(4)?));
         }
     }
     release_many(c, released).await?;
-    lower_depths(c, emptied).await?;
+    give_back(c, emptied).await?;
     Ok(counts)
 }
 
-/// Lowers each device's mailbox depth by one per occurrence of its pk in
-/// `devices` (the devices of deleted mailbox entries).
-async fn lower_depths(c: &mut Conn, devices: Vec<i64>) -> Result<()> {
-    let mut depths: HashMap<i64, i64> = HashMap::new();
-    for pk in devices {
-        *depths.entry(pk).or_default() += 1;
+/// Lowers each device's mailbox depth by one and its bytes by the entry's
+/// per occurrence of its pk in `devices` (pk and bytes of deleted entries).
+async fn lower_depths(c: &mut Conn, devices: Vec<(i64, i64)>) -> Result<()> {
+    let mut depths: HashMap<i64, (i64, i64)> = HashMap::new();
+    for (pk, bytes) in devices {
+        let d = depths.entry(pk).or_default();
+        d.0 += 1;
+        d.1 += bytes;
     }
-    let depths: Vec<(i64, i64)> = depths.into_iter().collect();
+    let depths: Vec<(i64, (i64, i64))> = depths.into_iter().collect();
     for chunk in depths.chunks(CHUNK_ROWS) {
         let sql = format!(
-            "WITH d(pk, n) AS (VALUES {}) UPDATE devices SET depth = depth - d.n FROM d WHERE devices.pk = d.pk",
-            row_list(1, 2, chunk.len())
+            "WITH d(pk, n, b) AS (VALUES {}) UPDATE devices SET depth = depth - d.n, bytes = bytes - d.b FROM d WHERE devices.pk = d.pk",
+            row_list(1, 3, chunk.len())
         );
         let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-        for (pk, n) in chunk {
-            query = query.bind(*pk).bind(*n);
+        for (pk, (n, b)) in chunk {
+            query = query.bind(*pk).bind(*n).bind(*b);
         }
         query.execute(&mut *c).await?;
     }
@@ -1029,24 +1049,114 @@ fn in_list(first: usize, count: usize) -> String {
     (first..first + count).map(ph).collect::<Vec<_>>().join(",")
 }
 
+/// What some new entries add to one (device, quota key) share.
+struct Share<'a> {
+    pk: i64,
+    key: &'a [u8; 16],
+    entries: i64,
+    bytes: i64,
+}
+
+/// Adds each share to its (device, quota key) count if the count stays
+/// within `entries_max` and `bytes_max`: one upsert per chunk, in the
+/// transaction of the entries it counts. False if any share would go over
+/// (its count is then unchanged; the caller fails or rolls back).
+async fn count_shares(
+    c: &mut Conn,
+    shares: &[Share<'_>],
+    entries_max: u32,
+    bytes_max: u64,
+) -> Result<bool> {
+    let (entries_max, bytes_max) = (i64::from(entries_max), i(bytes_max));
+    for chunk in shares.chunks(CHUNK_ROWS) {
+        // The WHERE below guards the update of an existing count only; a
+        // new count must be within the limits by itself.
+        if chunk
+            .iter()
+            .any(|s| s.entries > entries_max || s.bytes > bytes_max)
+        {
+            return Ok(false);
+        }
+        let n = chunk.len() * 4;
+        let sql = format!(
+            "INSERT INTO mailbox_quota (device_pk, quota_key, entries, bytes) VALUES {} ON CONFLICT (device_pk, quota_key) DO UPDATE SET entries = mailbox_quota.entries + excluded.entries, bytes = mailbox_quota.bytes + excluded.bytes WHERE mailbox_quota.entries + excluded.entries <= {} AND mailbox_quota.bytes + excluded.bytes <= {} RETURNING device_pk",
+            row_list(1, 4, chunk.len()),
+            ph(n + 1),
+            ph(n + 2)
+        );
+        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+        for s in chunk {
+            query = query
+                .bind(s.pk)
+                .bind(s.key.as_slice())
+                .bind(s.entries)
+                .bind(s.bytes);
+        }
+        let rows = query
+            .bind(entries_max)
+            .bind(bytes_max)
+            .fetch_all(&mut *c)
+            .await?;
+        if rows.len() != chunk.len() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Gives back what deleted mailbox entries counted: per device (depth and
+/// bytes, see [`lower_depths`]) and per (device, quota key). `deleted` holds
+/// (device pk, quota key, bytes) of each deleted entry. Counts that reach
+/// zero are left for [`Store::purge_expired`] to delete, so an ack costs
+/// one statement more, not two.
+async fn give_back(c: &mut Conn, deleted: Vec<(i64, Option<Vec<u8>>, i64)>) -> Result<()> {
+    let mut shares: HashMap<(i64, Vec<u8>), (i64, i64)> = HashMap::new();
+    let mut devices = Vec::with_capacity(deleted.len());
+    for (pk, key, bytes) in deleted {
+        devices.push((pk, bytes));
+        if let Some(key) = key {
+            let s = shares.entry((pk, key)).or_default();
+            s.0 += 1;
+            s.1 += bytes;
+        }
+    }
+    lower_depths(c, devices).await?;
+    // ((device pk, quota key), (entries, bytes))
+    type Given = ((i64, Vec<u8>), (i64, i64));
+    let shares: Vec<Given> = shares.into_iter().collect();
+    for chunk in shares.chunks(CHUNK_ROWS) {
+        let sql = format!(
+            "WITH d(pk, k, n, b) AS (VALUES {}) UPDATE mailbox_quota SET entries = mailbox_quota.entries - d.n, bytes = mailbox_quota.bytes - d.b FROM d WHERE mailbox_quota.device_pk = d.pk AND mailbox_quota.quota_key = d.k",
+            row_list(1, 4, chunk.len())
+        );
+        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
+        for ((pk, key), (n, b)) in chunk {
+            query = query.bind(*pk).bind(&key[..]).bind(*n).bind(*b);
+        }
+        query.execute(&mut *c).await?;
+    }
+    Ok(())
+}
+
 /// Stores several local messages with a few multi-row statements: messages,
-/// then one sequence claim per recipient device, then mailbox rows. Returns
-/// `None` (caller rolls back and goes one by one) if any message needs
-/// individual treatment.
+/// then one sequence claim per recipient device, then the per-source
+/// counts, then mailbox rows. Returns `None` (caller rolls back and goes
+/// one by one) if any message needs individual treatment.
 async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptOutcome>>> {
-    let mut ids: Vec<&[u8; 16]> = batch.iter().map(|(m, _, _)| m.id.as_bytes()).collect();
+    let mut ids: Vec<&[u8; 16]> = batch.iter().map(|(m, _, _)| &m.key).collect();
     ids.sort_unstable();
     if ids.windows(2).any(|w| w[0] == w[1]) || batch.iter().any(|(m, _, _)| m.local.is_empty() && m.remote.is_empty()) {
         return Ok(None);
     }
     for chunk in batch.chunks(CHUNK_ROWS) {
         let sql = format!(
-            "INSERT INTO messages (id, digest, origin, kind, body, refs, received_ms, expires_ms) VALUES {} ON CONFLICT (id) DO NOTHING",
-            row_list(1, 8, chunk.len())
+            "INSERT INTO messages (id, envelope, digest, origin, kind, body, refs, received_ms, expires_ms) VALUES {} ON CONFLICT (id) DO NOTHING",
+            row_list(1, 9, chunk.len())
         );
         let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
         for (m, _, _) in chunk {
             query = query
+                .bind(m.key.as_slice())
                 .bind(m.id.as_bytes().as_slice())
                 .bind(&m.digest[..])
                 .bind(m.origin.as_str())
@@ -1062,32 +1172,58 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
             return Ok(None);
         }
     }
-    // Entries per recipient device, in batch order.
+    // Entries and bytes per recipient device, in batch order.
     let mut order: Vec<(&Username, DeviceId)> = Vec::new();
-    let mut counts: HashMap<(&Username, DeviceId), (i64, i64, i64)> = HashMap::new();
+    let mut counts: HashMap<(&Username, DeviceId), Claim> = HashMap::new();
     for (m, _, _) in batch {
         for r in &m.local {
             let e = counts.entry((&r.user, r.device)).or_insert_with(|| {
                 order.push((&r.user, r.device));
-                (0, 0, 0)
+                Claim::default()
             });
-            e.0 += 1;
+            e.entries += 1;
+            e.bytes += i(m.entry_bytes(r));
         }
     }
     // Claim in a fixed order, so two processes sharing PostgreSQL lock
     // device rows in the same order and cannot deadlock each other here.
     order.sort();
-    let depth_max = batch
-        .iter()
-        .map(|(m, _, _)| m.depth_max)
-        .min()
-        .unwrap_or(0);
-    if !claim_sequences(c, &order, &mut counts, depth_max).await? {
+    // The batch is held to its strictest limits; a message that would only
+    // pass under its own looser ones is then stored one by one.
+    let min = |f: fn(&NewMessage) -> u64| batch.iter().map(|(m, _, _)| f(m)).min().unwrap_or(0);
+    let depth_max = u32::try_from(min(|m| u64::from(m.depth_max))).unwrap_or(u32::MAX);
+    let bytes_max = min(|m| m.bytes_max);
+    let per_source_max = u32::try_from(min(|m| u64::from(m.per_source_max))).unwrap_or(u32::MAX);
+    let per_source_bytes_max = min(|m| m.per_source_bytes_max);
+    if !claim_sequences(c, &order, &mut counts, depth_max, bytes_max).await? {
         // Unknown device or full mailbox: sort it out one by one.
         return Ok(None);
     }
-    // (device pk, seq, message id, header, expires)
-    type MailboxRow<'a> = (i64, i64, &'a [u8], &'a [u8], i64);
+    let mut shares: BTreeMap<(i64, &[u8; 16]), (i64, i64)> = BTreeMap::new();
+    for (m, _, _) in batch {
+        for r in &m.local {
+            if let (Some(key), Some(claim)) = (&r.quota_key, counts.get(&(&r.user, r.device))) {
+                let s = shares.entry((claim.pk, key)).or_default();
+                s.0 += 1;
+                s.1 += i(m.entry_bytes(r));
+            }
+        }
+    }
+    let shares: Vec<Share<'_>> = shares
+        .into_iter()
+        .map(|((pk, key), (entries, bytes))| Share {
+            pk,
+            key,
+            entries,
+            bytes,
+        })
+        .collect();
+    if !count_shares(c, &shares, per_source_max, per_source_bytes_max).await? {
+        // A source over its share: sort it out one by one.
+        return Ok(None);
+    }
+    // (device pk, seq, message key, header, expires, quota key, bytes)
+    type MailboxRow<'a> = (i64, i64, &'a [u8], &'a [u8], i64, Option<&'a [u8]>, i64);
     let mut rows: Vec<MailboxRow<'_>> = Vec::new();
     let mut outcomes = Vec::with_capacity(batch.len());
     for (m, _, _) in batch {
@@ -1096,9 +1232,17 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
             let Some(slot) = counts.get_mut(&(&r.user, r.device)) else {
                 return Ok(None);
             };
-            let seq = slot.2;
-            slot.2 += 1;
-            rows.push((slot.1, seq, m.id.as_bytes(), r.header.as_slice(), i(m.expires_ms)));
+            let seq = slot.next;
+            slot.next += 1;
+            rows.push((
+                slot.pk,
+                seq,
+                m.key.as_slice(),
+                r.header.as_slice(),
+                i(m.expires_ms),
+                r.quota_key.as_ref().map(|k| k.as_slice()),
+                i(m.entry_bytes(r)),
+            ));
             delivered.push(MailboxRef {
                 user: r.user.clone(),
                 device: r.device,
@@ -1109,12 +1253,19 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
     }
     for chunk in rows.chunks(CHUNK_ROWS) {
         let sql = format!(
-            "INSERT INTO mailbox (device_pk, seq, message_id, header, expires_ms) VALUES {}",
-            row_list(1, 5, chunk.len())
+            "INSERT INTO mailbox (device_pk, seq, message_id, header, expires_ms, quota_key, bytes) VALUES {}",
+            row_list(1, 7, chunk.len())
         );
         let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-        for (pk, seq, id, header, expires) in chunk {
-            query = query.bind(*pk).bind(*seq).bind(*id).bind(*header).bind(*expires);
+        for (pk, seq, id, header, expires, key, bytes) in chunk {
+            query = query
+                .bind(*pk)
+                .bind(*seq)
+                .bind(*id)
+                .bind(*header)
+                .bind(*expires)
+                .bind(*key)
+                .bind(*bytes);
         }
         query.execute(&mut *c).await?;
     }
@@ -1122,15 +1273,29 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
     Ok(Some(outcomes))
 }
 
-/// Claims `k` sequence numbers for each device in `order` (sorted), `k`
-/// being `counts[device].0`; fills in `.1` (device pk) and `.2` (first seq).
-/// One statement per chunk of devices instead of one per device. False if
-/// a device is unknown or its mailbox would exceed `depth_max`.
+/// What a batch claims of one device's mailbox.
+#[derive(Default)]
+struct Claim {
+    /// Entries to add.
+    entries: i64,
+    /// Their bytes.
+    bytes: i64,
+    /// The device's pk (filled in by the claim).
+    pk: i64,
+    /// The next sequence number to hand out (filled in by the claim).
+    next: i64,
+}
+
+/// Claims `entries` sequence numbers and `bytes` for each device in `order`
+/// (sorted); fills in each claim's `pk` and first seq. One statement per
+/// chunk of devices instead of one per device. False if a device is unknown
+/// or its mailbox would exceed `depth_max` or `bytes_max`.
 async fn claim_sequences<'a>(
     c: &mut Conn,
     order: &[(&'a Username, DeviceId)],
-    counts: &mut HashMap<(&'a Username, DeviceId), (i64, i64, i64)>,
+    counts: &mut HashMap<(&'a Username, DeviceId), Claim>,
     depth_max: u32,
+    bytes_max: u64,
 ) -> Result<bool> {
     for chunk in order.chunks(CHUNK_ROWS) {
         if PG {
@@ -1146,17 +1311,27 @@ async fn claim_sequences<'a>(
             }
             query.fetch_all(&mut *c).await?;
         }
+        let n = chunk.len() * 4;
         let sql = format!(
-            "WITH v(username, device, k) AS (VALUES {}) UPDATE devices SET next_seq = devices.next_seq + v.k, depth = devices.depth + v.k FROM v WHERE devices.username = v.username AND devices.device = v.device AND devices.depth + v.k <= {} RETURNING devices.pk, devices.username, devices.device, devices.next_seq",
-            row_list(1, 3, chunk.len()),
-            ph(chunk.len() * 3 + 1)
+            "WITH v(username, device, k, b) AS (VALUES {}) UPDATE devices SET next_seq = devices.next_seq + v.k, depth = devices.depth + v.k, bytes = devices.bytes + v.b FROM v WHERE devices.username = v.username AND devices.device = v.device AND devices.depth + v.k <= {} AND devices.bytes + v.b <= {} RETURNING devices.pk, devices.username, devices.device, devices.next_seq",
+            row_list(1, 4, chunk.len()),
+            ph(n + 1),
+            ph(n + 2)
         );
         let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
         for key in chunk {
-            let k = counts.get(key).map_or(0, |slot| slot.0);
-            query = query.bind(key.0.as_str()).bind(i64::from(key.1.0)).bind(k);
+            let (k, b) = counts.get(key).map_or((0, 0), |c| (c.entries, c.bytes));
+            query = query
+                .bind(key.0.as_str())
+                .bind(i64::from(key.1.0))
+                .bind(k)
+                .bind(b);
         }
-        let rows = query.bind(i64::from(depth_max)).fetch_all(&mut *c).await?;
+        let rows = query
+            .bind(i64::from(depth_max))
+            .bind(i(bytes_max))
+            .fetch_all(&mut *c)
+            .await?;
         if rows.len() != chunk.len() {
             return Ok(false);
         }
@@ -1170,22 +1345,17 @@ async fn claim_sequences<'a>(
                 return Ok(false);
             };
             let next: i64 = r.try_get(3)?;
-            slot.1 = r.try_get(0)?;
-            slot.2 = next - slot.0;
+            slot.pk = r.try_get(0)?;
+            slot.next = next - slot.entries;
         }
     }
     Ok(true)
 }
 
-const OUTBOX_SELECT: &str = "SELECT o.id, o.relay, o.message_id, g.kind, g.body, o.recipients, o.expires_ms, o.attempts, o.sender_user, o.sender_device FROM outbox o JOIN messages g ON g.id = o.message_id";
+const OUTBOX_SELECT: &str = "SELECT o.id, o.relay, g.envelope, g.kind, g.body, o.recipients, o.expires_ms, o.attempts, o.sender FROM outbox o JOIN messages g ON g.id = o.message_id";
 
 fn outbox_row(r: &Row) -> Result<OutboxEntry> {
-    let sender_user: Option<String> = r.try_get(8)?;
-    let sender_device: Option<i64> = r.try_get(9)?;
-    let sender = match (sender_user, sender_device) {
-        (Some(u), Some(d)) => Some((username(u)?, device_id(d)?)),
-        _ => None,
-    };
+    let sender = r.try_get::<Option<Vec<u8>>, _>(8)?.map(Bytes);
     let recipients: Vec<u8> = r.try_get(5)?;
     Ok(OutboxEntry {
         id: r.try_get(0)?,
@@ -1651,7 +1821,7 @@ impl Store for SqlStore {
         use futures::TryStreamExt as _;
         // Rows are decoded one at a time and the read stops at the byte
         // cap, so a mailbox of big entries never sits in memory whole.
-        let mut rows = q("SELECT m.seq, m.message_id, g.origin, m.header, g.body, g.received_ms, m.expires_ms, g.kind FROM mailbox m JOIN messages g ON g.id = m.message_id WHERE m.device_pk = (SELECT pk FROM devices WHERE username = ? AND device = ?) AND m.seq > ? AND m.expires_ms > ? ORDER BY m.seq LIMIT ?")
+        let mut rows = q("SELECT m.seq, g.envelope, g.origin, m.header, g.body, g.received_ms, m.expires_ms, g.kind FROM mailbox m JOIN messages g ON g.id = m.message_id WHERE m.device_pk = (SELECT pk FROM devices WHERE username = ? AND device = ?) AND m.seq > ? AND m.expires_ms > ? ORDER BY m.seq LIMIT ?")
             .bind(user.as_str())
             .bind(i64::from(device.0))
             .bind(i(after))
@@ -1706,7 +1876,7 @@ impl Store for SqlStore {
             let n = self
                 .write(move |c| {
                     Box::pin(async move {
-                        let rows = q("DELETE FROM mailbox WHERE (device_pk, seq) IN (SELECT device_pk, seq FROM mailbox WHERE expires_ms <= ? LIMIT 500) RETURNING device_pk, message_id")
+                        let rows = q("DELETE FROM mailbox WHERE (device_pk, seq) IN (SELECT device_pk, seq FROM mailbox WHERE expires_ms <= ? LIMIT 500) RETURNING device_pk, message_id, quota_key, bytes")
                             .bind(now)
                             .fetch_all(&mut *c)
                             .await?;
@@ -1714,11 +1884,11 @@ impl Store for SqlStore {
                         let mut released = Vec::with_capacity(rows.len());
                         let mut devices = Vec::with_capacity(rows.len());
                         for r in &rows {
-                            devices.push(r.try_get(0)?);
+                            devices.push((r.try_get(0)?, r.try_get(2)?, r.try_get(3)?));
                             released.push(r.try_get(1)?);
                         }
                         release_many(c, released).await?;
-                        lower_depths(c, devices).await?;
+                        give_back(c, devices).await?;
                         Ok(rows.len() as u64)
                     })
                 })
@@ -1746,6 +1916,10 @@ impl Store for SqlStore {
                     ] {
                         auth += q(sql).bind(now).execute(&mut *c).await?.rows_affected();
                     }
+                    // Counts whose entries are all gone (acks leave them).
+                    q("DELETE FROM mailbox_quota WHERE entries <= 0")
+                        .execute(&mut *c)
+                        .await?;
                     q("DELETE FROM sessions WHERE NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.session_id = sessions.id)")
                         .execute(&mut *c)
                         .await?;

@@ -153,6 +153,11 @@ impl Harness {
     pub fn address(&self, user: &str) -> Address {
         Address::new(Username::parse(user).unwrap(), relay_name())
     }
+
+    /// The SQLite database file (SQLite harnesses only).
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        self._dir.as_ref().map(|d| d.path().join("courier.db"))
+    }
 }
 
 /// A device with a real identity key.

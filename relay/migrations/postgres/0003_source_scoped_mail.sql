@@ -1,0 +1,35 @@
+-- Security audit #13, items 1, 5 and 14 (see docs/storage.md).
+--
+-- messages.id is now the message key, HMAC(store secret, source, envelope
+-- id): an envelope id is deduplicated per source, not relay-wide, and the
+-- key does not name the source. The envelope id recipients see moves to
+-- `envelope`. Rows from before keep their envelope id as key until they
+-- expire (mailbox and outbox rows reference messages by this key).
+ALTER TABLE messages ADD COLUMN envelope BYTEA;
+UPDATE messages SET envelope = id;
+
+-- Mailbox limits per device and per (device, source): each entry knows what
+-- it counts (`bytes`, and `quota_key` = HMAC(store secret, recipient device,
+-- source), NULL for entries from before and for notices), so ack and purge
+-- give it back in the statements that delete it.
+ALTER TABLE mailbox ADD COLUMN quota_key BYTEA;
+ALTER TABLE mailbox ADD COLUMN bytes BIGINT NOT NULL DEFAULT 0;
+UPDATE mailbox SET bytes = octet_length(header)
+    + COALESCE((SELECT octet_length(body) FROM messages WHERE messages.id = mailbox.message_id), 0);
+ALTER TABLE devices ADD COLUMN bytes BIGINT NOT NULL DEFAULT 0;
+UPDATE devices SET bytes = COALESCE((SELECT SUM(bytes) FROM mailbox WHERE mailbox.device_pk = devices.pk), 0);
+CREATE TABLE mailbox_quota (
+    device_pk BIGINT NOT NULL,
+    quota_key BYTEA NOT NULL,
+    entries BIGINT NOT NULL,
+    bytes BIGINT NOT NULL,
+    PRIMARY KEY (device_pk, quota_key)
+);
+
+-- The submitting device of an outbox entry, only for a delivery-failure
+-- notice, sealed (AES-256-GCM under a key derived from the store secret)
+-- instead of in plaintext. Entries queued before this migration lose their
+-- notice (the message itself is still delivered or expires as before).
+ALTER TABLE outbox ADD COLUMN sender BYTEA;
+ALTER TABLE outbox DROP COLUMN sender_user;
+ALTER TABLE outbox DROP COLUMN sender_device;
