@@ -75,6 +75,18 @@ pub struct RelaySettings {
     /// Most envelopes waiting in one device's mailbox; sends beyond get
     /// 507 `mailbox_full`.
     pub mailbox_depth_max: u32,
+    /// Most outbox entries (messages waiting for other relays, one per
+    /// message and destination relay) in total; sends beyond get 507
+    /// `outbox_full`.
+    pub outbox_max: u64,
+    /// Most distinct destination relays in the outbox (`outbox_full`).
+    pub outbox_destinations_max: u64,
+    /// Most outbox entries one account may have waiting; sends beyond get
+    /// 507 `outbox_quota`.
+    pub outbox_per_account_max: u64,
+    /// Most distinct destination relays one account may have mail waiting
+    /// for (`outbox_quota`).
+    pub outbox_destinations_per_account_max: u64,
 }
 
 impl Default for RelaySettings {
@@ -89,6 +101,12 @@ impl Default for RelaySettings {
             link_secs: defaults.link_ms / 1000,
             prekeys_low_water: defaults.prekeys_low_water,
             mailbox_depth_max: defaults.mailbox_depth_max,
+            outbox_max: defaults.outbox_limits.entries_max,
+            outbox_destinations_max: defaults.outbox_limits.destinations_max,
+            outbox_per_account_max: defaults.outbox_limits.per_account_max,
+            outbox_destinations_per_account_max: defaults
+                .outbox_limits
+                .destinations_per_account_max,
         }
     }
 }

@@ -36,6 +36,12 @@ pub fn relay(
     relay_config.link_ms = r.link_secs.saturating_mul(1000);
     relay_config.prekeys_low_water = r.prekeys_low_water;
     relay_config.mailbox_depth_max = r.mailbox_depth_max;
+    relay_config.outbox_limits = courier_relay::outbox_budget::OutboxLimits {
+        entries_max: r.outbox_max,
+        destinations_max: r.outbox_destinations_max,
+        per_account_max: r.outbox_per_account_max,
+        destinations_per_account_max: r.outbox_destinations_per_account_max,
+    };
     relay_config.registration = match config.registration() {
         Registration::Open => courier_relay::Registration::Open,
         Registration::Invite => courier_relay::Registration::Invite,
@@ -69,7 +75,11 @@ pub async fn run(data_dir: &Path, config: Config) -> anyhow::Result<()> {
         pg_wake = Some(notifier);
     }
     let notifier = OutboxNotifier::new(local, outbox_wake.clone());
-    let relay = Arc::new(relay(&config, store, Arc::new(notifier))?);
+    // Which relays sends may name: filled and kept current by the
+    // federation from its peer book; empty (every remote recipient
+    // refused) when federation is off.
+    let routes = Arc::new(courier_relay::routes::RouteTable::new());
+    let relay = Arc::new(relay(&config, store, Arc::new(notifier))?.with_routes(routes.clone()));
     if let Some(pg_wake) = pg_wake {
         pg_wake.attach(&relay);
     }
@@ -95,8 +105,16 @@ pub async fn run(data_dir: &Path, config: Config) -> anyhow::Result<()> {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{bound}"));
-        let running =
-            start_federation(data_dir, &config, key, http_url, &relay, outbox_wake).await?;
+        let running = start_federation(
+            data_dir,
+            &config,
+            key,
+            http_url,
+            &relay,
+            outbox_wake,
+            routes,
+        )
+        .await?;
         gateway = gateway.with_federation(Arc::new(running.handle.clone()));
         Some(running)
     } else {
@@ -173,9 +191,11 @@ async fn start_federation(
     http_url: String,
     relay: &Arc<Relay>,
     outbox_wake: Arc<tokio::sync::Notify>,
+    routes: Arc<courier_relay::routes::RouteTable>,
 ) -> anyhow::Result<RunningFederation> {
     let f = &config.federation;
     let mut fed = federation::Config::new(config.relay_name()?, key);
+    fed.routes = Some(routes);
     fed.listen = multiaddrs("federation.p2p", std::slice::from_ref(&f.p2p))?;
     fed.external_addresses = multiaddrs("federation.external_addresses", &f.external_addresses)?;
     fed.http_url = http_url;

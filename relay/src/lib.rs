@@ -16,7 +16,9 @@ pub mod error;
 pub mod federation;
 pub mod mailbox;
 pub mod outbox;
+pub mod outbox_budget;
 pub mod relay;
+pub mod routes;
 pub mod store;
 pub mod types;
 

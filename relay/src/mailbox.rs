@@ -164,6 +164,8 @@ impl Relay {
             .map(|(relay, recipients)| RemoteRecipients { relay, recipients })
             .collect();
         let relays: Vec<RelayName> = remote.iter().map(|r| r.relay.clone()).collect();
+        // Routability and outbox limits, before anything is stored.
+        let reserved = self.outbox_reserve(&sender.user, &relays)?;
         let new = NewMessage {
             id: message.id,
             source,
@@ -181,6 +183,7 @@ impl Relay {
         };
         match self.accept_and_notify(new).await? {
             AcceptOutcome::Accepted { delivered } => {
+                reserved.keep();
                 for relay in &relays {
                     self.notifier.outbox(relay);
                 }
