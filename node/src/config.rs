@@ -103,6 +103,18 @@ impl RelaySettings {
         };
         (entries, bytes)
     }
+    /// Most outbox entries (messages waiting for other relays, one per
+    /// message and destination relay) in total; sends beyond get 507
+    /// `outbox_full`.
+    pub outbox_max: u64,
+    /// Most distinct destination relays in the outbox (`outbox_full`).
+    pub outbox_destinations_max: u64,
+    /// Most outbox entries one account may have waiting; sends beyond get
+    /// 507 `outbox_quota`.
+    pub outbox_per_account_max: u64,
+    /// Most distinct destination relays one account may have mail waiting
+    /// for (`outbox_quota`).
+    pub outbox_destinations_per_account_max: u64,
 }
 
 impl Default for RelaySettings {
@@ -121,6 +133,12 @@ impl Default for RelaySettings {
             // Follow the totals unless set (see `RelaySettings::per_source`).
             mailbox_per_source_max: 0,
             mailbox_per_source_bytes_max: 0,
+            outbox_max: defaults.outbox_limits.entries_max,
+            outbox_destinations_max: defaults.outbox_limits.destinations_max,
+            outbox_per_account_max: defaults.outbox_limits.per_account_max,
+            outbox_destinations_per_account_max: defaults
+                .outbox_limits
+                .destinations_per_account_max,
         }
     }
 }

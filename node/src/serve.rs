@@ -44,6 +44,12 @@ pub fn relay(
         relay_config.mailbox_per_source_bytes_max,
     ) = r.per_source();
     relay_config.store_secret = crate::store::secret(data_dir)?;
+    relay_config.outbox_limits = courier_relay::outbox_budget::OutboxLimits {
+        entries_max: r.outbox_max,
+        destinations_max: r.outbox_destinations_max,
+        per_account_max: r.outbox_per_account_max,
+        destinations_per_account_max: r.outbox_destinations_per_account_max,
+    };
     relay_config.registration = match config.registration() {
         Registration::Open => courier_relay::Registration::Open,
         Registration::Invite => courier_relay::Registration::Invite,
@@ -78,7 +84,12 @@ pub async fn run(data_dir: &Path, config: Config) -> anyhow::Result<()> {
         pg_wake = Some(notifier);
     }
     let notifier = OutboxNotifier::new(local, outbox_wake.clone());
-    let relay = Arc::new(relay(data_dir, &config, store, Arc::new(notifier))?);
+    // Which relays sends may name: filled and kept current by the
+    // federation from its peer book; empty (every remote recipient
+    // refused) when federation is off.
+    let routes = Arc::new(courier_relay::routes::RouteTable::new());
+    let relay =
+        Arc::new(relay(data_dir, &config, store, Arc::new(notifier))?.with_routes(routes.clone()));
     if let Some(pg_wake) = pg_wake {
         pg_wake.attach(&relay);
     }
@@ -104,8 +115,16 @@ pub async fn run(data_dir: &Path, config: Config) -> anyhow::Result<()> {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{bound}"));
-        let running =
-            start_federation(data_dir, &config, key, http_url, &relay, outbox_wake).await?;
+        let running = start_federation(
+            data_dir,
+            &config,
+            key,
+            http_url,
+            &relay,
+            outbox_wake,
+            routes,
+        )
+        .await?;
         gateway = gateway.with_federation(Arc::new(running.handle.clone()));
         Some(running)
     } else {
@@ -182,9 +201,11 @@ async fn start_federation(
     http_url: String,
     relay: &Arc<Relay>,
     outbox_wake: Arc<tokio::sync::Notify>,
+    routes: Arc<courier_relay::routes::RouteTable>,
 ) -> anyhow::Result<RunningFederation> {
     let f = &config.federation;
     let mut fed = federation::Config::new(config.relay_name()?, key);
+    fed.routes = Some(routes);
     fed.listen = multiaddrs("federation.p2p", std::slice::from_ref(&f.p2p))?;
     fed.external_addresses = multiaddrs("federation.external_addresses", &f.external_addresses)?;
     fed.http_url = http_url;

@@ -125,6 +125,15 @@ codes! {
     /// sending account, or for federated mail the relay it came from) as
     /// one source may; other senders still get through. Retry later.
     MailboxQuota = ("mailbox_quota", 507, "the recipient mailbox holds as much from this sender as allowed"),
+    /// A peer delivered an envelope of a kind only a home relay may create
+    /// (a `delivery_failure` notice): peers may only deliver messages.
+    EnvelopeKindRefused = ("envelope_kind_refused", 403, "peers may only deliver messages"),
+    /// The sending account has as much mail waiting for other relays as it
+    /// may (outbox entries or distinct destination relays); retry later.
+    OutboxQuota = ("outbox_quota", 507, "this account has too much mail waiting for other relays"),
+    /// The relay's outbox holds as many entries or destination relays as it
+    /// may; retry later.
+    OutboxFull = ("outbox_full", 507, "the relay's outbox is full"),
 }
 
 impl fmt::Display for ErrorCode {

@@ -78,6 +78,18 @@ pub enum RelayError {
     /// The address is not on this relay; ask the federation.
     #[error("address is on another relay")]
     NotLocal,
+    /// Recipients on relays this relay cannot route to (not in its peer
+    /// book); nothing was stored.
+    #[error("{}", no_route(.0))]
+    UnknownRelays(Vec<courier_protocol::RelayName>),
+    /// The sending account has as much mail waiting for other relays as it
+    /// may (outbox entries or destination relays).
+    #[error("this account has too much mail waiting for other relays")]
+    OutboxQuota,
+    /// The relay's outbox holds as many entries or destination relays as
+    /// it may.
+    #[error("the relay's outbox is full")]
+    OutboxFull,
     /// The store failed (IO, database unreachable, corrupt row). Details are
     /// for logs only.
     #[error("store error: {0}")]
@@ -119,6 +131,9 @@ impl RelayError {
             RelayError::NotLocal => ErrorCode::UnknownRelay,
             RelayError::Store(_) => ErrorCode::Unavailable,
             RelayError::StorageFull(_) => ErrorCode::InsufficientStorage,
+            RelayError::UnknownRelays(_) => ErrorCode::UnknownRelay,
+            RelayError::OutboxQuota => ErrorCode::OutboxQuota,
+            RelayError::OutboxFull => ErrorCode::OutboxFull,
         }
     }
 
@@ -182,3 +197,19 @@ impl From<sqlx::migrate::MigrateError> for RelayError {
 
 /// Result with [`RelayError`].
 pub type Result<T, E = RelayError> = std::result::Result<T, E>;
+
+/// "no route to relay a, b, c (and 7 more)": names a few, counts the rest.
+fn no_route(relays: &[courier_protocol::RelayName]) -> String {
+    const NAMED: usize = 5;
+    let named: Vec<&str> = relays.iter().take(NAMED).map(|r| r.as_str()).collect();
+    let more = relays.len().saturating_sub(NAMED);
+    let tail = if more > 0 {
+        format!(" (and {more} more)")
+    } else {
+        String::new()
+    };
+    format!(
+        "no route to relay {}{tail}: not known to this relay's federation",
+        named.join(", ")
+    )
+}

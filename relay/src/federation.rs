@@ -130,6 +130,19 @@ pub fn check_batch_origin(peer: &RelayName, batch: &DeliveryBatch) -> Result<(),
     Ok(())
 }
 
+/// Checks that a peer may hand us an envelope of this kind: only
+/// [`EnvelopeKind::Message`](courier_protocol::EnvelopeKind::Message). A
+/// `delivery_failure` notice is made by a device's own home relay for its
+/// own mailboxes and never crosses the federation; one arriving from a peer
+/// is a forgery clients would show as a notice from their relay, so it is
+/// refused ([`ErrorCode::EnvelopeKindRefused`]) and not stored.
+pub fn check_federated_kind(envelope: &courier_protocol::FedEnvelope) -> Result<(), ErrorCode> {
+    match envelope.kind {
+        courier_protocol::EnvelopeKind::Message => Ok(()),
+        courier_protocol::EnvelopeKind::DeliveryFailure => Err(ErrorCode::EnvelopeKindRefused),
+    }
+}
+
 /// Acknowledgements that refuse every envelope of `batch` with `code` (an
 /// origin mismatch, a rate limit, an unknown peer).
 pub fn reject_all(batch: &DeliveryBatch, code: ErrorCode) -> DeliveryAcks {
@@ -355,6 +368,9 @@ pub async fn drain_once(
         }
         if !done.is_empty() {
             relay.outbox_mark_delivered(&done).await?;
+            for entry in chunk.iter().filter(|e| done.contains(&e.id)) {
+                relay.outbox_release(entry);
+            }
         }
         report.delivered += done.len() as u32;
     }
@@ -371,12 +387,15 @@ pub async fn accept_batch(relay: &Relay, peer: &RelayName, batch: DeliveryBatch)
     // Envelopes are independent: storing them concurrently lets the store's
     // group commit put a whole batch in one transaction instead of one
     // commit (and fsync) per envelope. Acks stay in batch order.
-    let acks = join_all(
-        batch
-            .envelopes
-            .into_iter()
-            .map(|e| relay.accept_federated(peer, vec![e])),
-    )
+    let acks = join_all(batch.envelopes.into_iter().map(|e| async move {
+        match check_federated_kind(&e) {
+            Ok(()) => relay.accept_federated(peer, vec![e]).await,
+            Err(code) => vec![courier_protocol::EnvelopeAck {
+                id: e.id,
+                status: AckStatus::Rejected(code),
+            }],
+        }
+    }))
     .await;
     DeliveryAcks {
         acks: acks.into_iter().flatten().collect(),

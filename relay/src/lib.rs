@@ -16,8 +16,10 @@ pub mod error;
 pub mod federation;
 pub mod mailbox;
 pub mod outbox;
+pub mod outbox_budget;
 pub mod relay;
 pub mod secret;
+pub mod routes;
 pub mod store;
 pub mod types;
 

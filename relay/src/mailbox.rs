@@ -158,6 +158,8 @@ impl Relay {
         // so the database does not name it.
         let sealed = (!remote.is_empty())
             .then(|| Bytes(secret.seal_sender(self.random_bytes(), &sender.user, sender.device)));
+        // Routability and outbox limits, before anything is stored.
+        let reserved = self.outbox_reserve(&sender.user, &relays)?;
         let new = NewMessage {
             id: message.id,
             source,
@@ -179,6 +181,7 @@ impl Relay {
         };
         match self.accept_and_notify(new).await? {
             AcceptOutcome::Accepted { delivered } => {
+                reserved.keep();
                 for relay in &relays {
                     self.notifier.outbox(relay);
                 }

@@ -91,6 +91,7 @@ impl Relay {
     pub async fn outbox_fail(&self, entry: &OutboxEntry, code: ErrorCode) -> Result<()> {
         let notice = self.failure_notice(entry, code)?;
         let delivered = self.store.outbox_expire(entry.id, notice).await?;
+        self.outbox_release(entry);
         self.notify(&delivered);
         Ok(())
     }

@@ -73,6 +73,9 @@ pub struct Config {
     pub outbox_backoff_base_ms: u64,
     /// Longest retry delay of an outbox entry.
     pub outbox_backoff_max_ms: u64,
+    /// Bounds on outbox entries and destination relays, per account and in
+    /// total (see [`crate::outbox_budget`]).
+    pub outbox_limits: crate::outbox_budget::OutboxLimits,
 }
 
 impl Config {
@@ -103,6 +106,7 @@ impl Config {
             outbox_lease_ms: 30 * 1000,
             outbox_backoff_base_ms: 1000,
             outbox_backoff_max_ms: 10 * 60 * 1000,
+            outbox_limits: crate::outbox_budget::OutboxLimits::default(),
         }
     }
 }
@@ -187,6 +191,9 @@ pub struct Relay {
     pub(crate) rng: Mutex<Random>,
     pub(crate) notifier: Arc<dyn Notifier>,
     pub(crate) access_cache: AccessCache,
+    /// Which relays the outbox may take mail for.
+    pub(crate) routes: Arc<dyn crate::routes::Routes>,
+    pub(crate) outbox_budget: crate::outbox_budget::OutboxBudget,
 }
 
 impl std::fmt::Debug for Relay {
@@ -209,7 +216,16 @@ impl Relay {
             clock,
             rng: Mutex::new(rng),
             notifier: Arc::new(NoNotifier),
+            routes: Arc::new(crate::routes::AnyRelay),
+            outbox_budget: Default::default(),
         }
+    }
+
+    /// Sets who says which relays mail can be routed to (every relay
+    /// without it: [`crate::routes::AnyRelay`]).
+    pub fn with_routes(mut self, routes: Arc<dyn crate::routes::Routes>) -> Self {
+        self.routes = routes;
+        self
     }
 
     /// Sets the notifier.

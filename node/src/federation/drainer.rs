@@ -25,6 +25,15 @@ pub struct DrainerConfig {
     pub idle_poll: Duration,
     /// How often expired entries are turned into failure notices.
     pub expire_every: Duration,
+    /// Most due entries one look at the outbox reads (over all
+    /// destinations, earliest due first): the look costs this much however
+    /// large the outbox is.
+    pub due_entries_max: u32,
+    /// Most destinations one look at the outbox starts rounds for.
+    pub due_destinations_max: u32,
+    /// How often the outbox totals the send path's limits count against
+    /// are re-read from the store.
+    pub budget_sync_every: Duration,
 }
 
 impl Default for DrainerConfig {
@@ -37,6 +46,9 @@ impl Default for DrainerConfig {
             workers_per_destination: 8,
             idle_poll: Duration::from_millis(500),
             expire_every: Duration::from_secs(5),
+            due_entries_max: 4096,
+            due_destinations_max: 64,
+            budget_sync_every: Duration::from_secs(60),
         }
     }
 }
@@ -130,9 +142,17 @@ async fn run(
     let mut workers: JoinSet<RelayName> = JoinSet::new();
     let mut active: HashMap<RelayName, usize> = HashMap::new();
     let mut last_expire = tokio::time::Instant::now();
+    // Due at once: the first pass counts what is already in the outbox.
+    let mut last_sync: Option<tokio::time::Instant> = None;
     loop {
         if *stopped.borrow() {
             break;
+        }
+        if last_sync.is_none_or(|t| t.elapsed() >= config.budget_sync_every) {
+            last_sync = Some(tokio::time::Instant::now());
+            if let Err(e) = relay.outbox_budget_sync().await {
+                tracing::warn!(error = %e, "cannot count the outbox");
+            }
         }
         if last_expire.elapsed() >= config.expire_every {
             last_expire = tokio::time::Instant::now();
@@ -143,14 +163,20 @@ async fn run(
             }
         }
         let mut sleep = config.idle_poll;
-        match relay.outbox_destinations().await {
-            Ok(destinations) => {
-                let now = relay.now_ms();
-                for d in destinations {
-                    if d.next_attempt_ms > now {
-                        sleep = sleep.min(Duration::from_millis(d.next_attempt_ms - now));
-                        continue;
-                    }
+        let now = relay.now_ms();
+        // A bounded, due-ordered look (not every destination every round):
+        // a backlog for thousands of unreachable relays costs nothing
+        // until its entries fall due.
+        match relay
+            .store()
+            .outbox_due(now, config.due_entries_max, config.due_destinations_max)
+            .await
+        {
+            Ok(due) => {
+                if let Some(next) = due.next_due_ms {
+                    sleep = sleep.min(Duration::from_millis(next.saturating_sub(now)));
+                }
+                for d in due.destinations {
                     let running = active.get(&d.relay).copied().unwrap_or(0);
                     let wanted = (d.pending.div_ceil(u64::from(config.batch_max.max(1))) as usize)
                         .clamp(1, config.workers_per_destination.max(1));

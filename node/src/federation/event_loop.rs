@@ -360,6 +360,7 @@ impl EventLoop {
     }
 
     pub(super) async fn run(mut self) {
+        self.publish_routes();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -387,10 +388,18 @@ impl EventLoop {
             return;
         }
         self.book_dirty = false;
+        self.publish_routes();
         if let Some(path) = &self.config.peers_file
             && let Err(e) = self.book.save(path)
         {
             tracing::error!(error = %e, "cannot write the peer book");
+        }
+    }
+
+    /// Tells the send path which relays the book can reach now.
+    fn publish_routes(&self) {
+        if let Some(routes) = &self.config.routes {
+            routes.replace(self.book.routable_names().cloned().collect());
         }
     }
 
@@ -426,9 +435,7 @@ impl EventLoop {
         {
             out.push(a);
         }
-        if let Some(name) = self.book.name_of(peer)
-            && let Some(d) = self.book.descriptor(&name)
-        {
+        if let Some(d) = self.book.descriptor_of(peer) {
             out.extend(d.descriptor.addresses.iter().filter_map(|a| a.parse().ok()));
         }
         out
@@ -651,7 +658,8 @@ impl EventLoop {
         for (p, _) in self.book.added() {
             push(p);
         }
-        for d in self.book.file().descriptors.values() {
+        let file = self.book.file();
+        for d in file.descriptors.values().chain(file.hints.values()) {
             if let Ok(p) = d.descriptor.peer_id.parse() {
                 push(p);
             }

@@ -79,6 +79,10 @@ pub struct Config {
     /// Where to serve the admin control socket (`<data-dir>/federation.sock`)
     /// for `courier peer …`; `None` serves none.
     pub control_socket: Option<PathBuf>,
+    /// The relay's table of routable relay names, kept equal to what the
+    /// peer book can reach (see [`peers::PeerBook::routable`]); `None`
+    /// keeps none.
+    pub routes: Option<Arc<courier_relay::routes::RouteTable>>,
 }
 
 impl Config {
@@ -102,6 +106,7 @@ impl Config {
             redial_max_ms: 30_000,
             inbound_concurrent_max: 64,
             control_socket: None,
+            routes: None,
         }
     }
 }

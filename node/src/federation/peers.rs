@@ -143,8 +143,16 @@ pub enum Source {
     /// The relay itself, in a hello over a connection authenticated as it.
     Direct,
     /// Shared by this peer in its hello (`known`): hearsay about a relay
-    /// we may never have talked to.
+    /// we may never have talked to. It never pins: for a name nobody
+    /// pinned it is kept as a hint (dialled when there is mail for that
+    /// name), and the relay's own hello replaces it whatever key it names.
     Gossip(PeerId),
+    /// The name-to-key binding was checked out of band (the hook for the
+    /// `https://NAME/.well-known/courier` document of the federation
+    /// resilience work; nothing produces it yet): pins like
+    /// [`Source::Direct`] and also replaces a trust-on-first-use pin with
+    /// another key. An operator pin still wins.
+    Verified,
 }
 
 /// Bookkeeping of one relay in the book, for the cap.
@@ -189,6 +197,9 @@ pub struct PeerFile {
     pub entries: BTreeMap<RelayName, Entry>,
     /// Relay names the operator pinned with `courier peer pin`.
     pub operator_pins: BTreeSet<RelayName>,
+    /// Descriptors shared by gossip for names nobody pinned: unverified
+    /// hints, used to dial, never pins (see [`Source::Gossip`]).
+    pub hints: BTreeMap<RelayName, SignedDescriptor>,
 }
 
 impl PeerFile {
@@ -202,6 +213,11 @@ impl PeerFile {
         if !keep {
             self.descriptors.remove(&name);
             self.entries.remove(&name);
+        }
+        if let Some(hint) = self.hints.remove(&name)
+            && hint.descriptor.peer_id == peer.to_base58()
+        {
+            self.descriptors.insert(name.clone(), hint);
         }
         self.pins.insert(name.clone(), peer.to_base58());
         self.operator_pins.insert(name);
@@ -255,6 +271,32 @@ impl PeerBook {
                 file.pins.insert(name.clone(), d.descriptor.peer_id.clone());
             }
         }
+        // Books from before hints pinned gossip on first sight: a relay
+        // that was only ever heard of (never connected, not the
+        // operator's) holds a hint, not a pin, so it cannot lock out the
+        // genuine relay.
+        let heard: Vec<RelayName> = file
+            .entries
+            .iter()
+            .filter(|(name, e)| {
+                !e.connected
+                    && e.learned_from.is_some()
+                    && !file.operator_pins.contains(*name)
+                    && file
+                        .pins
+                        .get(*name)
+                        .is_some_and(|p| !file.added.contains_key(p))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in heard {
+            file.pins.remove(&name);
+            if let Some(d) = file.descriptors.remove(&name) {
+                file.hints.insert(name, d);
+            }
+        }
+        let pins = &file.pins;
+        file.hints.retain(|name, _| !pins.contains_key(name));
         PeerBook {
             own_name,
             own_peer,
@@ -283,9 +325,10 @@ impl PeerBook {
         evicted
     }
 
-    /// How many relays the book holds (each is pinned, described or not).
+    /// How many relays the book holds: pinned (described or not) or
+    /// hinted.
     pub fn len(&self) -> usize {
-        self.file.pins.len()
+        self.file.pins.len() + self.file.hints.len()
     }
 
     /// Whether the book holds no relay.
@@ -350,7 +393,11 @@ impl PeerBook {
     }
 
     /// Checks a descriptor (signature, limits, ourselves, policy, removal,
-    /// pin) and, if acceptable, records it and pins its name on first sight.
+    /// pin) and, if acceptable, records it. A relay's own descriptor
+    /// ([`Source::Direct`]) pins its name on first sight and replaces any
+    /// hint for that name; a shared one ([`Source::Gossip`]) for a name
+    /// nobody pinned is only a hint (see [`PeerFile::hints`]), so gossip
+    /// never locks a genuine relay out.
     ///
     /// A relay new to a full book needs room, made by evicting one relay:
     ///
@@ -389,21 +436,42 @@ impl PeerBook {
                 peer: peer.to_base58(),
             });
         }
-        if let Some(pinned) = self.pinned(name)
+        let pinned = self.pinned(name);
+        if let Some(pinned) = pinned
             && pinned != peer
         {
-            return Err(Refusal::PinnedKeyMismatch {
-                name: name.clone(),
-                pinned: pinned.to_base58(),
-                offered: peer.to_base58(),
-            });
+            // Only out-of-band evidence outranks a pin, and never the
+            // operator's own.
+            let overridable = source == Source::Verified && !self.file.operator_pins.contains(name);
+            if !overridable {
+                return Err(Refusal::PinnedKeyMismatch {
+                    name: name.clone(),
+                    pinned: pinned.to_base58(),
+                    offered: peer.to_base58(),
+                });
+            }
+            self.file.descriptors.remove(name);
+            self.file.pins.remove(name);
         }
-        let known = self.file.pins.contains_key(name) || self.file.descriptors.contains_key(name);
+        let gossip = match source {
+            Source::Gossip(from) => Some(from),
+            Source::Direct | Source::Verified => None,
+        };
+        // Gossip about a name nobody pinned is a hint: kept for dialling,
+        // never a pin. The first hint stays (a later, different key is no
+        // better evidence); the relay itself replaces it below.
+        let hint = gossip.is_some() && self.pinned(name).is_none();
+        if hint
+            && let Some(held) = self.file.hints.get(name)
+            && held.descriptor.peer_id != signed.descriptor.peer_id
+        {
+            return Ok((peer, Admitted::Known));
+        }
+        let known = self.file.pins.contains_key(name)
+            || self.file.descriptors.contains_key(name)
+            || self.file.hints.contains_key(name);
         if !known && self.len() >= self.max {
-            let gossip_source = match source {
-                Source::Gossip(from) => Some(from.to_base58()),
-                Source::Direct => None,
-            };
+            let gossip_source = gossip.map(|from| from.to_base58());
             let victim = self.victim(Some(gossip_source.as_deref()));
             match victim {
                 Some(victim) => self.evict(&victim),
@@ -417,10 +485,17 @@ impl PeerBook {
                 }
             }
         }
-        self.file
-            .pins
-            .entry(name.clone())
-            .or_insert_with(|| peer.to_base58());
+        if !hint {
+            // The relay itself (or verified evidence): pinned now, and a
+            // hint under its name, whatever key it named, gives way.
+            if self.file.hints.remove(name).is_some() {
+                self.file.entries.remove(name);
+            }
+            self.file
+                .pins
+                .entry(name.clone())
+                .or_insert_with(|| peer.to_base58());
+        }
         let entry = self
             .file
             .entries
@@ -429,23 +504,26 @@ impl PeerBook {
                 // Known without an entry: kept from before the cap, when
                 // nothing told hearsay from peers apart.
                 connected: known,
-                learned_from: match source {
-                    Source::Gossip(from) if !known => Some(from.to_base58()),
+                learned_from: match gossip {
+                    Some(from) if !known => Some(from.to_base58()),
                     _ => None,
                 },
                 seen_ms: now_ms,
             });
         entry.seen_ms = entry.seen_ms.max(now_ms);
-        if source == Source::Direct {
+        if gossip.is_none() {
             entry.connected = true;
         }
-        let newer = self
-            .file
-            .descriptors
+        let held = if hint {
+            &mut self.file.hints
+        } else {
+            &mut self.file.descriptors
+        };
+        let newer = held
             .get(name)
             .is_none_or(|old| old.descriptor.issued_ms < signed.descriptor.issued_ms);
         if newer {
-            self.file.descriptors.insert(name.clone(), signed.clone());
+            held.insert(name.clone(), signed.clone());
             return Ok((peer, Admitted::New));
         }
         Ok((peer, Admitted::Known))
@@ -530,12 +608,41 @@ impl PeerBook {
         tracing::debug!(%name, "peer book full: relay evicted");
         self.file.descriptors.remove(name);
         self.file.pins.remove(name);
+        self.file.hints.remove(name);
         self.file.entries.remove(name);
     }
 
-    /// The verified descriptor of a relay, if known and still allowed.
+    /// The descriptor to reach a relay by: its pinned one, else a hint.
     pub fn descriptor(&self, name: &RelayName) -> Option<&SignedDescriptor> {
-        self.file.descriptors.get(name)
+        self.file
+            .descriptors
+            .get(name)
+            .or_else(|| self.file.hints.get(name))
+    }
+
+    /// The descriptor naming `peer` as its key, pinned or hinted: the
+    /// addresses to dial it at.
+    pub fn descriptor_of(&self, peer: &PeerId) -> Option<&SignedDescriptor> {
+        let text = peer.to_base58();
+        match self.name_of(peer) {
+            Some(name) => self.file.descriptors.get(&name),
+            None => self
+                .file
+                .hints
+                .values()
+                .find(|d| d.descriptor.peer_id == text),
+        }
+    }
+
+    /// Whether mail for `name` can be routed: a pin (the operator's or a
+    /// relay's own hello), a descriptor or a hint.
+    pub fn routable(&self, name: &RelayName) -> bool {
+        self.file.pins.contains_key(name) || self.file.hints.contains_key(name)
+    }
+
+    /// Every routable relay name (see [`PeerBook::routable`]).
+    pub fn routable_names(&self) -> impl Iterator<Item = &RelayName> {
+        self.file.pins.keys().chain(self.file.hints.keys())
     }
 
     /// The relay name a PeerId speaks for (from its admitted descriptor).
@@ -558,6 +665,7 @@ impl PeerBook {
         self.file
             .descriptors
             .iter()
+            .chain(&self.file.hints)
             .filter(|(name, _)| Some(*name) != except)
             .filter(|(name, d)| {
                 d.descriptor
@@ -837,7 +945,7 @@ mod tests {
             .collect();
         assert_eq!(kept, flood[496..].iter().collect::<Vec<_>>());
         // The pins of evicted relays went with them: no hidden growth.
-        assert_eq!(book.file().pins.len(), 10);
+        assert_eq!(book.file().pins.len() + book.file().hints.len(), 10);
         assert_eq!(book.file().entries.len(), 9);
     }
 
@@ -947,6 +1055,83 @@ mod tests {
             legacy.admit(&shared, from, 1),
             Err(Refusal::BookFull { .. })
         ));
+    }
+
+    #[test]
+    fn gossip_only_hints_and_the_relay_itself_replaces_a_forged_hint() {
+        let mut book = book(Policy::default());
+        let c = name("relay-c.example");
+        let genuine = Keypair::generate_ed25519();
+        let forged = Keypair::generate_ed25519();
+        let liar = Source::Gossip(Keypair::generate_ed25519().public().to_peer_id());
+        // A liar's descriptor for a name nobody pinned: a hint, not a pin.
+        book.admit(&signed(&forged, "relay-c.example", 1), liar, 1)
+            .unwrap();
+        assert_eq!(book.pinned(&c), None);
+        assert!(book.routable(&c));
+        assert_eq!(
+            book.descriptor(&c).unwrap().descriptor.peer_id,
+            forged.public().to_peer_id().to_base58()
+        );
+        assert_eq!(book.name_of(&forged.public().to_peer_id()), None);
+        // The genuine relay says hello itself with another key: it wins.
+        book.admit(&signed(&genuine, "relay-c.example", 1), Source::Direct, 2)
+            .unwrap();
+        assert_eq!(book.pinned(&c), Some(genuine.public().to_peer_id()));
+        assert!(book.file().hints.is_empty());
+        assert_eq!(
+            book.name_of(&genuine.public().to_peer_id()),
+            Some(c.clone())
+        );
+        assert_eq!(book.len(), 1);
+        // Gossip now contradicting the pin is refused.
+        assert!(matches!(
+            book.admit(&signed(&forged, "relay-c.example", 9), liar, 3),
+            Err(Refusal::PinnedKeyMismatch { .. })
+        ));
+        // Out-of-band evidence (the `.well-known` hook) outranks a TOFU pin.
+        let rotated = Keypair::generate_ed25519();
+        book.admit(&signed(&rotated, "relay-c.example", 1), Source::Verified, 4)
+            .unwrap();
+        assert_eq!(book.pinned(&c), Some(rotated.public().to_peer_id()));
+    }
+
+    #[test]
+    fn a_gossip_pin_from_an_older_book_loads_as_a_hint() {
+        let forged = Keypair::generate_ed25519();
+        let direct = Keypair::generate_ed25519();
+        let liar = Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+            .to_base58();
+        let old: PeerFile = serde_json::from_value(serde_json::json!({
+            "pins": {
+                "relay-c.example": forged.public().to_peer_id().to_base58(),
+                "relay-d.example": direct.public().to_peer_id().to_base58(),
+            },
+            "descriptors": {
+                "relay-c.example": signed(&forged, "relay-c.example", 1),
+                "relay-d.example": signed(&direct, "relay-d.example", 1),
+            },
+            "entries": {
+                "relay-c.example": {"connected": false, "learned_from": liar, "seen_ms": 1},
+                "relay-d.example": {"connected": true, "seen_ms": 1},
+            },
+        }))
+        .unwrap();
+        let book = PeerBook::new(
+            name("relay-a.example"),
+            Keypair::generate_ed25519().public().to_peer_id(),
+            Policy::default(),
+            old,
+        );
+        assert_eq!(book.pinned(&name("relay-c.example")), None);
+        assert!(book.file().hints.contains_key(&name("relay-c.example")));
+        assert_eq!(
+            book.pinned(&name("relay-d.example")),
+            Some(direct.public().to_peer_id())
+        );
+        assert_eq!(book.len(), 2);
     }
 
     #[test]

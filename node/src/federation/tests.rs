@@ -352,14 +352,15 @@ async fn relay_delivers_to_a_relay_it_never_peered_with_through_shared_descripto
     let carol = c.user("carol").await;
     a.fed.add_peer(b.addr.clone()).await.unwrap();
     c.fed.add_peer(b.addr.clone()).await.unwrap();
-    // B learned C after A, and pushes what it learned to A.
+    // B learned C after A, and pushes what it learned to A: a hint (no
+    // name pinned to it yet).
     eventually(10, "a learns c's descriptor from b", || async {
-        a.peer(c.peer_id())
-            .await
-            .is_some_and(|p| p.name.as_ref() == Some(&c.name))
+        a.peer(c.peer_id()).await.is_some()
     })
     .await;
-    assert!(!a.peer(c.peer_id()).await.unwrap().added);
+    let hinted = a.peer(c.peer_id()).await.unwrap();
+    assert!(!hinted.added);
+    assert_eq!(hinted.name, None);
     a.send(&alice, 1, &["carol@relay-c.example"]).await;
     eventually(10, "carol has the message", || async {
         c.mailbox(&carol).await.len() == 1
@@ -367,6 +368,11 @@ async fn relay_delivers_to_a_relay_it_never_peered_with_through_shared_descripto
     .await;
     let got = c.mailbox(&carol).await;
     assert_eq!(got[0].origin, a.name);
+    // A dialled the hint and C said hello itself: now it is pinned.
+    assert_eq!(
+        a.peer(c.peer_id()).await.unwrap().name,
+        Some(c.name.clone())
+    );
     // Directly from A: B never carried it.
     assert_eq!(
         b.peer(a.peer_id()).await.unwrap().counters.batches_received,
@@ -406,6 +412,74 @@ async fn descriptor_for_a_pinned_name_with_another_key_is_refused() {
         a.fed.add_peer(impostor.addr.clone()).await.unwrap(),
         name("relay-b.example")
     );
+}
+
+/// Audit item 11: M gossips a self-signed descriptor for "relay-c.example"
+/// (a key of its own) to A before the genuine relay-c ever talked to A. The
+/// forgery is only a hint: when the genuine relay-c says hello to A itself,
+/// it is accepted and pinned, the hint is dropped, and mail flows both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossiped_forgery_for_an_unpinned_name_never_locks_out_the_genuine_relay() {
+    let a = relay("relay-a.example").await;
+    // M's own book holds the forged descriptor, so M's hellos share it.
+    let forger = Keypair::generate_ed25519();
+    let forged = descriptor::sign(
+        &forger,
+        courier_protocol::RelayDescriptor {
+            name: name("relay-c.example"),
+            peer_id: forger.public().to_peer_id().to_base58(),
+            addresses: vec!["/ip4/127.0.0.1/udp/9/quic-v1".into()],
+            http_url: String::new(),
+            version: "0.1.0".into(),
+            features: vec![],
+            issued_ms: u64::MAX / 2,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(peers::PEERS_FILE);
+    let mut book = peers::PeerFile::default();
+    book.pins.insert(
+        name("relay-c.example"),
+        forger.public().to_peer_id().to_base58(),
+    );
+    book.descriptors.insert(name("relay-c.example"), forged);
+    std::fs::write(&file, serde_json::to_vec(&book).unwrap()).unwrap();
+    let m = start(
+        "relay-m.example",
+        Keypair::generate_ed25519(),
+        Arc::new(MemoryStore::new()),
+        Options {
+            peers_file: Some(file),
+            ..Options::default()
+        },
+    )
+    .await;
+    m.fed.add_peer(a.addr.clone()).await.unwrap();
+    // A took the forgery as a hint for the name, not a pin.
+    let forged_peer = forger.public().to_peer_id();
+    eventually(10, "a heard of relay-c from m", || async {
+        a.peer(forged_peer).await.is_some()
+    })
+    .await;
+    assert_eq!(a.peer(forged_peer).await.unwrap().name, None);
+
+    // The genuine relay-c, with its own key, dials A directly.
+    let c = relay("relay-c.example").await;
+    assert_eq!(c.fed.add_peer(a.addr.clone()).await.unwrap(), a.name);
+    let on_a = a.peer(c.peer_id()).await.unwrap();
+    assert_eq!(on_a.name.as_ref(), Some(&c.name));
+    assert_eq!(on_a.state, PeerState::Connected);
+    assert!(a.peer(forged_peer).await.is_none(), "the hint is dropped");
+
+    let alice = a.user("alice").await;
+    let carol = c.user("carol").await;
+    a.send(&alice, 1, &["carol@relay-c.example"]).await;
+    c.send(&carol, 2, &["alice@relay-a.example"]).await;
+    eventually(10, "mail crossed both ways", || async {
+        c.mailbox(&carol).await.len() == 1 && a.mailbox(&alice).await.len() == 1
+    })
+    .await;
+    assert_eq!(a.mailbox(&alice).await[0].origin, c.name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use courier_protocol::{Bytes, DeviceId, EnvelopeId, RelayName, Username};
 
+use super::OutboxDue;
 use super::{
     AcceptOutcome, AccessRecord, ChallengeRecord, DeviceRecord, InviteRecord, LinkRecord,
     MailboxRef, NewAccount, NewMessage, NewSession, OnCommit, OutboxDestination, OutboxEntry,
@@ -751,6 +752,51 @@ impl Store for MemoryStore {
             d.next_attempt_ms = d.next_attempt_ms.min(o.next_attempt_ms);
         }
         Ok(by.into_values().collect())
+    }
+
+    async fn outbox_due(
+        &self,
+        now_ms: u64,
+        entries_max: u32,
+        destinations_max: u32,
+    ) -> Result<OutboxDue> {
+        let s = self.lock();
+        // The same answer as the SQL stores' index scan: the first
+        // `entries_max` due entries in (due time, id) order.
+        let mut due: Vec<(u64, OutboxId, &RelayName)> = Vec::new();
+        let mut next_due_ms: Option<u64> = None;
+        for (id, o) in &s.outbox {
+            if o.next_attempt_ms <= now_ms {
+                // Expired entries are the expiry pass's, as in `outbox_take`.
+                if o.entry.expires_ms <= now_ms {
+                    continue;
+                }
+                due.push((o.next_attempt_ms, *id, &o.entry.relay));
+            } else {
+                next_due_ms =
+                    Some(next_due_ms.map_or(o.next_attempt_ms, |t| t.min(o.next_attempt_ms)));
+            }
+        }
+        due.sort_unstable();
+        due.truncate(entries_max as usize);
+        let mut by: BTreeMap<&RelayName, OutboxDestination> = BTreeMap::new();
+        for (at, _, relay) in due {
+            let d = by.entry(relay).or_insert_with(|| OutboxDestination {
+                relay: relay.clone(),
+                pending: 0,
+                next_attempt_ms: at,
+            });
+            d.pending += 1;
+            d.next_attempt_ms = d.next_attempt_ms.min(at);
+        }
+        let mut destinations: Vec<OutboxDestination> = by.into_values().collect();
+        destinations
+            .sort_by(|a, b| (a.next_attempt_ms, &a.relay).cmp(&(b.next_attempt_ms, &b.relay)));
+        destinations.truncate(destinations_max as usize);
+        Ok(OutboxDue {
+            destinations,
+            next_due_ms,
+        })
     }
 
     async fn outbox_wake(&self, relay: &RelayName, now_ms: u64, later_than_ms: u64) -> Result<u64> {

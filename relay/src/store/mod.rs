@@ -316,6 +316,16 @@ pub struct OutboxDestination {
     pub next_attempt_ms: u64,
 }
 
+/// What [`Store::outbox_due`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxDue {
+    /// Destinations with due entries, earliest due first; `pending` counts
+    /// only the due entries the scan read.
+    pub destinations: Vec<OutboxDestination>,
+    /// The earliest due time later than the scan's `now_ms`, if any.
+    pub next_due_ms: Option<u64>,
+}
+
 /// What a purge removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PurgeReport {
@@ -495,6 +505,37 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<MailboxRef>>;
     /// Destinations with a backlog.
     async fn outbox_destinations(&self) -> Result<Vec<OutboxDestination>>;
+    /// The drainer's bounded look at what is due: the destinations among
+    /// the first `entries_max` unexpired entries due at `now_ms` (earliest due first,
+    /// read off an index), at most `destinations_max` of them, earliest due
+    /// first; each with how many of those scanned entries are its own.
+    /// Also the earliest due time after `now_ms`, to sleep until. The cost
+    /// is bounded by `entries_max`, not by the size of the outbox, however
+    /// many destinations it holds.
+    ///
+    /// The default reads every destination (for wrappers and stores
+    /// without an index for it); the shipped stores override it.
+    async fn outbox_due(
+        &self,
+        now_ms: u64,
+        entries_max: u32,
+        destinations_max: u32,
+    ) -> Result<OutboxDue> {
+        let mut all = self.outbox_destinations().await?;
+        let next_due_ms = all
+            .iter()
+            .map(|d| d.next_attempt_ms)
+            .filter(|t| *t > now_ms)
+            .min();
+        all.retain(|d| d.next_attempt_ms <= now_ms);
+        all.sort_by(|a, b| (a.next_attempt_ms, &a.relay).cmp(&(b.next_attempt_ms, &b.relay)));
+        all.truncate(destinations_max as usize);
+        let _ = entries_max;
+        Ok(OutboxDue {
+            destinations: all,
+            next_due_ms,
+        })
+    }
     /// Makes `relay`'s entries that are backing off until after
     /// `later_than_ms` due at `now_ms` (leased entries, which are due no later
     /// than the lease end, are left alone); returns how many.

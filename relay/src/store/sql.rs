@@ -19,6 +19,7 @@ use sqlx::Row as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{RelayError, Result};
+use crate::store::OutboxDue;
 use crate::store::{
     AcceptOutcome, AccessRecord, ChallengeRecord, DeviceRecord, InviteRecord, LinkRecord,
     MailboxRef, NewAccount, NewMessage, OnCommit, NewSession, OutboxDestination, OutboxEntry, OutboxId,
@@ -2049,6 +2050,42 @@ impl Store for SqlStore {
                 })
             })
             .collect()
+    }
+
+    async fn outbox_due(
+        &self,
+        now_ms: u64,
+        entries_max: u32,
+        destinations_max: u32,
+    ) -> Result<OutboxDue> {
+        // The inner scan reads at most `entries_max` rows off the
+        // `outbox_by_due` index (migration 0004), however large the outbox.
+        let rows = q("SELECT relay, COUNT(*), MIN(next_attempt_ms) FROM (SELECT relay, next_attempt_ms, id FROM outbox WHERE next_attempt_ms <= ? AND expires_ms > ? ORDER BY next_attempt_ms, id LIMIT ?) due GROUP BY relay ORDER BY MIN(next_attempt_ms), relay LIMIT ?")
+            .bind(i(now_ms))
+            .bind(i(now_ms))
+            .bind(i64::from(entries_max))
+            .bind(i64::from(destinations_max))
+            .fetch_all(&self.read)
+            .await?;
+        let destinations = rows
+            .iter()
+            .map(|r| {
+                Ok(OutboxDestination {
+                    relay: relay_name(r.try_get(0)?)?,
+                    pending: u(r.try_get(1)?),
+                    next_attempt_ms: u(r.try_get(2)?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let next: Option<i64> = q("SELECT MIN(next_attempt_ms) FROM outbox WHERE next_attempt_ms > ?")
+            .bind(i(now_ms))
+            .fetch_one(&self.read)
+            .await?
+            .try_get(0)?;
+        Ok(OutboxDue {
+            destinations,
+            next_due_ms: next.map(u),
+        })
     }
 
     async fn outbox_wake(&self, relay: &RelayName, now_ms: u64, later_than_ms: u64) -> Result<u64> {
