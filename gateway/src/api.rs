@@ -147,6 +147,7 @@ pub async fn device_list(
     request_body(content = crate::openapi::LinkRequestDoc, description = "`LinkRequest`"),
     responses(
         (status = 201, description = "`LinkResponse`", body = crate::openapi::LinkResponseDoc),
+        (status = 400, description = "`invalid_signature`, `weak_key`", body = crate::openapi::ErrorBodyDoc),
         (status = 404, description = "`unknown_user`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn open_link(
@@ -230,7 +231,7 @@ pub async fn link_status(
     security(("bearer" = [])),
     request_body(content = crate::openapi::SignedPreKeyDoc, description = "`SignedPreKey`"),
     responses((status = 204, description = "stored"),
-        (status = 400, description = "`invalid_signature`", body = crate::openapi::ErrorBodyDoc)))]
+        (status = 400, description = "`invalid_signature`, `weak_key`", body = crate::openapi::ErrorBodyDoc)))]
 pub async fn put_signed_prekey(
     State(state): State<AppState>,
     Authed(device): Authed,
@@ -249,6 +250,7 @@ pub async fn put_signed_prekey(
     security(("bearer" = [])),
     request_body(content = crate::openapi::UploadOneTimePreKeysDoc, description = "`UploadOneTimePreKeys`"),
     responses((status = 200, description = "`PreKeyCount`", body = crate::openapi::PreKeyCountDoc),
+        (status = 400, description = "`weak_key`", body = crate::openapi::ErrorBodyDoc),
         (status = 409, description = "`too_many_prekeys`", body = crate::openapi::ErrorBodyDoc)))]
 pub async fn upload_one_time(
     State(state): State<AppState>,

@@ -114,6 +114,10 @@ codes! {
     Unavailable = ("unavailable", 503, "the relay is temporarily unavailable"),
     /// An unexpected server-side error; details are in the relay's logs.
     Internal = ("internal", 500, "internal error"),
+    /// An uploaded X25519 public key (identity DH key, signed or one-time
+    /// prekey) is a point of small order (e.g. all zeros), with which every
+    /// Diffie-Hellman result is all zeros.
+    WeakKey = ("weak_key", 400, "a public key is a point of small order"),
 }
 
 impl fmt::Display for ErrorCode {

@@ -74,6 +74,9 @@ pub enum RelayError {
     /// The address is not on this relay; ask the federation.
     #[error("address is on another relay")]
     NotLocal,
+    /// An uploaded X25519 key is a point of small order.
+    #[error("weak key: a public key is a point of small order")]
+    WeakKey,
     /// The store failed (IO, database unreachable, corrupt row). Details are
     /// for logs only.
     #[error("store error: {0}")]
@@ -106,6 +109,7 @@ impl RelayError {
             RelayError::MailboxFull => ErrorCode::MailboxFull,
             RelayError::Conflict(_) => ErrorCode::Conflict,
             RelayError::NotLocal => ErrorCode::UnknownRelay,
+            RelayError::WeakKey => ErrorCode::WeakKey,
             RelayError::Store(_) => ErrorCode::Unavailable,
         }
     }
@@ -130,6 +134,7 @@ impl From<ErrorCode> for RelayError {
             ErrorCode::TooManyDevices => RelayError::TooManyDevices,
             ErrorCode::InvalidAddress => RelayError::InvalidAddress(code.message().into()),
             ErrorCode::InvalidSignature => RelayError::InvalidSignature("signature"),
+            ErrorCode::WeakKey => RelayError::WeakKey,
             _ => RelayError::BadRequest(code.message().into()),
         }
     }

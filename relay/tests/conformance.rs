@@ -570,7 +570,8 @@ fn otks(range: std::ops::Range<u32>) -> UploadOneTimePreKeys {
         prekeys: range
             .map(|id| OneTimePreKey {
                 id,
-                public: Bytes(vec![(id % 251) as u8; 32]),
+                // Never all-zero: that is a low-order point, refused.
+                public: Bytes(vec![(id % 250 + 1) as u8; 32]),
             })
             .collect(),
     }
