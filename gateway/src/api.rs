@@ -282,7 +282,8 @@ pub async fn prekey_count(
 }
 
 /// Prekey bundles of an address's devices (each one-time prekey is handed
-/// out once).
+/// out once, within the requester's and the device's budgets; past them a
+/// bundle has the signed prekey only).
 #[utoipa::path(get, path = "/v1/keys/{address}", tag = "keys",
     security(("bearer" = [])),
     params(("address" = String, Path, description = "`user@relay`"),
@@ -294,13 +295,18 @@ pub async fn prekey_count(
     ))]
 pub async fn key_bundle(
     State(state): State<AppState>,
-    Authed(_device): Authed,
+    Authed(device): Authed,
     Path(address): Path<String>,
     Query(query): Query<KeyBundleQuery>,
 ) -> Result<axum::Json<KeyBundleResponse>> {
     let address = Address::parse(&address)
         .map_err(|e| Error::with_message(ErrorCode::InvalidAddress, e.to_string()))?;
-    let bundle = match state.relay.key_bundle(&address, query.device).await {
+    let requester = courier_relay::Requester::Account(device.user);
+    let bundle = match state
+        .relay
+        .key_bundle(&requester, &address, query.device)
+        .await
+    {
         Err(courier_relay::RelayError::NotLocal) => {
             let Some(federation) = &state.federation else {
                 return Err(Error::code(ErrorCode::UnknownRelay));

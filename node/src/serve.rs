@@ -36,6 +36,7 @@ pub fn relay(
     relay_config.link_ms = r.link_secs.saturating_mul(1000);
     relay_config.prekeys_low_water = r.prekeys_low_water;
     relay_config.mailbox_depth_max = r.mailbox_depth_max;
+    relay_config.prekey_budget = config.prekey_budget.to_relay();
     relay_config.registration = match config.registration() {
         Registration::Open => courier_relay::Registration::Open,
         Registration::Invite => courier_relay::Registration::Invite,

@@ -16,6 +16,7 @@ pub mod error;
 pub mod federation;
 pub mod mailbox;
 pub mod outbox;
+pub mod prekey_budget;
 pub mod relay;
 pub mod store;
 pub mod types;
@@ -23,6 +24,7 @@ pub mod types;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{RelayError, Result};
 pub use mailbox::Accepted;
+pub use prekey_budget::{PrekeyBudgetConfig, Requester};
 pub use relay::{
     AuthedDevice, Config, NoNotifier, Notifier, Random, Registration, Relay, Revocation,
 };

@@ -10,6 +10,7 @@ use rand_core::CryptoRng;
 
 use crate::access_cache::AccessCache;
 use crate::clock::Clock;
+use crate::prekey_budget::{PrekeyBudget, PrekeyBudgetConfig};
 use crate::store::Store;
 
 /// Who may create an account.
@@ -59,6 +60,9 @@ pub struct Config {
     pub outbox_backoff_base_ms: u64,
     /// Longest retry delay of an outbox entry.
     pub outbox_backoff_max_ms: u64,
+    /// How many one-time prekeys bundle requests may take, per requester
+    /// and device and per device ([`crate::prekey_budget`]).
+    pub prekey_budget: PrekeyBudgetConfig,
 }
 
 impl Config {
@@ -81,6 +85,7 @@ impl Config {
             outbox_lease_ms: 30 * 1000,
             outbox_backoff_base_ms: 1000,
             outbox_backoff_max_ms: 10 * 60 * 1000,
+            prekey_budget: PrekeyBudgetConfig::default(),
         }
     }
 }
@@ -165,6 +170,7 @@ pub struct Relay {
     pub(crate) rng: Mutex<Random>,
     pub(crate) notifier: Arc<dyn Notifier>,
     pub(crate) access_cache: AccessCache,
+    pub(crate) prekey_budget: PrekeyBudget,
 }
 
 impl std::fmt::Debug for Relay {
@@ -180,7 +186,9 @@ impl Relay {
     /// randomness from `rng`, with no notifier.
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>, rng: Random) -> Self {
         let access_cache = AccessCache::new(config.access_cache_max, config.access_cache_ms);
+        let prekey_budget = PrekeyBudget::new(config.prekey_budget);
         Relay {
+            prekey_budget,
             config,
             access_cache,
             store,
