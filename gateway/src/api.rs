@@ -45,8 +45,8 @@ pub async fn relay_info(State(state): State<AppState>) -> axum::Json<RelayInfo> 
     request_body(content = crate::openapi::RegisterRequestDoc, description = "`RegisterRequest`"),
     responses(
         (status = 201, description = "`RegisterResponse`", body = crate::openapi::RegisterResponseDoc),
-        (status = 400, description = "`malformed`, `bad_request`, `invalid_signature`, `invalid_address`", body = crate::openapi::ErrorBodyDoc),
-        (status = 403, description = "`invite_required`, `invalid_invite`", body = crate::openapi::ErrorBodyDoc),
+        (status = 400, description = "`malformed`, `bad_request`, `invalid_signature`, `invalid_address`, `weak_key`", body = crate::openapi::ErrorBodyDoc),
+        (status = 403, description = "`invite_required`, `invalid_invite` (checked before the username)", body = crate::openapi::ErrorBodyDoc),
         (status = 409, description = "`username_taken`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn register(

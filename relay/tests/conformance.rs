@@ -195,11 +195,24 @@ async fn invite_policy_requires_a_valid_single_use_code(kind: Kind) {
         .register(register_request("bob", &signing_key(1), Some(code.clone())))
         .await
         .unwrap();
+    let code_used = code.clone();
     let r = h
         .relay
         .register(register_request("carol", &signing_key(2), Some(code)))
         .await;
     assert_eq!(r, Err(RelayError::InvalidInvite), "single use");
+    // Without a valid invite nobody learns that a name is taken (#13).
+    for bad in ["nope", code_used.as_str()] {
+        let r = h
+            .relay
+            .register(register_request("bob", &signing_key(3), Some(bad.into())))
+            .await;
+        assert_eq!(
+            r,
+            Err(RelayError::InvalidInvite),
+            "taken name, invite {bad}"
+        );
+    }
     // A taken username does not burn a valid invite.
     let code = h.relay.create_invite(60_000).await.unwrap();
     let r = h
@@ -207,6 +220,20 @@ async fn invite_policy_requires_a_valid_single_use_code(kind: Kind) {
         .register(register_request("bob", &signing_key(3), Some(code.clone())))
         .await;
     assert_eq!(r, Err(RelayError::UsernameTaken));
+    let unburnt = h.relay.create_invite(60_000).await.unwrap();
+    let r = h
+        .relay
+        .register(register_request(
+            "bob",
+            &signing_key(5),
+            Some(unburnt.clone()),
+        ))
+        .await;
+    assert_eq!(r, Err(RelayError::UsernameTaken));
+    h.relay
+        .register(register_request("erin", &signing_key(5), Some(unburnt)))
+        .await
+        .unwrap();
     h.clock.advance(60_001);
     let r = h
         .relay
