@@ -49,8 +49,8 @@ pub async fn relay_info(State(state): State<AppState>) -> axum::Json<RelayInfo> 
     request_body(content = crate::openapi::RegisterRequestDoc, description = "`RegisterRequest`"),
     responses(
         (status = 201, description = "`RegisterResponse`", body = crate::openapi::RegisterResponseDoc),
-        (status = 400, description = "`malformed`, `bad_request`, `invalid_signature`, `invalid_address`", body = crate::openapi::ErrorBodyDoc),
-        (status = 403, description = "`invite_required`, `invalid_invite`", body = crate::openapi::ErrorBodyDoc),
+        (status = 400, description = "`malformed`, `bad_request`, `invalid_signature`, `invalid_address`, `weak_key`", body = crate::openapi::ErrorBodyDoc),
+        (status = 403, description = "`invite_required`, `invalid_invite` (checked before the username)", body = crate::openapi::ErrorBodyDoc),
         (status = 409, description = "`username_taken`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn register(
@@ -151,6 +151,7 @@ pub async fn device_list(
     request_body(content = crate::openapi::LinkRequestDoc, description = "`LinkRequest`"),
     responses(
         (status = 201, description = "`LinkResponse`", body = crate::openapi::LinkResponseDoc),
+        (status = 400, description = "`invalid_signature`, `weak_key`", body = crate::openapi::ErrorBodyDoc),
         (status = 404, description = "`unknown_user`", body = crate::openapi::ErrorBodyDoc),
     ))]
 pub async fn open_link(
@@ -234,7 +235,7 @@ pub async fn link_status(
     security(("bearer" = [])),
     request_body(content = crate::openapi::SignedPreKeyDoc, description = "`SignedPreKey`"),
     responses((status = 204, description = "stored"),
-        (status = 400, description = "`invalid_signature`", body = crate::openapi::ErrorBodyDoc)))]
+        (status = 400, description = "`invalid_signature`, `weak_key`", body = crate::openapi::ErrorBodyDoc)))]
 pub async fn put_signed_prekey(
     State(state): State<AppState>,
     Authed(device): Authed,
@@ -253,6 +254,7 @@ pub async fn put_signed_prekey(
     security(("bearer" = [])),
     request_body(content = crate::openapi::UploadOneTimePreKeysDoc, description = "`UploadOneTimePreKeys`"),
     responses((status = 200, description = "`PreKeyCount`", body = crate::openapi::PreKeyCountDoc),
+        (status = 400, description = "`weak_key`", body = crate::openapi::ErrorBodyDoc),
         (status = 409, description = "`too_many_prekeys`", body = crate::openapi::ErrorBodyDoc)))]
 pub async fn upload_one_time(
     State(state): State<AppState>,
@@ -284,7 +286,8 @@ pub async fn prekey_count(
 }
 
 /// Prekey bundles of an address's devices (each one-time prekey is handed
-/// out once).
+/// out once, within the requester's and the device's budgets; past them a
+/// bundle has the signed prekey only).
 #[utoipa::path(get, path = "/v1/keys/{address}", tag = "keys",
     security(("bearer" = [])),
     params(("address" = String, Path, description = "`user@relay`"),
@@ -296,13 +299,18 @@ pub async fn prekey_count(
     ))]
 pub async fn key_bundle(
     State(state): State<AppState>,
-    Authed(_device): Authed,
+    Authed(device): Authed,
     Path(address): Path<String>,
     Query(query): Query<KeyBundleQuery>,
 ) -> Result<axum::Json<KeyBundleResponse>> {
     let address = Address::parse(&address)
         .map_err(|e| Error::with_message(ErrorCode::InvalidAddress, e.to_string()))?;
-    let bundle = match state.relay.key_bundle(&address, query.device).await {
+    let requester = courier_relay::Requester::Account(device.user);
+    let bundle = match state
+        .relay
+        .key_bundle(&requester, &address, query.device)
+        .await
+    {
         Err(courier_relay::RelayError::NotLocal) => {
             let Some(federation) = &state.federation else {
                 return Err(Error::code(ErrorCode::UnknownRelay));

@@ -66,23 +66,37 @@ pub struct AccessToken(pub String);
 
 /// The access token of a request: `Authorization: Bearer …`, or for
 /// browsers' WebSockets (which cannot set headers) the subprotocol
-/// `courier.token.<token>`, or `?access_token=…`.
-fn access_token(req: &Request) -> Option<String> {
+/// `courier.token.<token>`, or `?access_token=…` on `/v1/ws` only.
+fn access_token(req: &Request) -> Result<Option<String>, Error> {
+    let query_token = req.uri().query().and_then(|query| {
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == "access_token").then(|| v.to_owned())
+        })
+    });
+    // A token in a URL ends up in proxy and access logs, browser history
+    // and Referer headers; only the WebSocket upgrade needs it (browsers
+    // cannot set headers there). Refused elsewhere even next to a header,
+    // so a client that leaks it learns at once.
+    if query_token.is_some() && req.uri().path() != courier_protocol::api::paths::WS {
+        return Err(Error::with_message(
+            ErrorCode::Unauthenticated,
+            "access tokens in the query string are accepted only on /v1/ws; \
+             send Authorization: Bearer",
+        ));
+    }
     if let Some(value) = req.headers().get(header::AUTHORIZATION) {
-        let text = value.to_str().ok()?;
-        let (scheme, token) = text.split_once(' ')?;
-        return scheme
+        let Some((scheme, token)) = value.to_str().ok().and_then(|t| t.split_once(' ')) else {
+            return Ok(None);
+        };
+        return Ok(scheme
             .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
+            .then(|| token.trim().to_owned()));
     }
     if let Some(token) = subprotocol_token(req) {
-        return Some(token);
+        return Ok(Some(token));
     }
-    let query = req.uri().query()?;
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == "access_token").then(|| v.to_owned())
-    })
+    Ok(query_token)
 }
 
 /// Prefix of the WebSocket subprotocol that carries an access token:
@@ -108,9 +122,13 @@ fn subprotocol_token(req: &Request) -> Option<String> {
 /// `Courier-Prekeys-Low` to the response when the device's one-time prekey
 /// pool is low.
 pub async fn require_auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let Some(token) = access_token(&req) else {
-        return Error::with_message(ErrorCode::Unauthenticated, "missing bearer access token")
-            .into_response();
+    let token = match access_token(&req) {
+        Ok(Some(token)) => token,
+        Ok(None) => {
+            return Error::with_message(ErrorCode::Unauthenticated, "missing bearer access token")
+                .into_response();
+        }
+        Err(refused) => return refused.into_response(),
     };
     let device = match state.relay.authenticate(&token).await {
         Ok(device) => device,

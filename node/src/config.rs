@@ -143,6 +143,57 @@ impl Default for RelaySettings {
     }
 }
 
+/// Budgets on handing out one-time prekeys: `[prekey_budget]`. Past a
+/// budget a bundle is still served, without a one-time prekey (X3DH then
+/// uses the signed prekey alone). A bucket holds `*_burst` one-time prekeys
+/// and gains one every `*_refill_secs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrekeyBudgetSettings {
+    /// One-time prekeys one local account may take from one device at once.
+    pub account_burst: u32,
+    /// An account gets one more (per device) every this many seconds.
+    pub account_refill_secs: u64,
+    /// One-time prekeys one peer relay (all its users together) may take
+    /// from one device at once.
+    pub peer_burst: u32,
+    /// A peer gets one more (per device) every this many seconds.
+    pub peer_refill_secs: u64,
+    /// One-time prekeys one device hands out to everyone together at once.
+    pub device_burst: u32,
+    /// A device hands out one more every this many seconds.
+    pub device_refill_secs: u64,
+}
+
+impl Default for PrekeyBudgetSettings {
+    fn default() -> Self {
+        let d = courier_relay::PrekeyBudgetConfig::default();
+        PrekeyBudgetSettings {
+            account_burst: d.account_burst,
+            account_refill_secs: d.account_refill_ms / 1000,
+            peer_burst: d.peer_burst,
+            peer_refill_secs: d.peer_refill_ms / 1000,
+            device_burst: d.device_burst,
+            device_refill_secs: d.device_refill_ms / 1000,
+        }
+    }
+}
+
+impl PrekeyBudgetSettings {
+    /// The relay's budget config.
+    pub fn to_relay(&self) -> courier_relay::PrekeyBudgetConfig {
+        courier_relay::PrekeyBudgetConfig {
+            account_burst: self.account_burst,
+            account_refill_ms: self.account_refill_secs.saturating_mul(1000),
+            peer_burst: self.peer_burst,
+            peer_refill_ms: self.peer_refill_secs.saturating_mul(1000),
+            device_burst: self.device_burst,
+            device_refill_ms: self.device_refill_secs.saturating_mul(1000),
+            ..courier_relay::PrekeyBudgetConfig::default()
+        }
+    }
+}
+
 /// Log output: `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -254,6 +305,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// `[federation]`.
     pub federation: FederationConfig,
+    /// `[prekey_budget]`.
+    pub prekey_budget: PrekeyBudgetSettings,
 }
 
 impl Default for Config {
@@ -273,6 +326,7 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             websocket: WebSocketConfig::default(),
             federation: FederationConfig::default(),
+            prekey_budget: PrekeyBudgetSettings::default(),
         }
     }
 }
@@ -440,6 +494,13 @@ impl Config {
                 message: "must be at least 1".to_owned(),
             });
         }
+        let b = &self.prekey_budget;
+        if b.account_refill_secs == 0 || b.peer_refill_secs == 0 || b.device_refill_secs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "prekey_budget",
+                message: "refill intervals must be at least 1 second".to_owned(),
+            });
+        }
         if self.federation.peers_max == 0 {
             return Err(ConfigError::Invalid {
                 field: "federation.peers_max",
@@ -593,6 +654,33 @@ mod tests {
         c.http.trusted_proxies = vec!["10.0.0.0/40".to_owned()];
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("http.trusted_proxies"), "{err}");
+    }
+
+    #[test]
+    fn prekey_budget_has_defaults_reads_its_variables_and_needs_refills() {
+        let mut c = Config::default();
+        assert_eq!(c.prekey_budget.account_burst, 5);
+        assert_eq!(
+            c.prekey_budget.to_relay(),
+            courier_relay::PrekeyBudgetConfig::default()
+        );
+        c.apply_env([
+            (
+                "COURIER_PREKEY_BUDGET_ACCOUNT_BURST".to_owned(),
+                "3".to_owned(),
+            ),
+            (
+                "COURIER_PREKEY_BUDGET_PEER_REFILL_SECS".to_owned(),
+                "7".to_owned(),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.prekey_budget.account_burst, 3);
+        assert_eq!(c.prekey_budget.to_relay().peer_refill_ms, 7000);
+        c.validate().unwrap();
+        c.prekey_budget.device_refill_secs = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("prekey_budget"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub fn relay(
         per_account_max: r.outbox_per_account_max,
         destinations_per_account_max: r.outbox_destinations_per_account_max,
     };
+    relay_config.prekey_budget = config.prekey_budget.to_relay();
     relay_config.registration = match config.registration() {
         Registration::Open => courier_relay::Registration::Open,
         Registration::Invite => courier_relay::Registration::Invite,

@@ -15,6 +15,7 @@ use crate::limits::{
 use crate::signing;
 use crate::validate::{
     Validate, ensure, has_duplicates, public_key, signature, text_max, text_nonempty_max,
+    x25519_public_key,
 };
 use crate::{Address, ApiError, Bytes, DeviceId, EnvelopeId, ErrorCode, RelayName, Username};
 
@@ -125,7 +126,7 @@ impl DeviceKeys {
 impl Validate for DeviceKeys {
     fn validate(&self) -> Result<(), ErrorCode> {
         public_key(self.identity_key.as_slice())?;
-        public_key(self.dh_key.as_slice())?;
+        x25519_public_key(self.dh_key.as_slice())?;
         signature(self.dh_key_signature.as_slice())
     }
 }
@@ -154,7 +155,7 @@ impl SignedPreKey {
 
 impl Validate for SignedPreKey {
     fn validate(&self) -> Result<(), ErrorCode> {
-        public_key(self.public.as_slice())?;
+        x25519_public_key(self.public.as_slice())?;
         signature(self.signature.as_slice())
     }
 }
@@ -171,7 +172,7 @@ pub struct OneTimePreKey {
 
 impl Validate for OneTimePreKey {
     fn validate(&self) -> Result<(), ErrorCode> {
-        public_key(self.public.as_slice())
+        x25519_public_key(self.public.as_slice())
     }
 }
 

@@ -134,6 +134,10 @@ codes! {
     /// The relay's outbox holds as many entries or destination relays as it
     /// may; retry later.
     OutboxFull = ("outbox_full", 507, "the relay's outbox is full"),
+    /// An uploaded X25519 public key (identity DH key, signed or one-time
+    /// prekey) is a point of small order (e.g. all zeros), with which every
+    /// Diffie-Hellman result is all zeros.
+    WeakKey = ("weak_key", 400, "a public key is a point of small order"),
 }
 
 impl fmt::Display for ErrorCode {

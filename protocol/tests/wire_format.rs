@@ -142,6 +142,7 @@ fn error_code_binary_indices_follow_declaration_order() {
         "unsupported_version",
         "unavailable",
         "internal",
+        "weak_key",
     ];
     assert!(ErrorCode::ALL.len() >= published.len());
     for (index, text) in published.iter().enumerate() {

@@ -4,6 +4,7 @@ use courier_protocol::{Address, DeviceId, Validate};
 
 use crate::auth::verify;
 use crate::error::{RelayError, Result};
+use crate::prekey_budget::Requester;
 use crate::relay::{AuthedDevice, Relay};
 use crate::types::{
     DeviceBundle, KeyBundleResponse, PreKeyCount, SignedPreKey, UploadOneTimePreKeys,
@@ -68,11 +69,15 @@ impl Relay {
         }
     }
 
-    /// The key bundle of a local address: every device with a signed prekey
-    /// (or only `device`), each with a one-time prekey taken from its pool
-    /// if one is left. Addresses of other relays give `NotLocal`.
+    /// The key bundle of a local address for `requester`: every device with
+    /// a signed prekey (or only `device`), each with a one-time prekey taken
+    /// from its pool if one is left and the requester's and the device's
+    /// budgets allow it ([`crate::prekey_budget`]); otherwise without one
+    /// (X3DH then uses the signed prekey alone). Addresses of other relays
+    /// give `NotLocal`.
     pub async fn key_bundle(
         &self,
+        requester: &Requester,
         address: &Address,
         device: Option<DeviceId>,
     ) -> Result<KeyBundleResponse> {
@@ -100,8 +105,20 @@ impl Relay {
                 }
                 continue;
             };
+            // No store round trip at all once the budget is spent.
             let (one_time_prekey, remaining) =
-                self.store.take_one_time_prekey(user, record.device).await?;
+                if self
+                    .prekey_budget
+                    .take(requester, user, record.device, self.now_ms())
+                {
+                    let taken = self.store.take_one_time_prekey(user, record.device).await?;
+                    if taken.0.is_none() {
+                        self.prekey_budget.refund(requester, user, record.device);
+                    }
+                    taken
+                } else {
+                    (None, record.one_time_count)
+                };
             if one_time_prekey.is_some() {
                 self.access_cache
                     .set_prekeys(user, record.device, remaining);

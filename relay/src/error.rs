@@ -90,6 +90,9 @@ pub enum RelayError {
     /// it may.
     #[error("the relay's outbox is full")]
     OutboxFull,
+    /// An uploaded X25519 key is a point of small order.
+    #[error("weak key: a public key is a point of small order")]
+    WeakKey,
     /// The store failed (IO, database unreachable, corrupt row). Details are
     /// for logs only.
     #[error("store error: {0}")]
@@ -129,6 +132,7 @@ impl RelayError {
             RelayError::MailboxQuota => ErrorCode::MailboxQuota,
             RelayError::Conflict(_) => ErrorCode::Conflict,
             RelayError::NotLocal => ErrorCode::UnknownRelay,
+            RelayError::WeakKey => ErrorCode::WeakKey,
             RelayError::Store(_) => ErrorCode::Unavailable,
             RelayError::StorageFull(_) => ErrorCode::InsufficientStorage,
             RelayError::UnknownRelays(_) => ErrorCode::UnknownRelay,
@@ -160,6 +164,7 @@ impl From<ErrorCode> for RelayError {
             ErrorCode::TooManyDevices => RelayError::TooManyDevices,
             ErrorCode::InvalidAddress => RelayError::InvalidAddress(code.message().into()),
             ErrorCode::InvalidSignature => RelayError::InvalidSignature("signature"),
+            ErrorCode::WeakKey => RelayError::WeakKey,
             _ => RelayError::BadRequest(code.message().into()),
         }
     }

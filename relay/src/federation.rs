@@ -427,11 +427,17 @@ async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> V
     out.into_iter().flatten().collect()
 }
 
-/// Answers a peer's key bundle request for one of our users. The one-time
-/// prekey handed out is consumed here, once.
-pub async fn answer_bundle(relay: &Relay, request: BundleRequest) -> BundleResponse {
+/// Answers the key bundle request of `peer` (the authenticated relay) for
+/// one of our users. The one-time prekey handed out is consumed here, once,
+/// within that peer's budget ([`crate::prekey_budget`]).
+pub async fn answer_bundle(
+    relay: &Relay,
+    peer: &RelayName,
+    request: BundleRequest,
+) -> BundleResponse {
+    let requester = crate::prekey_budget::Requester::Peer(peer.clone());
     relay
-        .key_bundle(&request.address, request.device)
+        .key_bundle(&requester, &request.address, request.device)
         .await
         .map_err(|e| e.to_api_error())
 }
@@ -639,7 +645,7 @@ mod in_process {
         ) -> Result<BundleResponse, FederationError> {
             let relay = self.net.relays.lock().unwrap().get(dest).cloned();
             let relay = relay.ok_or_else(|| FederationError::UnknownRelay(dest.clone()))?;
-            Ok(answer_bundle(&relay, request).await)
+            Ok(answer_bundle(&relay, &self.from, request).await)
         }
     }
 

@@ -17,6 +17,7 @@ pub mod federation;
 pub mod mailbox;
 pub mod outbox;
 pub mod outbox_budget;
+pub mod prekey_budget;
 pub mod relay;
 pub mod secret;
 pub mod routes;
@@ -26,6 +27,7 @@ pub mod types;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{RelayError, Result};
 pub use mailbox::Accepted;
+pub use prekey_budget::{PrekeyBudgetConfig, Requester};
 pub use relay::{
     AuthedDevice, Config, NoNotifier, Notifier, Random, Registration, Relay, Revocation,
 };

@@ -11,6 +11,7 @@ use rand_core::CryptoRng;
 use crate::access_cache::AccessCache;
 use crate::clock::Clock;
 use crate::secret::StoreSecret;
+use crate::prekey_budget::{PrekeyBudget, PrekeyBudgetConfig};
 use crate::store::Store;
 
 /// Who may create an account.
@@ -76,6 +77,9 @@ pub struct Config {
     /// Bounds on outbox entries and destination relays, per account and in
     /// total (see [`crate::outbox_budget`]).
     pub outbox_limits: crate::outbox_budget::OutboxLimits,
+    /// How many one-time prekeys bundle requests may take, per requester
+    /// and device and per device ([`crate::prekey_budget`]).
+    pub prekey_budget: PrekeyBudgetConfig,
 }
 
 impl Config {
@@ -107,6 +111,7 @@ impl Config {
             outbox_backoff_base_ms: 1000,
             outbox_backoff_max_ms: 10 * 60 * 1000,
             outbox_limits: crate::outbox_budget::OutboxLimits::default(),
+            prekey_budget: PrekeyBudgetConfig::default(),
         }
     }
 }
@@ -194,6 +199,7 @@ pub struct Relay {
     /// Which relays the outbox may take mail for.
     pub(crate) routes: Arc<dyn crate::routes::Routes>,
     pub(crate) outbox_budget: crate::outbox_budget::OutboxBudget,
+    pub(crate) prekey_budget: PrekeyBudget,
 }
 
 impl std::fmt::Debug for Relay {
@@ -209,7 +215,9 @@ impl Relay {
     /// randomness from `rng`, with no notifier.
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>, rng: Random) -> Self {
         let access_cache = AccessCache::new(config.access_cache_max, config.access_cache_ms);
+        let prekey_budget = PrekeyBudget::new(config.prekey_budget);
         Relay {
+            prekey_budget,
             config,
             access_cache,
             store,

@@ -19,7 +19,9 @@ use courier_protocol::{
     Address, Bytes, DeviceId, EnvelopeId, ErrorCode, OutgoingMessage, RecipientEntry, RelayName,
     Username,
 };
-use courier_relay::{Notifier, Registration, RelayError, StoreStats};
+use courier_relay::{
+    Notifier, PrekeyBudgetConfig, Registration, RelayError, Requester, StoreStats,
+};
 use ed25519_dalek::Signer;
 use std::sync::Mutex;
 
@@ -88,6 +90,7 @@ conformance!(
     concurrent_sends_over_a_share_are_refused_exactly_beyond_it,
     a_sources_share_and_the_mailbox_are_bounded_in_bytes_too,
     outbox_due_reads_a_bounded_window_of_destinations_in_due_order,
+    one_time_prekey_budgets_keep_the_pool_and_still_serve_the_signed_prekey,
 );
 
 fn id(n: u8) -> EnvelopeId {
@@ -199,11 +202,24 @@ async fn invite_policy_requires_a_valid_single_use_code(kind: Kind) {
         .register(register_request("bob", &signing_key(1), Some(code.clone())))
         .await
         .unwrap();
+    let code_used = code.clone();
     let r = h
         .relay
         .register(register_request("carol", &signing_key(2), Some(code)))
         .await;
     assert_eq!(r, Err(RelayError::InvalidInvite), "single use");
+    // Without a valid invite nobody learns that a name is taken (#13).
+    for bad in ["nope", code_used.as_str()] {
+        let r = h
+            .relay
+            .register(register_request("bob", &signing_key(3), Some(bad.into())))
+            .await;
+        assert_eq!(
+            r,
+            Err(RelayError::InvalidInvite),
+            "taken name, invite {bad}"
+        );
+    }
     // A taken username does not burn a valid invite.
     let code = h.relay.create_invite(60_000).await.unwrap();
     let r = h
@@ -211,6 +227,20 @@ async fn invite_policy_requires_a_valid_single_use_code(kind: Kind) {
         .register(register_request("bob", &signing_key(3), Some(code.clone())))
         .await;
     assert_eq!(r, Err(RelayError::UsernameTaken));
+    let unburnt = h.relay.create_invite(60_000).await.unwrap();
+    let r = h
+        .relay
+        .register(register_request(
+            "bob",
+            &signing_key(5),
+            Some(unburnt.clone()),
+        ))
+        .await;
+    assert_eq!(r, Err(RelayError::UsernameTaken));
+    h.relay
+        .register(register_request("erin", &signing_key(5), Some(unburnt)))
+        .await
+        .unwrap();
     h.clock.advance(60_001);
     let r = h
         .relay
@@ -377,8 +407,14 @@ async fn cached_access_tokens_follow_rotation_logout_reuse_and_prekey_changes(ki
         .unwrap();
     let a = h.relay.authenticate(&first.access_token).await.unwrap();
     assert_eq!(a.prekeys_low, None);
-    h.relay.key_bundle(&d.address(), None).await.unwrap();
-    h.relay.key_bundle(&d.address(), None).await.unwrap();
+    h.relay
+        .key_bundle(&tester(), &d.address(), None)
+        .await
+        .unwrap();
+    h.relay
+        .key_bundle(&tester(), &d.address(), None)
+        .await
+        .unwrap();
     let a = h.relay.authenticate(&first.access_token).await.unwrap();
     assert_eq!(a.prekeys_low, Some(2));
     // Rotation deletes the old access token: refused at once.
@@ -592,14 +628,27 @@ async fn forged_signed_prekey_is_rejected(kind: Kind) {
     tampered.created_ms += 1;
     let r = h.relay.set_signed_prekey(d.authed(), tampered).await;
     assert_eq!(r.unwrap_err().code(), ErrorCode::InvalidSignature);
-    let bundle = h.relay.key_bundle(&d.address(), None).await.unwrap();
+    let bundle = h
+        .relay
+        .key_bundle(&tester(), &d.address(), None)
+        .await
+        .unwrap();
     assert_eq!(bundle.bundles[0].signed_prekey.id, 1, "unchanged");
     h.relay
         .set_signed_prekey(d.authed(), signed_prekey(&d.sk, 2))
         .await
         .unwrap();
-    let bundle = h.relay.key_bundle(&d.address(), None).await.unwrap();
+    let bundle = h
+        .relay
+        .key_bundle(&tester(), &d.address(), None)
+        .await
+        .unwrap();
     assert_eq!(bundle.bundles[0].signed_prekey.id, 2, "replaced");
+}
+
+/// Who asks for bundles in the store tests (budgets are generous there).
+fn tester() -> Requester {
+    Requester::Account(Username::parse("tester").unwrap())
 }
 
 fn otks(range: std::ops::Range<u32>) -> UploadOneTimePreKeys {
@@ -607,7 +656,8 @@ fn otks(range: std::ops::Range<u32>) -> UploadOneTimePreKeys {
         prekeys: range
             .map(|id| OneTimePreKey {
                 id,
-                public: Bytes(vec![(id % 251) as u8; 32]),
+                // Never all-zero: that is a low-order point, refused.
+                public: Bytes(vec![(id % 250 + 1) as u8; 32]),
             })
             .collect(),
     }
@@ -649,11 +699,19 @@ async fn one_time_prekeys_are_capped_handed_out_once_and_low_water_is_reported(k
     assert_eq!(d.authed().prekeys_low, None);
     let mut seen = HashSet::new();
     for _ in 0..5 {
-        let b = h.relay.key_bundle(&d.address(), None).await.unwrap();
+        let b = h
+            .relay
+            .key_bundle(&tester(), &d.address(), None)
+            .await
+            .unwrap();
         let k = b.bundles[0].one_time_prekey.clone().unwrap();
         assert!(seen.insert(k.id), "handed out twice");
     }
-    let b = h.relay.key_bundle(&d.address(), None).await.unwrap();
+    let b = h
+        .relay
+        .key_bundle(&tester(), &d.address(), None)
+        .await
+        .unwrap();
     assert_eq!(
         b.bundles[0].one_time_prekey, None,
         "pool empty: signed prekey only"
@@ -663,19 +721,79 @@ async fn one_time_prekeys_are_capped_handed_out_once_and_low_water_is_reported(k
     d.login(&h).await;
     assert_eq!(d.authed().prekeys_low, Some(0));
     assert_eq!(
-        h.relay.key_bundle(&d.address(), Some(DeviceId(7))).await,
+        h.relay
+            .key_bundle(&tester(), &d.address(), Some(DeviceId(7)))
+            .await,
         Err(RelayError::UnknownDevice)
     );
     assert_eq!(
-        h.relay.key_bundle(&h.address("nobody"), None).await,
+        h.relay
+            .key_bundle(&tester(), &h.address("nobody"), None)
+            .await,
         Err(RelayError::UnknownUser)
     );
     assert_eq!(
         h.relay
-            .key_bundle(&remote("x", "relay-b.example"), None)
+            .key_bundle(&tester(), &remote("x", "relay-b.example"), None)
             .await,
         Err(RelayError::NotLocal)
     );
+}
+
+/// Audit #13 item 6: one requester cannot drain a device's pool; past its
+/// budget it still gets bundles, with the signed prekey only.
+async fn one_time_prekey_budgets_keep_the_pool_and_still_serve_the_signed_prekey(kind: Kind) {
+    let Some(h) = Harness::with(kind, |c| {
+        c.prekey_budget = PrekeyBudgetConfig {
+            account_burst: 2,
+            account_refill_ms: 60_000,
+            peer_burst: 3,
+            peer_refill_ms: 60_000,
+            device_burst: 6,
+            device_refill_ms: 60_000,
+            keys_max: 1000,
+        };
+    })
+    .await
+    else {
+        return;
+    };
+    let d = user(&h, "alice", 1).await;
+    h.relay
+        .upload_one_time_prekeys(d.authed(), otks(0..50))
+        .await
+        .unwrap();
+    let with_one_time = |requester: Requester, times: usize| {
+        let relay = Arc::clone(&h.relay);
+        let address = d.address();
+        async move {
+            let mut handed = 0;
+            for _ in 0..times {
+                let b = relay.key_bundle(&requester, &address, None).await.unwrap();
+                assert_eq!(b.bundles.len(), 1, "always served");
+                assert_eq!(b.bundles[0].signed_prekey.id, 1);
+                handed += usize::from(b.bundles[0].one_time_prekey.is_some());
+            }
+            handed
+        }
+    };
+    let account = |name: &str| Requester::Account(Username::parse(name).unwrap());
+    assert_eq!(with_one_time(account("mallory"), 100).await, 2);
+    assert_eq!(h.relay.prekey_count(d.authed()).await.unwrap().one_time, 48);
+    // Another requester still gets its own share of the device's budget.
+    assert_eq!(with_one_time(account("carol"), 5).await, 2);
+    let peer = Requester::Peer(RelayName::parse("relay-b.example").unwrap());
+    // The device's budget (6) is what is left for the peer, under its 3.
+    assert_eq!(with_one_time(peer.clone(), 10).await, 2);
+    assert_eq!(
+        with_one_time(account("dave"), 5).await,
+        0,
+        "device budget spent"
+    );
+    assert_eq!(h.relay.prekey_count(d.authed()).await.unwrap().one_time, 44);
+    // Buckets refill with the relay's clock.
+    h.clock.advance(60_000);
+    assert_eq!(with_one_time(account("mallory"), 10).await, 1);
 }
 
 async fn concurrent_bundle_fetches_hand_out_each_one_time_prekey_once(kind: Kind) {
@@ -694,7 +812,7 @@ async fn concurrent_bundle_fetches_hand_out_each_one_time_prekey_once(kind: Kind
         let address = address.clone();
         tasks.push(tokio::spawn(async move {
             relay
-                .key_bundle(&address, Some(DeviceId(1)))
+                .key_bundle(&tester(), &address, Some(DeviceId(1)))
                 .await
                 .unwrap()
                 .bundles[0]
@@ -1435,7 +1553,10 @@ async fn the_notifier_hears_of_new_mail_outbox_entries_and_low_prekeys(kind: Kin
         .await
         .unwrap();
     for _ in 0..3 {
-        h.relay.key_bundle(&b.address(), None).await.unwrap();
+        h.relay
+            .key_bundle(&tester(), &b.address(), None)
+            .await
+            .unwrap();
     }
     let heard = recorder.0.lock().unwrap().clone();
     assert_eq!(

@@ -172,8 +172,8 @@ impl Inbound for RelayInbound {
         courier_relay::federation::accept_batch(&self.0, &from, batch).await
     }
 
-    async fn bundle(&self, _from: RelayName, request: BundleRequest) -> BundleResponse {
-        courier_relay::federation::answer_bundle(&self.0, request).await
+    async fn bundle(&self, from: RelayName, request: BundleRequest) -> BundleResponse {
+        courier_relay::federation::answer_bundle(&self.0, &from, request).await
     }
 
     async fn peer_up(&self, name: RelayName) {

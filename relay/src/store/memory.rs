@@ -297,14 +297,21 @@ impl Store for MemoryStore {
     async fn register(&self, account: NewAccount) -> Result<()> {
         let mut s = self.lock();
         let user = account.device.user.clone();
+        // The invite first: without a valid one, whether a name is taken
+        // is none of the caller's business.
+        if let Some(code) = &account.invite {
+            match s.invites.get(code) {
+                Some((expires, used)) if !*used && *expires > account.now_ms => {}
+                _ => return Err(RelayError::InvalidInvite),
+            }
+        }
         if s.accounts.contains_key(&user) {
             return Err(RelayError::UsernameTaken);
         }
-        if let Some(code) = account.invite {
-            match s.invites.get_mut(&code) {
-                Some((expires, used)) if !*used && *expires > account.now_ms => *used = true,
-                _ => return Err(RelayError::InvalidInvite),
-            }
+        if let Some(code) = &account.invite
+            && let Some((_, used)) = s.invites.get_mut(code)
+        {
+            *used = true;
         }
         let mut devices = BTreeMap::new();
         devices.insert(account.device.device, Device::new(account.device));

@@ -1392,17 +1392,10 @@ impl Store for SqlStore {
         self.write(move |c| {
             Box::pin(async move {
                 let user = account.device.user.as_str();
-                let inserted = q("INSERT INTO accounts (username, created_ms, list_version, device_list) VALUES (?, ?, ?, ?) ON CONFLICT (username) DO NOTHING")
-                    .bind(user)
-                    .bind(i(account.now_ms))
-                    .bind(i(account.device_list.list.version))
-                    .bind(&list[..])
-                    .execute(&mut *c)
-                    .await?
-                    .rows_affected();
-                if inserted == 0 {
-                    return Err(RelayError::UsernameTaken);
-                }
+                // The invite first: without a valid one, whether a name is
+                // taken is none of the caller's business. A taken name
+                // below fails the operation, whose savepoint (or
+                // transaction) then undoes the invite's use.
                 if let Some(code) = account.invite {
                     let used = q("UPDATE invites SET used = 1 WHERE code_hash = ? AND used = 0 AND expires_ms > ?")
                         .bind(&code[..])
@@ -1413,6 +1406,17 @@ impl Store for SqlStore {
                     if used == 0 {
                         return Err(RelayError::InvalidInvite);
                     }
+                }
+                let inserted = q("INSERT INTO accounts (username, created_ms, list_version, device_list) VALUES (?, ?, ?, ?) ON CONFLICT (username) DO NOTHING")
+                    .bind(user)
+                    .bind(i(account.now_ms))
+                    .bind(i(account.device_list.list.version))
+                    .bind(&list[..])
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                if inserted == 0 {
+                    return Err(RelayError::UsernameTaken);
                 }
                 insert_device(c, &account.device).await
             })

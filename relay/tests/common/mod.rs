@@ -91,6 +91,11 @@ impl Harness {
         notifier: Option<Arc<dyn Notifier>>,
     ) -> Option<Harness> {
         let mut config = Config::new(relay_name());
+        // Store tests hand out many one-time prekeys to one requester; the
+        // budgets have tests of their own, which set them.
+        config.prekey_budget.account_burst = 1_000_000;
+        config.prekey_budget.peer_burst = 1_000_000;
+        config.prekey_budget.device_burst = 1_000_000;
         adjust(&mut config);
         let mut dir = None;
         let mut schema = None;
