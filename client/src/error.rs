@@ -58,6 +58,12 @@ pub enum Error {
     /// the relay and is retried).
     #[error("group message waits for its sender key")]
     MissingSenderKey,
+    /// A message claims a device its sender's pinned list does not name, and
+    /// that list was re-read too recently to read it again (see
+    /// [`crate::ClientConfig::contact_refresh_min_ms`]); the message waits
+    /// and is tried again later.
+    #[error("the device list of {0} was re-read moments ago; the message waits")]
+    RefreshLimited(Address),
     /// [`crate::ClientConfig::fail_before_ack`] stopped the client on purpose.
     #[error("fault injected: stopped before acknowledging")]
     FaultInjected,

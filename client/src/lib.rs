@@ -46,8 +46,9 @@ pub mod store;
 pub mod transport;
 
 pub use client::{
-    Account, Client, ClientConfig, ClientParts, DeviceInfo, Message, PendingLink,
-    RECEIVERS_PER_DEVICE_MAX, SEND_ATTEMPTS_MAX, SESSIONS_PER_DEVICE_MAX, SendReceipt,
+    Account, BASE_KEYS_PER_SIGNED_PREKEY_MAX, Client, ClientConfig, ClientParts, DeviceInfo,
+    Message, PendingLink, RECEIVERS_PER_DEVICE_MAX, SEND_ATTEMPTS_MAX, SESSIONS_PER_DEVICE_MAX,
+    SendReceipt,
 };
 pub use error::Error;
 pub use store::{ClientStore, MemoryStore, SqliteStore};

@@ -83,4 +83,13 @@ pub enum Error {
     /// A stored pickle has a version this code cannot read, or inconsistent contents.
     #[error("invalid pickle: {0}")]
     InvalidPickle(&'static str),
+    /// A prekey message whose X3DH base key already started a session with
+    /// that signed prekey: a replay of a first message. Responders remember
+    /// the base keys each signed prekey accepted and refuse repeats.
+    #[error("prekey message replayed: its base key already started a session")]
+    ReplayedPreKeyMessage,
+    /// A signed prekey accepted as many new sessions as a responder
+    /// remembers base keys for; it must rotate before accepting more.
+    #[error("signed prekey {0} accepted its maximum number of sessions")]
+    SignedPreKeyExhausted(u32),
 }

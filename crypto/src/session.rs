@@ -169,6 +169,13 @@ impl Session {
     /// message names ([`PreKeyMessage::signed_prekey_id`],
     /// [`PreKeyMessage::one_time_prekey_id`]) and deletes the one-time
     /// prekey once this succeeds.
+    ///
+    /// Without a one-time prekey nothing here stops the same prekey message
+    /// from being accepted again (a replay under a new envelope id would
+    /// start the session anew and show its first message twice): the caller
+    /// must remember the [`PreKeyMessage::base_key`]s each signed prekey
+    /// accepted, for as long as it keeps that signed prekey, and refuse a
+    /// repeat with [`Error::ReplayedPreKeyMessage`] before calling this.
     pub fn respond(
         identity: &Identity,
         signed_prekey: &SignedPreKey,

@@ -156,10 +156,12 @@ impl Inner {
             .await?
             .unwrap_or_default();
         if state.signed_prekey_id == 0
+            || self.rotate_signed_prekey
             || now.saturating_sub(state.signed_prekey_created_ms)
                 >= self.config.signed_prekey_rotation_ms
         {
             self.rotate_signed_prekey(&mut state, now).await?;
+            self.rotate_signed_prekey = false;
         }
         if force
             || now.saturating_sub(state.last_count_check_ms) >= self.config.prekey_check_interval_ms
@@ -212,6 +214,16 @@ impl Inner {
             let old: u32 = key[2..].parse().unwrap_or(0);
             if old != id && old != previous {
                 batch.delete(Table::PreKeys, key);
+                // The base keys it accepted go with it: a replay naming it
+                // now fails for want of the key itself.
+                batch.delete(Table::PreKeys, format!("n/{old}"));
+                for (used, _) in self
+                    .store
+                    .scan(Table::PreKeys, &format!("b/{old}/"))
+                    .await?
+                {
+                    batch.delete(Table::PreKeys, used);
+                }
             }
         }
         self.store.apply(batch).await?;

@@ -71,6 +71,25 @@ pub struct ClientConfig {
     /// Fault injection for crash tests: process and persist received
     /// envelopes but return [`Error::FaultInjected`] before acking them.
     pub fail_before_ack: bool,
+    /// An envelope this device cannot process yet (its sender key has not
+    /// arrived, its sender's relay is down) is left on the relay for this
+    /// many receive attempts at most, then parked in the local store and
+    /// acked, so unreadable envelopes can never pin the mailbox full.
+    pub defer_attempts_max: u32,
+    /// ... or for at most this long after this device first saw it, ms.
+    pub defer_max_ms: u64,
+    /// Most envelopes parked at once; the oldest are dropped beyond it.
+    pub parked_max: usize,
+    /// Most bytes (header + body) of parked envelopes at once; the oldest
+    /// are dropped beyond it.
+    pub parked_bytes_max: usize,
+    /// A parked envelope is dropped this long after it was parked (or at
+    /// its relay expiry, if sooner), ms.
+    pub parked_ttl_ms: u64,
+    /// A contact's device list is re-read because of a received message at
+    /// most this often, ms: messages that claim a sender cannot make the
+    /// client fetch that sender's keys in a burst.
+    pub contact_refresh_min_ms: u64,
 }
 
 impl Default for ClientConfig {
@@ -82,6 +101,12 @@ impl Default for ClientConfig {
             prekey_check_interval_ms: 60_000,
             ttl_secs: 7 * 24 * 3600,
             fail_before_ack: false,
+            defer_attempts_max: 3,
+            defer_max_ms: 5 * 60 * 1000,
+            parked_max: 256,
+            parked_bytes_max: 4 * 1024 * 1024,
+            parked_ttl_ms: 7 * 24 * 3600 * 1000,
+            contact_refresh_min_ms: 60_000,
         }
     }
 }
@@ -236,6 +261,15 @@ struct Inner {
     rng: StdRng,
     config: ClientConfig,
     me: Option<Me>,
+    /// When a received message last made this client re-read a contact's
+    /// device list, by address (see [`ClientConfig::contact_refresh_min_ms`]).
+    refreshed: std::collections::HashMap<String, u64>,
+    /// Set when a processed envelope brought a new session or sender key,
+    /// so parked envelopes that waited for one are tried again.
+    keys_arrived: bool,
+    /// Set when the current signed prekey accepted its maximum of sessions,
+    /// so the next key maintenance rotates it early.
+    rotate_signed_prekey: bool,
 }
 
 struct Me {
@@ -348,11 +382,15 @@ impl DeviceSessions {
 
 /// Result of processing one envelope.
 enum Outcome {
-    /// Stored (maybe with nothing to show); ack it.
+    /// Stored (maybe with nothing to show), or parked locally; ack it.
     Done,
     /// Needs a sender key not seen yet; leave it on the relay and retry later.
     Later,
 }
+
+/// Most X3DH base keys remembered per signed prekey (one per session it
+/// started); a signed prekey that reaches it rotates and starts no more.
+pub const BASE_KEYS_PER_SIGNED_PREKEY_MAX: u32 = 10_000;
 
 macro_rules! authed {
     ($inner:expr, |$t:ident| $call:expr) => {{
@@ -389,6 +427,9 @@ impl Client {
             rng,
             config: parts.config,
             me: None,
+            refreshed: std::collections::HashMap::new(),
+            keys_arrived: false,
+            rotate_signed_prekey: false,
         };
         inner.load().await?;
         Ok(Self {
@@ -718,7 +759,14 @@ impl Client {
                     let seq = envelope.seq;
                     let outcome = {
                         let mut inner = self.inner.lock().await;
-                        inner.process(&envelope).await?
+                        let outcome = match inner.process(&envelope).await? {
+                            Outcome::Later => inner.defer(&envelope).await?,
+                            done => done,
+                        };
+                        if inner.keys_arrived {
+                            inner.retry_parked(true).await?;
+                        }
+                        outcome
                     };
                     if matches!(outcome, Outcome::Done) {
                         if self.inner.lock().await.config.fail_before_ack {

@@ -4,12 +4,50 @@
 
 use super::*;
 
+/// An envelope still on the relay that could not be processed yet.
+#[derive(Debug, Serialize, Deserialize)]
+struct Attempts {
+    /// When this device first failed to process it, Unix ms (its own clock:
+    /// the relay's timestamps may be skewed).
+    first_ms: u64,
+    /// Receive attempts so far.
+    attempts: u32,
+}
+
+/// An envelope acked on the relay but kept here until it can be opened.
+#[derive(Debug, Serialize, Deserialize)]
+struct Parked {
+    envelope: Envelope,
+    parked_ms: u64,
+    /// Dropped after this, Unix ms.
+    expires_ms: u64,
+    /// Tried again on a timer no sooner than this (it is also tried
+    /// whenever a new session or sender key arrives).
+    next_retry_ms: u64,
+    retries: u32,
+}
+
+impl Parked {
+    fn bytes(&self) -> usize {
+        self.envelope.header.len() + self.envelope.body.len()
+    }
+}
+
+/// Delay before the first timed retry of a parked envelope; it doubles.
+const PARKED_RETRY_MS: u64 = 60_000;
+/// Longest delay between timed retries of a parked envelope.
+const PARKED_RETRY_MAX_MS: u64 = 3600 * 1000;
+
 impl Inner {
     pub(super) async fn receive_pending(&mut self) -> Result<usize, Error> {
+        // Parked envelopes whose timed retry is due (a sender's relay that
+        // was down may be back).
+        self.retry_parked(false).await?;
         let mut processed = 0;
         let mut after = None;
         let mut later: Vec<Envelope> = Vec::new();
         loop {
+            self.keys_arrived = false;
             let tr = self.transport.clone();
             let page = authed!(self, |t| tr.fetch(&t, after, None))?;
             let mut acks = Vec::new();
@@ -29,6 +67,19 @@ impl Inner {
                 }
             }
             later = still;
+            if self.keys_arrived {
+                self.retry_parked(true).await?;
+            }
+            let last = !page.more || page.envelopes.is_empty();
+            if last {
+                // What is still unreadable counts one attempt; past the
+                // bound it is parked here and acked.
+                for envelope in later.drain(..) {
+                    if let Outcome::Done = self.defer(&envelope).await? {
+                        acks.push(envelope.seq);
+                    }
+                }
+            }
             processed += acks.len();
             if !acks.is_empty() {
                 if self.config.fail_before_ack {
@@ -37,11 +88,144 @@ impl Inner {
                 let tr = self.transport.clone();
                 authed!(self, |t| tr.ack(&t, &acks))?;
             }
-            if !page.more || page.envelopes.is_empty() {
+            if last {
                 break;
             }
         }
         Ok(processed)
+    }
+
+    /// Counts one failed attempt at `envelope`. Within the bounds
+    /// ([`ClientConfig::defer_attempts_max`], [`ClientConfig::defer_max_ms`])
+    /// it stays on the relay ([`Outcome::Later`]); past them it is parked in
+    /// the local store and may be acked ([`Outcome::Done`]).
+    pub(super) async fn defer(&mut self, envelope: &Envelope) -> Result<Outcome, Error> {
+        let id = envelope.id.to_string();
+        let now = self.now();
+        let key = format!("a/{id}");
+        let mut record = self
+            .get_json::<Attempts>(Table::Deferred, &key)
+            .await?
+            .unwrap_or(Attempts {
+                first_ms: now,
+                attempts: 0,
+            });
+        record.attempts = record.attempts.saturating_add(1);
+        let mut batch = Batch::new();
+        if record.attempts < self.config.defer_attempts_max
+            && now.saturating_sub(record.first_ms) < self.config.defer_max_ms
+        {
+            batch.put(Table::Deferred, key, json(&record)?);
+            self.store.apply(batch).await?;
+            return Ok(Outcome::Later);
+        }
+        batch.delete(Table::Deferred, key);
+        let parked = Parked {
+            envelope: envelope.clone(),
+            parked_ms: now,
+            expires_ms: envelope
+                .expires_ms
+                .min(now.saturating_add(self.config.parked_ttl_ms)),
+            next_retry_ms: now.saturating_add(PARKED_RETRY_MS),
+            retries: 0,
+        };
+        // Make room: expired first, then the oldest, so neither the count
+        // nor the bytes of parked envelopes can grow without bound.
+        let mut kept: Vec<(String, u64, usize)> = Vec::new();
+        for (k, v) in self.store.scan(Table::Deferred, "p/").await? {
+            match serde_json::from_slice::<Parked>(&v) {
+                Ok(p) if p.expires_ms > now && k != format!("p/{id}") => {
+                    kept.push((k, p.parked_ms, p.bytes()));
+                }
+                _ => {
+                    batch.delete(Table::Deferred, k);
+                }
+            }
+        }
+        kept.sort_by_key(|(_, parked_ms, _)| *parked_ms);
+        let mut count = kept.len() + 1;
+        let mut bytes = kept.iter().map(|(_, _, b)| b).sum::<usize>() + parked.bytes();
+        for (k, _, b) in kept {
+            if count <= self.config.parked_max && bytes <= self.config.parked_bytes_max {
+                break;
+            }
+            tracing::warn!(key = %k, "parked envelope dropped to make room");
+            batch.delete(Table::Deferred, k);
+            count -= 1;
+            bytes -= b;
+        }
+        if count > self.config.parked_max || bytes > self.config.parked_bytes_max {
+            // Alone over the byte bound: nothing can be kept.
+            tracing::warn!(envelope = %id, "unreadable envelope too large to park; dropped");
+        } else {
+            tracing::warn!(envelope = %id, "unreadable envelope parked locally and acked");
+            batch.put(Table::Deferred, format!("p/{id}"), json(&parked)?);
+        }
+        self.store.apply(batch).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// Tries parked envelopes again: all of them (`all`, after a new session
+    /// or sender key arrived) or those whose timed retry is due. Opened ones
+    /// are stored exactly once (the processed mark is written with them)
+    /// and leave the park; expired ones are dropped.
+    pub(super) async fn retry_parked(&mut self, mut all: bool) -> Result<(), Error> {
+        // Opening one parked envelope may bring the key another needs; a
+        // few rounds settle it (each round is bounded by `parked_max`).
+        for _ in 0..3 {
+            self.keys_arrived = false;
+            let rows = self.store.scan(Table::Deferred, "p/").await?;
+            if rows.is_empty() {
+                break;
+            }
+            let now = self.now();
+            for (key, value) in rows {
+                let mut batch = Batch::new();
+                let Ok(mut parked) = serde_json::from_slice::<Parked>(&value) else {
+                    batch.delete(Table::Deferred, key);
+                    self.store.apply(batch).await?;
+                    continue;
+                };
+                if parked.expires_ms <= now {
+                    tracing::warn!(envelope = %parked.envelope.id, "parked envelope expired unread");
+                    batch.delete(Table::Deferred, key);
+                } else if all || parked.next_retry_ms <= now {
+                    match self.process(&parked.envelope).await? {
+                        Outcome::Done => {
+                            batch.delete(Table::Deferred, key);
+                        }
+                        Outcome::Later if !all => {
+                            parked.retries = parked.retries.saturating_add(1);
+                            let delay = PARKED_RETRY_MS
+                                .saturating_mul(1 << parked.retries.min(16))
+                                .min(PARKED_RETRY_MAX_MS);
+                            parked.next_retry_ms = now.saturating_add(delay);
+                            batch.put(Table::Deferred, key, json(&parked)?);
+                        }
+                        Outcome::Later => {}
+                    }
+                }
+                self.store.apply(batch).await?;
+            }
+            if !self.keys_arrived {
+                break;
+            }
+            all = true;
+        }
+        // Attempt counts of envelopes long gone from the relay.
+        let now = self.now();
+        let stale = self.config.defer_max_ms.saturating_mul(4);
+        let mut batch = Batch::new();
+        for (k, v) in self.store.scan(Table::Deferred, "a/").await? {
+            let old = serde_json::from_slice::<Attempts>(&v)
+                .map(|a| now.saturating_sub(a.first_ms) > stale)
+                .unwrap_or(true);
+            if old {
+                batch.delete(Table::Deferred, k);
+            }
+        }
+        self.store.apply(batch).await?;
+        Ok(())
     }
 
     pub(super) async fn take_inbox(&self) -> Result<Vec<Message>, Error> {
@@ -68,12 +252,22 @@ impl Inner {
         let mut batch = Batch::new();
         batch.put(Table::Processed, id.clone(), now.to_be_bytes().to_vec());
         let shown = match envelope.kind {
+            // Only the home relay writes delivery-failure notices (it holds
+            // the outbox); one from a federated origin is a forgery by
+            // another relay: acked so it leaves the mailbox, never shown.
+            EnvelopeKind::DeliveryFailure
+                if envelope.origin != self.me()?.account.address.relay =>
+            {
+                tracing::warn!(envelope = %id, origin = %envelope.origin, "dropping a delivery-failure notice from another relay");
+                None
+            }
             EnvelopeKind::DeliveryFailure => Some(self.delivery_failure(envelope)?),
             EnvelopeKind::Message => match self.decrypt(envelope, &mut batch).await {
                 Ok(Some(m)) => Some(m),
                 Ok(None) => None,
                 Err(Error::Crypto(courier_crypto::Error::ChainMismatch))
-                | Err(Error::MissingSenderKey) => {
+                | Err(Error::MissingSenderKey)
+                | Err(Error::RefreshLimited(_)) => {
                     return Ok(Outcome::Later);
                 }
                 // The sender's keys could not be read now (its relay is down):
@@ -180,42 +374,26 @@ impl Inner {
                 "message from this very device",
             )));
         }
-        // The sealed identity must be the one pinned for that device.
-        let claimed = hexs(&unsealed.sender_identity.signing_key());
-        let mut contact = match self
-            .get_json::<Contact>(Table::Contacts, &sender.to_string())
-            .await?
-        {
-            Some(c) if c.devices.contains_key(&sender_device.0) => c,
-            _ => self.contact(&sender, true).await?,
-        };
-        match contact.devices.get(&sender_device.0) {
-            Some(k) if *k == claimed => {}
-            Some(_) => return Err(Error::IdentityChanged { address: sender }),
-            None => {
-                // Not in the sender's list: maybe it changed since; re-read once.
-                contact = self.contact(&sender, true).await?;
-                if contact.devices.get(&sender_device.0) != Some(&claimed) {
-                    return Err(Error::IdentityChanged { address: sender });
-                }
-            }
-        }
         let (&tag, payload) = unsealed.content.split_first().ok_or(Error::Crypto(
             courier_crypto::Error::Truncated { needed: 1 },
         ))?;
         let now = self.now();
+        // Authenticate first: the inner message must prove the sealed
+        // identity (a session with it, or X3DH with its key) before the
+        // claimed sender is looked up, pinned or refreshed, so a forged
+        // claim costs no fetch and raises no alarm.
         let (group_ref, group_key) = match tag {
             TAG_DIRECT | TAG_GROUP_WITH_KEY => {
                 let plaintext = self
-                    .session_decrypt(
-                        &sender,
-                        sender_device,
-                        &unsealed,
-                        payload,
-                        &mut contact,
-                        batch,
-                    )
+                    .session_decrypt(&sender, sender_device, &unsealed, payload, batch)
                     .await?;
+                let mut contact = self
+                    .authenticated_contact(&sender, sender_device, &unsealed.sender_identity)
+                    .await?;
+                contact
+                    .identities
+                    .insert(sender_device.0, hexs(&unsealed.sender_identity.to_bytes()));
+                batch.put(Table::Contacts, sender.to_string(), json(&contact)?);
                 if tag == TAG_DIRECT {
                     let key = DirectKey::decode(&plaintext)?;
                     let body = content::open_body(envelope.body.as_slice(), &key)?;
@@ -240,6 +418,8 @@ impl Inner {
                 let d = GroupKeyDelivery::decode(&plaintext)?;
                 ((d.group, d.hash), Some(d.distribution))
             }
+            // Authenticated below by the sender key's signature: that key
+            // came over a session already checked against the pin.
             TAG_GROUP => (content::decode_group_ref(payload)?, None),
             _ => return Err(Error::Crypto(courier_crypto::Error::UnexpectedType(tag))),
         };
@@ -255,6 +435,7 @@ impl Inner {
             .get_json(Table::SenderKeys, &rkey)
             .await?
             .unwrap_or_default();
+        let new_key = group_key.is_some();
         if let Some(dist) = group_key {
             let r = SenderKeyReceiver::from_distribution(&dist)?;
             receivers.retain(|p| p.chain_id != r.chain_id());
@@ -267,8 +448,23 @@ impl Inner {
         };
         let mut receiver = SenderKeyReceiver::from_pickle(&receivers[index])?;
         let plaintext = Zeroizing::new(receiver.decrypt(envelope.body.as_slice())?);
+        if !new_key {
+            // The signature proved the device the key was filed under; the
+            // sealed identity must be the one pinned for it (checked
+            // locally: a group message never makes the client fetch).
+            let pinned = self
+                .get_json::<Contact>(Table::Contacts, &sender.to_string())
+                .await?
+                .and_then(|c| c.devices.get(&sender_device.0).cloned());
+            if pinned != Some(hexs(&unsealed.sender_identity.signing_key())) {
+                return Err(Error::Crypto(courier_crypto::Error::SenderMismatch));
+            }
+        }
         receivers[index] = receiver.to_pickle();
         batch.put(Table::SenderKeys, rkey, json(&receivers)?);
+        if new_key {
+            self.keys_arrived = true;
+        }
         let Content::Group {
             group,
             text,
@@ -362,7 +558,6 @@ impl Inner {
         device: DeviceId,
         unsealed: &sealed::Unsealed,
         message: &[u8],
-        contact: &mut Contact,
         batch: &mut Batch,
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
         let mut sessions = self.load_sessions(sender, device).await?;
@@ -395,6 +590,26 @@ impl Inner {
                         expected: prekey.signed_prekey_id(),
                         supplied: 0,
                     }))?;
+                // A first message without a one-time prekey could be
+                // accepted again and again: the base keys this signed
+                // prekey accepted are remembered (as long as the key is
+                // kept) and a repeat is refused.
+                let spk_id = prekey.signed_prekey_id();
+                let used = format!("b/{spk_id}/{}", hexs(prekey.base_key()));
+                if self.store.get(Table::PreKeys, &used).await?.is_some() {
+                    return Err(Error::Crypto(courier_crypto::Error::ReplayedPreKeyMessage));
+                }
+                let count_key = format!("n/{spk_id}");
+                let count: u32 = self
+                    .get_json(Table::PreKeys, &count_key)
+                    .await?
+                    .unwrap_or(0);
+                if count >= BASE_KEYS_PER_SIGNED_PREKEY_MAX {
+                    self.rotate_signed_prekey = true;
+                    return Err(Error::Crypto(courier_crypto::Error::SignedPreKeyExhausted(
+                        spk_id,
+                    )));
+                }
                 let identity = &self.me.as_ref().ok_or(Error::NotRegistered)?.identity;
                 let spk = SignedPreKey::from_pickle(identity, &spk_pickle)?;
                 let otk = match prekey.one_time_prekey_id() {
@@ -412,20 +627,81 @@ impl Inner {
                 if let Some((id, _)) = otk {
                     batch.delete(Table::PreKeys, format!("o/{id}"));
                 }
+                batch.put(Table::PreKeys, used, Vec::new());
+                batch.put(Table::PreKeys, count_key, json(&(count + 1))?);
                 sessions.sessions.insert(0, session);
+                self.keys_arrived = true;
                 Zeroizing::new(plaintext)
             }
         };
         sessions.sessions.truncate(SESSIONS_PER_DEVICE_MAX);
-        contact
-            .identities
-            .insert(device.0, hexs(&unsealed.sender_identity.to_bytes()));
         batch.put(
             Table::Sessions,
             session_key(sender, device),
             json(&sessions.pickles())?,
         );
-        batch.put(Table::Contacts, sender.to_string(), json(&*contact)?);
         Ok(plaintext)
+    }
+
+    /// The pinned contact of `sender` once a message proved it holds
+    /// `identity` for `device`. A device not pinned with that key makes the
+    /// client re-read the sender's device list, at most once per
+    /// [`ClientConfig::contact_refresh_min_ms`] per contact; a sender whose
+    /// list does not name that key is a forgery: refused without an alarm.
+    /// Only the relay's list itself conflicting with the pin (which
+    /// [`Inner::contact`] reports) raises [`Error::IdentityChanged`].
+    pub(super) async fn authenticated_contact(
+        &mut self,
+        sender: &Address,
+        device: DeviceId,
+        identity: &PublicIdentity,
+    ) -> Result<Contact, Error> {
+        let claimed = hexs(&identity.signing_key());
+        let pinned: Option<Contact> = self.get_json(Table::Contacts, &sender.to_string()).await?;
+        let device_pinned = pinned
+            .as_ref()
+            .is_some_and(|c| c.devices.contains_key(&device.0));
+        if let Some(c) = pinned
+            && c.devices.get(&device.0) == Some(&claimed)
+        {
+            return Ok(c);
+        }
+        let now = self.now();
+        let name = sender.to_string();
+        if let Some(&last) = self.refreshed.get(&name)
+            && now.saturating_sub(last) < self.config.contact_refresh_min_ms
+        {
+            if device_pinned {
+                // A pinned device with another key: a forgery (a real
+                // change shows in the list, re-read after the window).
+                tracing::warn!(%sender, "message under a key other than the pinned one; dropped");
+                return Err(Error::Crypto(courier_crypto::Error::SenderMismatch));
+            }
+            // Maybe a device added since: wait for the next window.
+            return Err(Error::RefreshLimited(sender.clone()));
+        }
+        // Bounded: entries older than the window are useless anyway.
+        if self.refreshed.len() >= 4096 {
+            let window = self.config.contact_refresh_min_ms;
+            self.refreshed
+                .retain(|_, t| now.saturating_sub(*t) < window);
+        }
+        self.refreshed.insert(name.clone(), now);
+        let contact = match self.contact(sender, true).await {
+            Ok(c) => c,
+            // A list that could not be read does not use up the window:
+            // the envelope waits and is tried again.
+            Err(e @ (Error::RelayUnreachable(_) | Error::BadResponse(_))) => {
+                self.refreshed.remove(&name);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if contact.devices.get(&device.0) == Some(&claimed) {
+            Ok(contact)
+        } else {
+            tracing::warn!(%sender, "message signed by a key the sender's device list does not name; dropped");
+            Err(Error::Crypto(courier_crypto::Error::SenderMismatch))
+        }
     }
 }

@@ -25,7 +25,9 @@ pub type Value = Zeroizing<Vec<u8>>;
 pub enum Table {
     /// Account, identity key, tokens, counters.
     Meta,
-    /// Signed and one-time prekey secrets, keyed `s/<id>` and `o/<id>`.
+    /// Signed and one-time prekey secrets, keyed `s/<id>` and `o/<id>`; the
+    /// X3DH base keys each signed prekey accepted, `b/<id>/<base key hex>`,
+    /// and their count, `n/<id>` (replayed first messages are refused).
     PreKeys,
     /// Double Ratchet sessions, keyed `<address>/<device>`.
     Sessions,
@@ -41,11 +43,15 @@ pub enum Table {
     Messages,
     /// Messages received but not yet handed to the user (`recv` output), same keys as `Messages`.
     Inbox,
+    /// Envelopes this device could not process yet: attempt counts of ones
+    /// still on the relay (`a/<envelope id>`) and envelopes parked here
+    /// after the bound, acked on the relay (`p/<envelope id>`).
+    Deferred,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Meta,
         Table::PreKeys,
         Table::Sessions,
@@ -55,6 +61,7 @@ impl Table {
         Table::Processed,
         Table::Messages,
         Table::Inbox,
+        Table::Deferred,
     ];
 
     /// The SQL table name (a fixed identifier, never user input).
@@ -69,6 +76,7 @@ impl Table {
             Table::Processed => "processed",
             Table::Messages => "messages",
             Table::Inbox => "inbox",
+            Table::Deferred => "deferred",
         }
     }
 }

@@ -25,6 +25,11 @@ use super::{Subscription, Transport, TransportError};
 
 /// How long one HTTP request may take before the relay counts as unreachable.
 pub const REQUEST_TIMEOUT_SECS: u64 = 30;
+/// Largest HTTP response body the client reads, in bytes. The largest
+/// legitimate answer is a mailbox fetch, which a relay keeps under
+/// [`FETCH_RESPONSE_BYTES_MAX`](courier_protocol::limits::FETCH_RESPONSE_BYTES_MAX);
+/// a hostile or broken relay must not make the client allocate more.
+pub const RESPONSE_BYTES_MAX: usize = courier_protocol::limits::FETCH_RESPONSE_BYTES_MAX;
 
 /// A home relay reached over HTTP(S) and WebSocket.
 #[derive(Debug, Clone)]
@@ -87,12 +92,40 @@ impl HttpTransport {
         }
         let resp = req.send().await.map_err(|e| unreachable(&self.base, e))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| unreachable(&self.base, e))?;
+        let bytes = read_capped(&self.base, path, resp).await?;
         if status.is_success() {
-            return Ok(bytes.to_vec());
+            return Ok(bytes);
         }
         Err(TransportError::Api(error_from(status, &bytes)))
     }
+}
+
+/// Reads a response body of at most [`RESPONSE_BYTES_MAX`] bytes, chunk by
+/// chunk, so an oversized or endless body fails cleanly instead of growing
+/// the client's memory.
+async fn read_capped(
+    base: &str,
+    path: &str,
+    mut resp: reqwest::Response,
+) -> Result<Vec<u8>, TransportError> {
+    let too_large = || {
+        TransportError::BadResponse(format!(
+            "{path}: response larger than {RESPONSE_BYTES_MAX} bytes"
+        ))
+    };
+    // A declared length over the cap is refused before reading anything.
+    let declared = resp.content_length().unwrap_or(0);
+    if declared > RESPONSE_BYTES_MAX as u64 {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(declared as usize);
+    while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(base, e))? {
+        if body.len() + chunk.len() > RESPONSE_BYTES_MAX {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn unreachable(base: &str, e: reqwest::Error) -> TransportError {
@@ -305,7 +338,8 @@ impl Transport for HttpTransport {
         request.headers_mut().insert("authorization", auth);
         // TCP_NODELAY: sends and acks are small frames; with Nagle each
         // could wait for the previous one's (delayed) ACK.
-        let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let connect =
+            tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true);
         let (stream, _) = tokio::time::timeout(Duration::from_secs(10), connect)
             .await
             .map_err(|_| {
@@ -314,6 +348,16 @@ impl Transport for HttpTransport {
             .map_err(|e| ws_error(&self.base, e))?;
         Ok(Box::new(WsSubscription { stream }))
     }
+}
+
+/// WebSocket limits: no frame or message from the relay may exceed the
+/// protocol's [`WS_FRAME_BYTES_MAX`](courier_protocol::limits::WS_FRAME_BYTES_MAX),
+/// so a hostile relay cannot make the client buffer more.
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    let max = courier_protocol::limits::WS_FRAME_BYTES_MAX;
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
 }
 
 fn ws_error(base: &str, e: tokio_tungstenite::tungstenite::Error) -> TransportError {
@@ -342,8 +386,13 @@ impl Subscription for WsSubscription {
             let Some(message) = self.stream.next().await else {
                 return Ok(None);
             };
-            let message =
-                message.map_err(|e| TransportError::Unreachable(format!("WebSocket: {e}")))?;
+            let message = message.map_err(|e| match e {
+                // An oversized frame is the relay breaking the protocol.
+                tokio_tungstenite::tungstenite::Error::Capacity(c) => {
+                    TransportError::BadResponse(format!("WebSocket: {c}"))
+                }
+                e => TransportError::Unreachable(format!("WebSocket: {e}")),
+            })?;
             match message {
                 Message::Text(text) => {
                     return serde_json::from_str(text.as_str())

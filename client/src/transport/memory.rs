@@ -139,6 +139,28 @@ impl MemoryNetwork {
         true
     }
 
+    /// Places `envelope` (under a new sequence number) in `address`'s device
+    /// mailbox exactly as given, origin and kind included: what a hostile or
+    /// broken relay could put there. Returns whether the device exists.
+    pub fn inject(&self, address: &Address, device: DeviceId, mut envelope: Envelope) -> bool {
+        let Ok(mut n) = self.lock() else { return false };
+        let Some(relay) = n.relays.get_mut(&address.relay) else {
+            return false;
+        };
+        relay.next_seq += 1;
+        envelope.seq = relay.next_seq;
+        let Some(dev) = relay
+            .accounts
+            .get_mut(&address.user)
+            .and_then(|a| a.devices.get_mut(&device))
+        else {
+            return false;
+        };
+        dev.mailbox.insert(envelope.seq, envelope);
+        self.notify.notify_waiters();
+        true
+    }
+
     /// Reverses the mailbox order of `address`'s device: later envelopes get
     /// lower sequence numbers, so they are delivered first (reordering).
     pub fn reverse_mailbox(&self, address: &Address, device: DeviceId) {
