@@ -86,6 +86,18 @@ pub struct RelaySettings {
     /// Most bytes one source may have waiting in one device's mailbox.
     /// 0 (the default): a quarter of `mailbox_bytes_max`.
     pub mailbox_per_source_bytes_max: u64,
+    /// Most outbox entries (messages waiting for other relays, one per
+    /// message and destination relay) in total; sends beyond get 507
+    /// `outbox_full`.
+    pub outbox_max: u64,
+    /// Most distinct destination relays in the outbox (`outbox_full`).
+    pub outbox_destinations_max: u64,
+    /// Most outbox entries one account may have waiting; sends beyond get
+    /// 507 `outbox_quota`.
+    pub outbox_per_account_max: u64,
+    /// Most distinct destination relays one account may have mail waiting
+    /// for (`outbox_quota`).
+    pub outbox_destinations_per_account_max: u64,
 }
 
 impl RelaySettings {
@@ -103,18 +115,6 @@ impl RelaySettings {
         };
         (entries, bytes)
     }
-    /// Most outbox entries (messages waiting for other relays, one per
-    /// message and destination relay) in total; sends beyond get 507
-    /// `outbox_full`.
-    pub outbox_max: u64,
-    /// Most distinct destination relays in the outbox (`outbox_full`).
-    pub outbox_destinations_max: u64,
-    /// Most outbox entries one account may have waiting; sends beyond get
-    /// 507 `outbox_quota`.
-    pub outbox_per_account_max: u64,
-    /// Most distinct destination relays one account may have mail waiting
-    /// for (`outbox_quota`).
-    pub outbox_destinations_per_account_max: u64,
 }
 
 impl Default for RelaySettings {

@@ -209,8 +209,14 @@ impl Relay {
 
     /// An entry left the outbox (delivered, refused for good, expired).
     pub(crate) fn outbox_release(&self, entry: &OutboxEntry) {
-        let user = entry.sender.as_ref().map(|(user, _)| user);
-        self.outbox_budget.release(user, &entry.relay);
+        // The sender is sealed in the store (see `crate::secret`); one
+        // small AEAD open per entry that leaves the outbox.
+        let user = entry
+            .sender
+            .as_ref()
+            .and_then(|sealed| self.config.store_secret.open_sender(sealed.as_slice()))
+            .map(|(user, _)| user);
+        self.outbox_budget.release(user.as_ref(), &entry.relay);
     }
 
     /// Re-reads the outbox totals from the store (one pass over the
