@@ -501,6 +501,12 @@ impl Config {
                 message: "refill intervals must be at least 1 second".to_owned(),
             });
         }
+        if self.websocket.write_timeout_ms < 100 {
+            return Err(ConfigError::Invalid {
+                field: "websocket.write_timeout_ms",
+                message: "must be at least 100".to_owned(),
+            });
+        }
         if self.federation.peers_max == 0 {
             return Err(ConfigError::Invalid {
                 field: "federation.peers_max",
