@@ -216,9 +216,10 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
+    // Only the head is capped: `max_buf_size` also bounds the write queue,
+    // and large fetch answers stream better with hyper's default.
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(config.head_bytes_hard_max.max(8192))
         .max_header_size(config.head_bytes_hard_max);
     // Connection tasks hold a receiver each; `closed()` resolves when the
     // last one is gone.

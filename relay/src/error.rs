@@ -218,3 +218,40 @@ fn no_route(relays: &[courier_protocol::RelayName]) -> String {
         named.join(", ")
     )
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_full_is_storage_full_and_other_errors_are_not() {
+        use sqlx::Connection as _;
+        let mut c = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        // A database that may not grow past a few pages: SQLITE_FULL, as
+        // on a full disk.
+        sqlx::raw_sql("PRAGMA max_page_count = 4; CREATE TABLE t (b BLOB)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let mut full = None;
+        for _ in 0..100 {
+            if let Err(e) = sqlx::query("INSERT INTO t VALUES (randomblob(4096))")
+                .execute(&mut c)
+                .await
+            {
+                full = Some(e);
+                break;
+            }
+        }
+        let full = RelayError::from(full.expect("the database never filled"));
+        assert!(matches!(full, RelayError::StorageFull(_)), "{full:?}");
+        assert_eq!(full.code(), ErrorCode::InsufficientStorage);
+        let other = sqlx::query("SELECT * FROM missing")
+            .execute(&mut c)
+            .await
+            .unwrap_err();
+        assert!(matches!(RelayError::from(other), RelayError::Store(_)));
+    }
+}
