@@ -151,6 +151,10 @@ async fn run_case(
     let (store, schema) = env.store(kind, group_commit).await;
     let mut config = Config::new(RelayName::parse(RELAY).unwrap());
     config.mailbox_depth_max = u32::MAX;
+    // Unlimited shares too, but still counted: the upsert is measured.
+    config.mailbox_bytes_max = u64::MAX;
+    config.mailbox_per_source_max = u32::MAX;
+    config.mailbox_per_source_bytes_max = u64::MAX;
     let relay = Arc::new(Relay::new(
         config,
         store,

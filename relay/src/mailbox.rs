@@ -122,7 +122,7 @@ impl Relay {
         // must not buy a sender more of someone's mailbox.
         let quota_source = format!("local:{}", sender.user);
         let secret = &self.config.store_secret;
-        let key = secret.message_key(&source, &message.id);
+        let key = secret.message_key(&source, &message.id, None);
         let digest = secret.digest(
             &source,
             message.body.as_slice(),
@@ -264,7 +264,6 @@ impl Relay {
         // all we know of its sender, and what dedup and quotas are scoped to.
         let source = format!("relay:{origin}");
         let secret = &self.config.store_secret;
-        let key = secret.message_key(&source, &envelope.id);
         let digest = secret.digest(
             &source,
             envelope.body.as_slice(),
@@ -273,6 +272,13 @@ impl Relay {
                 .iter()
                 .map(|r| (r.user.to_string(), r.device.0, r.header.0.clone())),
         );
+        // A relay speaks for all its users, and two of them may send the
+        // same id to the same destination (one of them having learned it as
+        // a co-recipient). Scoping the key to the content too keeps their
+        // messages apart: only a true retry (same origin, id and content) is
+        // a duplicate; a relay's own outbox never resends an id with other
+        // content, so no conflict is lost that a correct origin could cause.
+        let key = secret.message_key(&source, &envelope.id, Some(&digest));
         let new = NewMessage {
             id: envelope.id,
             key,

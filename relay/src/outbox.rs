@@ -144,7 +144,7 @@ impl Relay {
         let source = format!("notice:{}", entry.id);
         Ok(Some(NewMessage {
             id,
-            key: self.config.store_secret.message_key(&source, &id),
+            key: self.config.store_secret.message_key(&source, &id, None),
             source,
             digest: [0; 32],
             origin: self.config.name.clone(),

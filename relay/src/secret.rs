@@ -71,11 +71,19 @@ impl StoreSecret {
         out
     }
 
-    /// The idempotency key of envelope `id` from `source`.
-    pub fn message_key(&self, source: &str, id: &EnvelopeId) -> MessageKey {
+    /// The idempotency key of envelope `id` from `source`; with `content`
+    /// (a [`StoreSecret::digest`]) also scoped to the content, for sources
+    /// that speak for many senders (see `Relay::accept_federated`).
+    pub fn message_key(
+        &self,
+        source: &str,
+        id: &EnvelopeId,
+        content: Option<&[u8; 32]>,
+    ) -> MessageKey {
+        let content: &[u8] = content.map_or(&[], |c| c.as_slice());
         Self::truncated(self.mac(
             b"courier store message key v1",
-            &[source.as_bytes(), id.as_bytes()],
+            &[source.as_bytes(), id.as_bytes(), content],
         ))
     }
 
@@ -168,13 +176,12 @@ mod tests {
         let a = StoreSecret::new([1; 32]);
         let b = StoreSecret::new([2; 32]);
         let id = EnvelopeId([7; 16]);
+        let key = |s: &StoreSecret, source| s.message_key(source, &id, None);
+        assert_ne!(key(&a, "local:alice"), key(&b, "local:alice"));
+        assert_ne!(key(&a, "local:alice"), key(&a, "local:bob"));
         assert_ne!(
-            a.message_key("local:alice", &id),
-            b.message_key("local:alice", &id)
-        );
-        assert_ne!(
-            a.message_key("local:alice", &id),
-            a.message_key("local:bob", &id)
+            a.message_key("relay:b", &id, Some(&[1; 32])),
+            a.message_key("relay:b", &id, Some(&[2; 32]))
         );
         let user = Username::parse("bob").expect("name");
         assert_ne!(

@@ -208,8 +208,9 @@ pub struct NewMessage {
     /// Who submitted it (`local:<user>/<device>` or `relay:<name>`): a retry
     /// must come from the same source to count as a duplicate. Not stored.
     pub source: String,
-    /// The idempotency key: keyed hash of (source, id). Two sources may
-    /// use the same envelope id; only the same source's retry collides.
+    /// The idempotency key: keyed hash of (source, id), for federated mail
+    /// of (source, id, digest). Two sources may use the same envelope id;
+    /// only the same source's retry collides.
     pub key: MessageKey,
     /// Keyed digest over source, body and recipients: a retry must match it.
     pub digest: [u8; 32],
