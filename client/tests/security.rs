@@ -733,8 +733,123 @@ async fn an_oversized_websocket_frame_from_the_relay_is_refused() {
         Err(TransportError::BadResponse(m)) => assert!(m.contains("too long"), "{m}"),
         other => {
             let got = format!("{other:?}");
-            panic!("expected the frame to be refused, got {}", &got[..got.len().min(200)])
+            panic!(
+                "expected the frame to be refused, got {}",
+                &got[..got.len().min(200)]
+            )
         }
     }
     server.abort();
+}
+
+/// Item 1: what is parked is bounded in number and bytes (the oldest go
+/// first) and dropped at its expiry.
+#[tokio::test]
+async fn parked_envelopes_are_bounded_and_expire() {
+    let net = MemoryNetwork::new();
+    let store = Arc::new(MemoryStore::new());
+    let bob = Client::open(ClientParts {
+        transport: Arc::new(net.relay("relay-a.example").unwrap()),
+        store: store.clone(),
+        clock: Arc::new(SystemClock),
+        rng_seed: None,
+        config: ClientConfig {
+            defer_attempts_max: 1,
+            parked_max: 3,
+            ..ClientConfig::default()
+        },
+    })
+    .await
+    .unwrap();
+    let b = bob.register("bob", None, "", &[]).await.unwrap();
+    let raw = store.get(Table::Meta, "identity").await.unwrap().unwrap();
+    let pickle: IdentityPickle = serde_json::from_slice(&raw).unwrap();
+    let bob_identity = Identity::from_pickle(&pickle).unwrap().public().clone();
+    let mallory = Identity::generate(&mut rng());
+    let from = SenderAddress {
+        address: "mallory@relay-a.example".into(),
+        device: 1,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // A group message under a chain bob never got: never readable.
+    let junk = |expires_ms: u64| {
+        let mut body = vec![1u8, 4];
+        body.extend_from_slice(&[7; 100]);
+        let mut payload = vec![TAG_GROUP];
+        payload.extend_from_slice(&[9; 16]);
+        payload.extend_from_slice(&content::body_hash(&body));
+        let header = sealed::seal(&mallory, &from, &bob_identity, &payload, &mut rng()).unwrap();
+        Envelope {
+            seq: 0,
+            id: envelope_id(),
+            origin: RelayName::parse("relay-a.example").unwrap(),
+            header: Bytes(header),
+            body: Bytes(body),
+            received_ms: now,
+            expires_ms,
+            kind: EnvelopeKind::Message,
+        }
+    };
+    let one = {
+        let e = junk(0);
+        e.header.len() + e.body.len()
+    };
+    // One that expires soon, then five more: only the newest three stay.
+    assert!(net.inject(&b, DeviceId(1), junk(now + 1500)));
+    bob.recv().await.unwrap();
+    for _ in 0..5 {
+        assert!(net.inject(&b, DeviceId(1), junk(now + 3_600_000)));
+        bob.recv().await.unwrap();
+    }
+    assert_eq!(net.pending(&b, DeviceId(1)), 0, "all acked");
+    let parked = store.scan(Table::Deferred, "p/").await.unwrap();
+    assert_eq!(parked.len(), 3, "bounded in number");
+
+    // Bounded in bytes: two fit, a third pushes the oldest out.
+    let small = Client::open(ClientParts {
+        transport: Arc::new(net.relay("relay-a.example").unwrap()),
+        store: store.clone(),
+        clock: Arc::new(SystemClock),
+        rng_seed: None,
+        config: ClientConfig {
+            defer_attempts_max: 1,
+            parked_bytes_max: 2 * one,
+            ..ClientConfig::default()
+        },
+    })
+    .await
+    .unwrap();
+    assert!(net.inject(&b, DeviceId(1), junk(now + 3_600_000)));
+    small.recv().await.unwrap();
+    let parked = store.scan(Table::Deferred, "p/").await.unwrap();
+    assert_eq!(parked.len(), 2, "bounded in bytes");
+
+    // Expiry: a parked envelope past its relay expiry is dropped.
+    let short = Client::open(ClientParts {
+        transport: Arc::new(net.relay("relay-a.example").unwrap()),
+        store: store.clone(),
+        clock: Arc::new(SystemClock),
+        rng_seed: None,
+        config: ClientConfig {
+            defer_attempts_max: 1,
+            ..ClientConfig::default()
+        },
+    })
+    .await
+    .unwrap();
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 1500;
+    assert!(net.inject(&b, DeviceId(1), junk(soon)));
+    short.recv().await.unwrap();
+    let before = store.scan(Table::Deferred, "p/").await.unwrap().len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    short.recv().await.unwrap();
+    let after = store.scan(Table::Deferred, "p/").await.unwrap().len();
+    assert_eq!(after, before - 1, "the expired one is gone");
 }

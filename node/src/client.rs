@@ -108,10 +108,30 @@ pub fn http_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// Reads a response body of at most
+/// [`FETCH_RESPONSE_BYTES_MAX`](courier_protocol::limits::FETCH_RESPONSE_BYTES_MAX)
+/// bytes (the largest answer a relay sends), so a broken or hostile server
+/// cannot make this client allocate without bound.
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+    const MAX: usize = courier_protocol::limits::FETCH_RESPONSE_BYTES_MAX;
+    let too_large = || ClientError::Transport(format!("response larger than {MAX} bytes"));
+    if response.content_length().is_some_and(|n| n > MAX as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(ClientError::transport)? {
+        if body.len() + chunk.len() > MAX {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Decodes a response: the body on success, the error body otherwise.
 pub async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
     let status = response.status();
-    let bytes = response.bytes().await.map_err(ClientError::transport)?;
+    let bytes = read_capped(response).await?;
     if status.is_success() {
         serde_json::from_slice(&bytes).map_err(ClientError::transport)
     } else {
