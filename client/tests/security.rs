@@ -374,7 +374,13 @@ fn prekey_bundle(bundle: &DeviceBundle) -> PreKeyBundle {
 /// from the park once the key arrives, and shown exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn unreadable_envelopes_are_parked_and_acked_and_a_late_sender_key_opens_them_once() {
-    let relay = Relay::start(&[("COURIER_RELAY_MAILBOX_DEPTH_MAX", "8")]);
+    // One source may fill the whole mailbox here: this test is about the
+    // client's defence alone (the relay's per-source share is tested in
+    // node/tests/security/mailbox.rs).
+    let relay = Relay::start(&[
+        ("COURIER_RELAY_MAILBOX_DEPTH_MAX", "8"),
+        ("COURIER_RELAY_MAILBOX_PER_SOURCE_MAX", "8"),
+    ]);
     let alice = User::register(&relay, "alice", ClientConfig::default()).await;
     let config = ClientConfig {
         defer_attempts_max: 2,

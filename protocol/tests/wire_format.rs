@@ -142,6 +142,13 @@ fn error_code_binary_indices_follow_declaration_order() {
         "unsupported_version",
         "unavailable",
         "internal",
+        "uri_too_long",
+        "headers_too_large",
+        "insufficient_storage",
+        "mailbox_quota",
+        "envelope_kind_refused",
+        "outbox_quota",
+        "outbox_full",
         "weak_key",
     ];
     assert!(ErrorCode::ALL.len() >= published.len());

@@ -303,7 +303,9 @@ async fn stalled_readers_cost_bounded_memory_and_are_dropped_after_the_write_tim
         assert!(figure < 8 << 20, "{} KiB per stalled socket", figure / 1024);
     }
     assert!(
-        after2 < after + (16 << 20),
+        // Generous: unbounded, each round kept another 320 MiB; the
+        // allocator's reuse of freed pages varies by tens of MiB.
+        after2 < after + (96 << 20),
         "a second round kept more: {} KiB after it, {} KiB after the first",
         after2 / 1024,
         after / 1024
