@@ -216,6 +216,12 @@ pub struct PeerLimits {
     pub envelopes_per_sec: u32,
     /// Envelopes one peer may send in a burst above the sustained rate.
     pub burst_envelopes: u32,
+    /// Sustained bytes per second (bodies and headers) from one peer: a
+    /// budget in envelopes alone let a peer send 256 × 256 KiB batches as
+    /// cheaply as 256 tiny ones.
+    pub bytes_per_sec: u64,
+    /// Bytes one peer may send in a burst above the sustained rate.
+    pub burst_bytes: u64,
 }
 
 impl Default for PeerLimits {
@@ -224,16 +230,21 @@ impl Default for PeerLimits {
             batch_envelopes_max: BATCH_ENVELOPES_MAX,
             envelopes_per_sec: 50_000,
             burst_envelopes: 100_000,
+            bytes_per_sec: 64 * 1024 * 1024,
+            burst_bytes: 256 * 1024 * 1024,
         }
     }
 }
 
-/// A token bucket over envelopes for one peer; time comes in as `now_ms`.
+/// Token buckets over envelopes and bytes for one peer; time comes in as
+/// `now_ms`.
 #[derive(Debug, Clone)]
 pub struct PeerLimiter {
     limits: PeerLimits,
     /// Tokens in thousandths, so slow refill rates do not round to zero.
     tokens_milli: u64,
+    /// Byte tokens in thousandths.
+    bytes_milli: u64,
     last_ms: u64,
 }
 
@@ -243,6 +254,7 @@ impl PeerLimiter {
         PeerLimiter {
             limits,
             tokens_milli: u64::from(limits.burst_envelopes) * 1000,
+            bytes_milli: limits.burst_bytes.saturating_mul(1000),
             last_ms: now_ms,
         }
     }
@@ -251,6 +263,40 @@ impl PeerLimiter {
     /// limit is [`ErrorCode::PayloadTooLarge`], one over the rate is
     /// [`ErrorCode::RateLimited`] (and takes no tokens).
     pub fn admit(&mut self, envelopes: usize, now_ms: u64) -> Result<(), ErrorCode> {
+        self.admit_cost(envelopes, envelopes as u64, 0, now_ms)
+    }
+
+    /// Admits `batch` weighed by what it costs us to store: each recipient
+    /// of each envelope takes an envelope token (a mailbox entry each), and
+    /// its bodies and headers take byte tokens. Refused like
+    /// [`PeerLimiter::admit`], taking no tokens.
+    pub fn admit_batch(&mut self, batch: &DeliveryBatch, now_ms: u64) -> Result<(), ErrorCode> {
+        let recipients = batch
+            .envelopes
+            .iter()
+            .map(|e| e.recipients.len().max(1) as u64)
+            .sum();
+        let bytes = batch
+            .envelopes
+            .iter()
+            .map(|e| {
+                e.body.len() as u64
+                    + e.recipients
+                        .iter()
+                        .map(|r| r.header.len() as u64)
+                        .sum::<u64>()
+            })
+            .sum();
+        self.admit_cost(batch.envelopes.len(), recipients, bytes, now_ms)
+    }
+
+    fn admit_cost(
+        &mut self,
+        envelopes: usize,
+        deliveries: u64,
+        bytes: u64,
+        now_ms: u64,
+    ) -> Result<(), ErrorCode> {
         if envelopes > self.limits.batch_envelopes_max {
             return Err(ErrorCode::PayloadTooLarge);
         }
@@ -259,11 +305,16 @@ impl PeerLimiter {
         let cap = u64::from(self.limits.burst_envelopes) * 1000;
         let refill = elapsed.saturating_mul(u64::from(self.limits.envelopes_per_sec));
         self.tokens_milli = self.tokens_milli.saturating_add(refill).min(cap);
-        let need = (envelopes as u64) * 1000;
-        if need > self.tokens_milli {
+        let byte_cap = self.limits.burst_bytes.saturating_mul(1000);
+        let byte_refill = elapsed.saturating_mul(self.limits.bytes_per_sec);
+        self.bytes_milli = self.bytes_milli.saturating_add(byte_refill).min(byte_cap);
+        let need = deliveries.saturating_mul(1000);
+        let need_bytes = bytes.saturating_mul(1000);
+        if need > self.tokens_milli || need_bytes > self.bytes_milli {
             return Err(ErrorCode::RateLimited);
         }
         self.tokens_milli -= need;
+        self.bytes_milli -= need_bytes;
         Ok(())
     }
 }
@@ -546,6 +597,7 @@ mod tests {
             batch_envelopes_max: 10,
             envelopes_per_sec: 100,
             burst_envelopes: 20,
+            ..PeerLimits::default()
         };
         let mut l = PeerLimiter::new(limits, 0);
         assert_eq!(l.admit(11, 0), Err(ErrorCode::PayloadTooLarge));
@@ -555,6 +607,46 @@ mod tests {
         // 100/s refills one envelope every 10 ms.
         assert_eq!(l.admit(5, 49), Err(ErrorCode::RateLimited));
         assert_eq!(l.admit(5, 50), Ok(()));
+    }
+
+    #[test]
+    fn limiter_weighs_batches_by_recipients_and_bytes() {
+        let limits = PeerLimits {
+            batch_envelopes_max: 10,
+            envelopes_per_sec: 100,
+            burst_envelopes: 20,
+            bytes_per_sec: 1000,
+            burst_bytes: 100,
+        };
+        let mut l = PeerLimiter::new(limits, 0);
+        // One envelope for 20 recipients takes the whole envelope burst.
+        let mut wide = batch("relay-b.example", 1);
+        wide.envelopes[0].recipients = (0..20u32)
+            .map(|i| FedRecipient {
+                user: "bob".parse().unwrap(),
+                device: DeviceId(i + 1),
+                header: Bytes::default(),
+            })
+            .collect();
+        wide.envelopes[0].body = Bytes::default();
+        assert_eq!(l.admit_batch(&wide, 0), Ok(()));
+        assert_eq!(
+            l.admit_batch(&batch("relay-b.example", 1), 0),
+            Err(ErrorCode::RateLimited)
+        );
+        // 101 bytes is over the byte burst whatever the envelope count.
+        let mut l = PeerLimiter::new(limits, 0);
+        let mut big = batch("relay-b.example", 1);
+        big.envelopes[0].body = Bytes::from(vec![0; 100]);
+        assert_eq!(l.admit_batch(&big, 0), Err(ErrorCode::RateLimited));
+        big.envelopes[0].body = Bytes::from(vec![0; 99]);
+        assert_eq!(l.admit_batch(&big, 0), Ok(()), "99 + 1 header byte");
+        assert_eq!(l.admit_batch(&big, 50), Err(ErrorCode::RateLimited));
+        assert_eq!(
+            l.admit_batch(&big, 100),
+            Ok(()),
+            "1000 B/s refills 100 B in 100 ms"
+        );
     }
 
     #[test]

@@ -22,21 +22,25 @@ use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identify, ping};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, ping,
+};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::codec::FrameCodec;
+use super::codec::{FrameCodec, Gate, Gated};
 use super::peers::{Admitted, PeerBook, Refusal, Source};
 use super::{
     Command, Config, Error, Inbound, PeerCounters, PeerInfo, PeerState, descriptor, peer_of,
 };
 
-type HelloBehaviour = request_response::Behaviour<FrameCodec<Hello, Hello>>;
-type BundleBehaviour = request_response::Behaviour<FrameCodec<BundleRequest, BundleResponse>>;
-type DeliverBehaviour = request_response::Behaviour<FrameCodec<DeliveryBatch, DeliveryAcks>>;
+type HelloBehaviour = Gated<request_response::Behaviour<FrameCodec<Hello, Hello>>>;
+type BundleBehaviour =
+    Gated<request_response::Behaviour<FrameCodec<BundleRequest, BundleResponse>>>;
+type DeliverBehaviour = Gated<request_response::Behaviour<FrameCodec<DeliveryBatch, DeliveryAcks>>>;
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    limits: connection_limits::Behaviour,
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -122,6 +126,8 @@ pub(super) struct EventLoop {
         HashMap<OutboundRequestId, oneshot::Sender<Result<BundleResponse, FederationError>>>,
     inbound: Arc<dyn Inbound>,
     inbound_permits: Arc<Semaphore>,
+    /// Which peers may send more than a hello (see [`Gate`]).
+    gate: Arc<Gate>,
     book_dirty: bool,
     /// The control socket server and its path, stopped with the loop.
     control: Option<(tokio::task::JoinHandle<()>, PathBuf)>,
@@ -148,12 +154,29 @@ fn swarm_config(c: libp2p::swarm::Config) -> libp2p::swarm::Config {
     c.with_idle_connection_timeout(Duration::from_secs(3600))
 }
 
-fn behaviour(key: &Keypair, config: &Config) -> Behaviour {
-    let rr = request_response::Config::default()
-        .with_request_timeout(config.request_timeout)
-        .with_max_concurrent_streams(256);
+/// Streams one connection may have open per protocol: a hello or two at a
+/// time; deliveries and bundle requests well above the drainer's 8 rounds
+/// in flight per destination. (Each stream may hold a frame of up to 8 MiB
+/// being read, so these bound a connection's memory.)
+const HELLO_STREAMS_MAX: usize = 4;
+const REQUEST_STREAMS_MAX: usize = 64;
+/// Connections one peer may hold at once.
+const CONNECTIONS_PER_PEER_MAX: u32 = 4;
+
+fn behaviour(key: &Keypair, config: &Config, gate: &Arc<Gate>) -> Behaviour {
+    let rr = |streams: usize| {
+        request_response::Config::default()
+            .with_request_timeout(config.request_timeout)
+            .with_max_concurrent_streams(streams)
+    };
     let proto = |p: &'static str| [(StreamProtocol::new(p), ProtocolSupport::Full)];
     Behaviour {
+        limits: connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX))
+                .with_max_established_incoming(Some(config.inbound_connections_max))
+                .with_max_pending_incoming(Some(config.inbound_connections_max.clamp(1, 128))),
+        ),
         blocked: allow_block_list::Behaviour::default(),
         identify: identify::Behaviour::new(
             identify::Config::new("/courier/fed/1/id".into(), key.public())
@@ -165,9 +188,30 @@ fn behaviour(key: &Keypair, config: &Config) -> Behaviour {
                 .with_cache_size(0),
         ),
         ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
-        hello: HelloBehaviour::new(proto(protocols::HELLO), rr.clone()),
-        bundle: BundleBehaviour::new(proto(protocols::BUNDLE), rr.clone()),
-        deliver: DeliverBehaviour::new(proto(protocols::DELIVER), rr),
+        hello: Gated::new(
+            request_response::Behaviour::with_codec(
+                FrameCodec::new(gate.clone()),
+                proto(protocols::HELLO),
+                rr(HELLO_STREAMS_MAX),
+            ),
+            gate.clone(),
+        ),
+        bundle: Gated::new(
+            request_response::Behaviour::with_codec(
+                FrameCodec::new(gate.clone()),
+                proto(protocols::BUNDLE),
+                rr(REQUEST_STREAMS_MAX),
+            ),
+            gate.clone(),
+        ),
+        deliver: Gated::new(
+            request_response::Behaviour::with_codec(
+                FrameCodec::new(gate.clone()),
+                proto(protocols::DELIVER),
+                rr(REQUEST_STREAMS_MAX),
+            ),
+            gate.clone(),
+        ),
     }
 }
 
@@ -175,7 +219,7 @@ fn behaviour(key: &Keypair, config: &Config) -> Behaviour {
 /// at each dial (hickory on tokio, configured from `/etc/resolv.conf`).
 /// Without a resolver configuration the relay still federates over IP
 /// addresses, and says so.
-fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, Error> {
+fn build_swarm(config: &Config, gate: &Arc<Gate>) -> Result<Swarm<Behaviour>, Error> {
     let idle_ms = u32::try_from(config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
     let quic = move |mut c: libp2p::quic::Config| {
         c.max_idle_timeout = idle_ms;
@@ -190,7 +234,7 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, Error> {
     };
     match quic_only().with_dns() {
         Ok(builder) => Ok(builder
-            .with_behaviour(|key| behaviour(key, config))
+            .with_behaviour(|key| behaviour(key, config, gate))
             .map_err(transport)?
             .with_swarm_config(swarm_config)
             .build()),
@@ -198,7 +242,7 @@ fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, Error> {
             tracing::warn!(error = %e,
                 "no DNS resolver configuration: peers can be dialled by IP address only");
             Ok(quic_only()
-                .with_behaviour(|key| behaviour(key, config))
+                .with_behaviour(|key| behaviour(key, config, gate))
                 .map_err(transport)?
                 .with_swarm_config(swarm_config)
                 .build())
@@ -276,7 +320,8 @@ impl EventLoop {
         if keypair.clone().try_into_ed25519().is_err() {
             return Err(Error::Transport("the relay key must be Ed25519".into()));
         }
-        let mut swarm = build_swarm(&config)?;
+        let gate = Arc::new(Gate::default());
+        let mut swarm = build_swarm(&config, &gate)?;
 
         for addr in &config.listen {
             swarm
@@ -350,6 +395,7 @@ impl EventLoop {
             bundle_out: HashMap::new(),
             inbound,
             inbound_permits: permits,
+            gate,
             book_dirty: !trimmed.is_empty(),
             control: None,
         })
@@ -407,12 +453,33 @@ impl EventLoop {
         self.runtime.entry(peer).or_default()
     }
 
-    /// The metrics label of a peer: its relay name, else its PeerId.
-    fn label(&self, peer: &PeerId) -> String {
-        self.book
-            .name_of(peer)
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| peer.to_base58())
+    /// The metrics label of a peer: its relay name. A peer without one in
+    /// the book gets no series of its own (anyone can make up PeerIds, and
+    /// every label is a series kept for good).
+    fn label(&self, peer: &PeerId) -> Option<String> {
+        self.book.name_of(peer).map(|n| n.to_string())
+    }
+
+    /// Forgets what this run knew about a gone peer the book does not hold
+    /// (refused, never admitted, evicted): per-PeerId state stays bounded
+    /// by the book, not by how many keys came and went.
+    fn prune(&mut self, peer: PeerId) {
+        let keep = self.book.name_of(&peer).is_some()
+            || self.book.descriptor_of(&peer).is_some()
+            || self.book.is_added(&peer)
+            || self.blocked.contains(&peer)
+            || self.swarm.is_connected(&peer)
+            || self.add_waiters.contains_key(&peer)
+            || self.queued.contains_key(&peer)
+            || self
+                .runtime
+                .get(&peer)
+                .is_some_and(|rt| rt.dialing || rt.hello_inflight)
+            || self.hello_out.values().any(|p| *p == peer)
+            || self.deliver_out.values().any(|(p, _, _)| *p == peer);
+        if !keep {
+            self.runtime.remove(&peer);
+        }
     }
 
     fn seen(&mut self, peer: PeerId) {
@@ -781,10 +848,13 @@ impl EventLoop {
                 rt.connections = num_established;
                 if num_established == 0 {
                     rt.helloed = false;
+                    self.gate.forget(&peer_id);
                     self.book.set_live(peer_id, false);
                     tracing::info!(peer = %peer_id, cause = ?cause, "peer disconnected");
-                    metrics::gauge!(metrics_names::CONNECTED, "peer" => self.label(&peer_id))
-                        .set(0.0);
+                    if let Some(label) = self.label(&peer_id) {
+                        metrics::gauge!(metrics_names::CONNECTED, "peer" => label).set(0.0);
+                    }
+                    self.prune(peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -817,8 +887,9 @@ impl EventLoop {
             }) => {
                 self.seen(peer);
                 self.rt(peer).rtt = Some(rtt);
-                metrics::gauge!(metrics_names::RTT, "peer" => self.label(&peer))
-                    .set(rtt.as_secs_f64());
+                if let Some(label) = self.label(&peer) {
+                    metrics::gauge!(metrics_names::RTT, "peer" => label).set(rtt.as_secs_f64());
+                }
             }
             BehaviourEvent::Hello(event) => self.on_hello(event),
             BehaviourEvent::Deliver(event) => self.on_deliver(event),
@@ -891,6 +962,7 @@ impl EventLoop {
 
     fn refuse_peer(&mut self, peer: PeerId, refusal: &Refusal) {
         tracing::warn!(%peer, %refusal, "peer refused");
+        self.gate.forget(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
         let reason = refusal.to_string();
         let waiters = self.add_waiters.remove(&peer).unwrap_or_default();
@@ -917,6 +989,7 @@ impl EventLoop {
             } => match self.take_hello(peer, &request) {
                 Ok(name) => {
                     tracing::info!(%peer, %name, "hello from peer");
+                    self.gate.admit(peer);
                     let reply = self.hello_for(&peer);
                     let _ = self
                         .swarm
@@ -948,6 +1021,7 @@ impl EventLoop {
                 match self.take_hello(peer, &response) {
                     Ok(name) => {
                         tracing::info!(%peer, %name, "peer federating");
+                        self.gate.admit(peer);
                         let rt = self.rt(peer);
                         rt.helloed = true;
                         rt.hello_retried = false;
@@ -1006,18 +1080,26 @@ impl EventLoop {
 
     /// Runs a peer's request against the relay off the event loop, at most
     /// `inbound_concurrent_max` at once; the answer comes back as [`Done`].
-    fn spawn_inbound<F, Fut>(&self, work: F)
+    ///
+    /// The caller takes the `permit` ([`EventLoop::permit`]) before any
+    /// task exists: with none left the request is answered at once as
+    /// busy, so decoded requests never pile up waiting for one.
+    fn spawn_inbound<F, Fut>(&self, permit: tokio::sync::OwnedSemaphorePermit, work: F)
     where
         F: FnOnce(Arc<dyn Inbound>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Done> + Send + 'static,
     {
         let inbound = self.inbound.clone();
-        let permits = self.inbound_permits.clone();
         let done = self.done_tx.clone();
         tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await;
+            let _permit = permit;
             let _ = done.send(work(inbound).await).await;
         });
+    }
+
+    /// A slot for one inbound request, if one is free now.
+    fn permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.inbound_permits.clone().try_acquire_owned().ok()
     }
 
     /// Why a request to `peer` failed: for a failed dial, why dialling
@@ -1075,13 +1157,23 @@ impl EventLoop {
                         .send_response(channel, acks);
                     return;
                 };
+                let Some(permit) = self.permit() else {
+                    // Busy: a passing refusal the origin retries later.
+                    let acks = reject_all(&request, ErrorCode::Unavailable);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .deliver
+                        .send_response(channel, acks);
+                    return;
+                };
                 let limits = self.config.limits;
                 let rt = self.rt(peer);
                 let now = now_ms();
                 let admitted = check_batch_origin(&name, &request).and_then(|()| {
                     rt.limiter
                         .get_or_insert_with(|| PeerLimiter::new(limits, now))
-                        .admit(request.envelopes.len(), now)
+                        .admit_batch(&request, now)
                 });
                 if let Err(code) = admitted {
                     rt.counters.batches_refused += 1;
@@ -1101,7 +1193,7 @@ impl EventLoop {
                 rt.counters.envelopes_received += n;
                 metrics::counter!(metrics_names::ENVELOPES_RECEIVED, "peer" => name.to_string())
                     .increment(n);
-                self.spawn_inbound(move |inbound| async move {
+                self.spawn_inbound(permit, move |inbound| async move {
                     Done::Deliver(channel, inbound.deliver(name, request).await)
                 });
             }
@@ -1116,7 +1208,7 @@ impl EventLoop {
             } => {
                 self.seen(peer);
                 if let Some((_, _, reply)) = self.deliver_out.remove(&request_id) {
-                    let label = self.label(&peer);
+                    let label = self.label(&peer).unwrap_or_else(|| "unknown".to_owned());
                     let c = &mut self.rt(peer).counters;
                     let (mut done, mut retry, mut failed) = (0, 0, 0);
                     for ack in &response.acks {
@@ -1146,7 +1238,8 @@ impl EventLoop {
                 if let Some((_, n, reply)) = self.deliver_out.remove(&request_id) {
                     let reason = self.failure_reason(peer, &error);
                     self.rt(peer).counters.retried += n as u64;
-                    metrics::counter!(metrics_names::ENVELOPES_SENT, "peer" => self.label(&peer), "result" => "retried")
+                    let label = self.label(&peer).unwrap_or_else(|| "unknown".to_owned());
+                    metrics::counter!(metrics_names::ENVELOPES_SENT, "peer" => label, "result" => "retried")
                         .increment(n as u64);
                     let relay = self
                         .book
@@ -1184,7 +1277,16 @@ impl EventLoop {
                         .send_response(channel, refusal);
                     return;
                 };
-                self.spawn_inbound(move |inbound| async move {
+                let Some(permit) = self.permit() else {
+                    let busy = Err(courier_protocol::ApiError::new(ErrorCode::Unavailable));
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .bundle
+                        .send_response(channel, busy);
+                    return;
+                };
+                self.spawn_inbound(permit, move |inbound| async move {
                     Done::Bundle(channel, inbound.bundle(name, request).await)
                 });
             }

@@ -76,6 +76,9 @@ pub struct Config {
     pub redial_max_ms: u64,
     /// Most inbound requests handled at once (over all peers).
     pub inbound_concurrent_max: usize,
+    /// Most inbound QUIC connections established at once (over all peers;
+    /// libp2p's connection limits, with at most 4 per peer).
+    pub inbound_connections_max: u32,
     /// Where to serve the admin control socket (`<data-dir>/federation.sock`)
     /// for `courier peer …`; `None` serves none.
     pub control_socket: Option<PathBuf>,
@@ -105,6 +108,7 @@ impl Config {
             redial_base_ms: 500,
             redial_max_ms: 30_000,
             inbound_concurrent_max: 64,
+            inbound_connections_max: 512,
             control_socket: None,
             routes: None,
         }

@@ -45,6 +45,8 @@ pub(super) struct Options {
     pub(super) peers_max: usize,
     /// `[federation] external_addresses`: what the descriptor advertises.
     pub(super) external: Vec<Multiaddr>,
+    /// What one peer may send us.
+    pub(super) limits: courier_relay::federation::PeerLimits,
 }
 
 impl Default for Options {
@@ -57,6 +59,7 @@ impl Default for Options {
             backoff_ms: (100, 1000),
             peers_max: peers::PEERS_MAX_DEFAULT,
             external: Vec::new(),
+            limits: Default::default(),
         }
     }
 }
@@ -90,6 +93,7 @@ pub(super) async fn start(
     fed_config.peers_file = options.peers_file;
     fed_config.peers_max = options.peers_max;
     fed_config.external_addresses = options.external;
+    fed_config.limits = options.limits;
     fed_config.idle_timeout = Duration::from_millis(1500);
     fed_config.request_timeout = Duration::from_secs(5);
     fed_config.redial_base_ms = 100;
@@ -401,7 +405,12 @@ async fn descriptor_for_a_pinned_name_with_another_key_is_refused() {
     // The pin and the real descriptor are unchanged.
     let on_a = a.peer(b.peer_id()).await.unwrap();
     assert_eq!(on_a.name.as_ref(), Some(&b.name));
-    assert!(a.peer(impostor.peer_id()).await.unwrap().name.is_none());
+    // The refused impostor holds no name (nor, once gone, any state).
+    assert!(
+        a.peer(impostor.peer_id())
+            .await
+            .is_none_or(|p| p.name.is_none())
+    );
 
     // The operator re-pins: now the new key is accepted for the name.
     a.fed
@@ -480,6 +489,94 @@ async fn gossiped_forgery_for_an_unpinned_name_never_locks_out_the_genuine_relay
     })
     .await;
     assert_eq!(a.mailbox(&alice).await[0].origin, c.name);
+}
+
+/// Audit item 13: a peer's budget counts bytes, not only envelopes: a peer
+/// sending a few large envelopes past its byte burst is throttled
+/// (`rate_limited`, which the origin retries), and nothing of the refused
+/// batch is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_its_byte_budget_is_throttled() {
+    let a = relay("relay-a.example").await;
+    let b = start(
+        "relay-b.example",
+        Keypair::generate_ed25519(),
+        Arc::new(MemoryStore::new()),
+        Options {
+            limits: courier_relay::federation::PeerLimits {
+                burst_bytes: 200 * 1024,
+                bytes_per_sec: 1,
+                ..Default::default()
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    let bob = b.user("bob").await;
+    a.fed.add_peer(b.addr.clone()).await.unwrap();
+    let batch = |n: u8| DeliveryBatch {
+        origin: a.name.clone(),
+        envelopes: vec![FedEnvelope {
+            id: EnvelopeId::new(a.relay.now_ms(), [n; 10]),
+            body: Bytes::from(vec![n; 120 * 1024]),
+            recipients: vec![FedRecipient {
+                user: bob.user.clone(),
+                device: DeviceId(1),
+                header: Bytes::from(vec![1]),
+            }],
+            expires_ms: a.relay.now_ms() + 60_000,
+            kind: EnvelopeKind::Message,
+        }],
+    };
+    // One envelope each: far under the envelope budget, but the second
+    // takes the bytes past the burst.
+    let first = a.fed.deliver(&b.name, batch(1)).await.unwrap();
+    assert_eq!(first.acks[0].status, AckStatus::Accepted);
+    let second = a.fed.deliver(&b.name, batch(2)).await.unwrap();
+    assert_eq!(
+        second.acks[0].status,
+        AckStatus::Rejected(ErrorCode::RateLimited)
+    );
+    assert_eq!(b.mailbox(&bob).await.len(), 1);
+}
+
+/// Audit item 13: per-PeerId state does not outlive peers the book does
+/// not hold: after many refused relays came and went, the relay holds
+/// state for none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_of_refused_peers_is_pruned_when_they_leave() {
+    let a = start(
+        "relay-a.example",
+        Keypair::generate_ed25519(),
+        Arc::new(MemoryStore::new()),
+        Options {
+            policy: Policy {
+                mode: PolicyMode::Allowlist,
+                allow: Default::default(),
+                deny: Default::default(),
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    for i in 0..8 {
+        let mut x = start(
+            &format!("relay-x{i}.example"),
+            Keypair::generate_ed25519(),
+            Arc::new(MemoryStore::new()),
+            Options {
+                drain: false,
+                ..Options::default()
+            },
+        )
+        .await;
+        assert!(x.fed.add_peer(a.addr.clone()).await.is_err());
+        x.stop().await;
+    }
+    eventually(20, "a holds no state for the refused peers", || async {
+        a.fed.peers().await.unwrap().is_empty()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
