@@ -33,9 +33,13 @@ fn free_udp_port() -> u16 {
 /// federation on a known port; returns it and its `/p2p/` multiaddr.
 fn victim(name: &str, envs: &[(&str, &str)]) -> (Relay, Multiaddr) {
     let p2p = format!("/ip4/127.0.0.1/udp/{}/quic-v1", free_udp_port());
+    // The outbox depth these tests read from /metrics must be current, not
+    // the stats cache's (item 16) figure of up to 5 s ago.
+    let mut envs = envs.to_vec();
+    envs.push(("COURIER_HTTP_STATS_CACHE_MS", "0"));
     let relay = Relay::start(
         &["--name", name, "--registration", "open", "--p2p", &p2p],
-        envs,
+        &envs,
     );
     let id = relay.admin(&["id"]);
     let text = String::from_utf8(id.stdout).unwrap();

@@ -126,9 +126,10 @@ fn full_address(relay: &Relay) -> String {
     text.lines().nth(1).unwrap().to_owned()
 }
 
-/// Across relays: Alice on relay A sends to Mallory (on A) and Bob (on B)
-/// while A cannot reach B yet. Mallory reads the id from her copy and,
-/// through her account on B, stores it for Bob first. When A delivers, B
+/// Across relays: Mallory, through her account on B, stores for Bob an
+/// envelope id that Alice on relay A then uses for a message to Mallory
+/// (on A) and Bob (on B) — as a co-recipient who learned the id, or by a
+/// guess, she holds it on B before A's delivery arrives. When A delivers, B
 /// takes Alice's envelope (source: relay A) as a message of its own, not a
 /// conflict: Bob gets it, and Alice gets no delivery-failure notice.
 #[tokio::test]
@@ -162,29 +163,39 @@ async fn a_co_recipient_cannot_squat_an_id_on_the_destination_relay() {
     let mallory_b = relay_b.user("mallory").await;
     let bob = relay_b.user("bob").await;
 
-    // Not peered yet: the entry for relay B waits in A's outbox.
-    let id = envelope_id();
-    alice
-        .send(
-            id,
-            b"real".to_vec(),
-            &[
-                (mallory_a.address.clone(), mallory_a.device),
-                (bob.address.clone(), DeviceId(1)),
-            ],
-        )
-        .await
-        .unwrap();
-    let copy = mallory_a.fetch(0, 10).await.unwrap();
-    assert_eq!(copy.envelopes[0].id, id, "the co-recipient learns the id");
-    assert_eq!(send_code(&mallory_b, id, b"squat", &bob).await, None);
-
+    // A sends only to relays it can route to (audit item 4), so peer first.
     let out = relay_a.admin(&["peer", "add", &full_address(&relay_b)]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Mallory stores the id for Bob on B first: she learned it as a
+    // co-recipient of an earlier copy, or guessed it (the relay cannot
+    // tell; either way B holds that id from her before A delivers).
+    let id = envelope_id();
+    assert_eq!(send_code(&mallory_b, id, b"squat", &bob).await, None);
+    let to = [
+        (mallory_a.address.clone(), mallory_a.device),
+        (bob.address.clone(), DeviceId(1)),
+    ];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match alice.send(id, b"real".to_vec(), &to).await {
+            Ok(_) => break,
+            // The route to B is published once the peer book has it.
+            Err(ClientError::Api { error, .. })
+                if error.code == courier_protocol::ErrorCode::UnknownRelay
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("Alice's send failed: {e}"),
+        }
+    }
+    let copy = mallory_a.fetch(0, 10).await.unwrap();
+    assert_eq!(copy.envelopes[0].id, id, "the co-recipient has the id");
+
     let deadline = Instant::now() + WAIT;
     let inbox = loop {
         let inbox = bob.fetch(0, 10).await.unwrap();
