@@ -37,8 +37,21 @@ pub type QuotaKey = [u8; 16];
 const NONCE_LEN: usize = 12;
 
 /// A relay's 32-byte store secret. Its `Debug` hides it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StoreSecret([u8; 32]);
+#[derive(Clone)]
+pub struct StoreSecret {
+    bytes: [u8; 32],
+    /// HMAC state keyed once: every MAC on the accept path clones it
+    /// instead of hashing the key pads again.
+    keyed: HmacSha256,
+}
+
+impl PartialEq for StoreSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for StoreSecret {}
 
 impl std::fmt::Debug for StoreSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,14 +62,15 @@ impl std::fmt::Debug for StoreSecret {
 impl StoreSecret {
     /// A secret from its bytes (e.g. read from `store.key`).
     pub fn new(bytes: [u8; 32]) -> Self {
-        StoreSecret(bytes)
+        let keyed = <HmacSha256 as KeyInit>::new_from_slice(&bytes)
+            .unwrap_or_else(|_| <HmacSha256 as KeyInit>::new(&Default::default()));
+        StoreSecret { bytes, keyed }
     }
 
     /// HMAC-SHA256 under the secret of a label and length-prefixed parts
     /// (length prefixes keep ("ab","c") and ("a","bc") apart).
     fn mac(&self, label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-        let mut h = <HmacSha256 as KeyInit>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| <HmacSha256 as KeyInit>::new(&Default::default()));
+        let mut h = self.keyed.clone();
         h.update(label);
         for p in parts {
             h.update(&(p.len() as u64).to_be_bytes());
@@ -94,8 +108,7 @@ impl StoreSecret {
         body: &[u8],
         recipients: impl Iterator<Item = (String, u32, Vec<u8>)>,
     ) -> [u8; 32] {
-        let mut h = <HmacSha256 as KeyInit>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| <HmacSha256 as KeyInit>::new(&Default::default()));
+        let mut h = self.keyed.clone();
         h.update(b"courier store digest v1");
         let mut field = |b: &[u8]| {
             h.update(&(b.len() as u64).to_be_bytes());

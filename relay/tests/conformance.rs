@@ -2346,8 +2346,7 @@ async fn a_sources_share_and_the_mailbox_are_bounded_in_bytes_too(kind: Kind) {
 }
 
 /// What a reader of the database file sees in the rows about messages:
-/// every value of `outbox`, `messages`, `mailbox` and `mailbox_quota`,
-/// as bytes.
+/// every value of `outbox`, `messages` and `mailbox`, as bytes.
 async fn message_rows(file: &std::path::Path) -> Vec<(String, String, Vec<u8>)> {
     use sqlx::Row as _;
     let options = sqlx::sqlite::SqliteConnectOptions::new()
@@ -2355,7 +2354,7 @@ async fn message_rows(file: &std::path::Path) -> Vec<(String, String, Vec<u8>)> 
         .read_only(true);
     let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
     let mut out = Vec::new();
-    for table in ["outbox", "messages", "mailbox", "mailbox_quota"] {
+    for table in ["outbox", "messages", "mailbox"] {
         let columns: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT name FROM pragma_table_info('{table}')"
         )))

@@ -10,21 +10,16 @@ UPDATE messages SET envelope = id;
 
 -- Mailbox limits per device and per (device, source): each entry knows what
 -- it counts (`bytes`, and `quota_key` = HMAC(store secret, recipient device,
--- source), NULL for entries from before and for notices), so ack and purge
--- give it back in the statements that delete it.
+-- source), NULL for entries from before and for notices). The device keeps
+-- its total bytes beside its depth, changed in the same statements; a
+-- source's share is counted from these rows only when the mailbox is deeper
+-- than one share (see docs/storage.md).
 ALTER TABLE mailbox ADD COLUMN quota_key BLOB;
 ALTER TABLE mailbox ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
 UPDATE mailbox SET bytes = length(header)
     + COALESCE((SELECT length(body) FROM messages WHERE messages.id = mailbox.message_id), 0);
 ALTER TABLE devices ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
 UPDATE devices SET bytes = COALESCE((SELECT SUM(bytes) FROM mailbox WHERE mailbox.device_pk = devices.pk), 0);
-CREATE TABLE mailbox_quota (
-    device_pk INTEGER NOT NULL,
-    quota_key BLOB NOT NULL,
-    entries INTEGER NOT NULL,
-    bytes INTEGER NOT NULL,
-    PRIMARY KEY (device_pk, quota_key)
-) WITHOUT ROWID;
 
 -- The submitting device of an outbox entry, only for a delivery-failure
 -- notice, sealed (AES-256-GCM under a key derived from the store secret)

@@ -178,7 +178,6 @@ impl State {
         // Check everything before changing anything.
         let mut local = Vec::with_capacity(m.local.len());
         let mut adding: HashMap<(Username, DeviceId), (u64, u64)> = HashMap::new();
-        let mut sharing: HashMap<(Username, DeviceId, QuotaKey), (u64, u64)> = HashMap::new();
         for r in m.local {
             let bytes = (m.body.as_slice().len() + r.header.as_slice().len()) as u64;
             let Some(d) = self.device(&r.user, r.device) else {
@@ -199,15 +198,12 @@ impl State {
             {
                 return Err(RelayError::MailboxFull);
             }
+            // One message has one source, so all its entries for this
+            // device (`n`) count against the same share.
             if let Some(k) = r.quota_key {
                 let held = d.quotas.get(&k).copied().unwrap_or((0, 0));
-                let q = sharing
-                    .entry((r.user.clone(), r.device, k))
-                    .or_insert((0, 0));
-                q.0 += 1;
-                q.1 += bytes;
-                if held.0 + q.0 > u64::from(m.per_source_max)
-                    || held.1.saturating_add(q.1) > m.per_source_bytes_max
+                if held.0 + n.0 > u64::from(m.per_source_max)
+                    || held.1.saturating_add(n.1) > m.per_source_bytes_max
                 {
                     return Err(RelayError::MailboxQuota);
                 }

@@ -443,8 +443,10 @@ pub trait Store: Send + Sync + 'static {
     /// local recipient does not exist, unless `skip_unknown`), `MailboxFull`
     /// (a mailbox at `depth_max` or `bytes_max`), `MailboxQuota` (a mailbox
     /// at `per_source_max` or `per_source_bytes_max` for the entry's quota
-    /// key), `Conflict` (same key, other content). Counts are kept in the
-    /// same statements as the entries, and given back by ack and purge.
+    /// key), `Conflict` (same key, other content). A device's depth and
+    /// bytes change in the statements that add and delete its entries; a
+    /// source's share needs counting only once the mailbox holds more than
+    /// one share.
     async fn accept(&self, message: NewMessage) -> Result<AcceptOutcome>;
     /// Like [`Store::accept`], and calls `committed` with the outcome once
     /// it is durable, before answering. A store that commits in batches

@@ -778,7 +778,7 @@ async fn accept_in(c: &mut Conn, mut m: NewMessage) -> Result<AcceptOutcome> {
     for r in local {
         let bytes = i(m.entry_bytes(&r));
         // One statement claims the sequence number and checks depth and size.
-        let row = q("UPDATE devices SET next_seq = next_seq + 1, depth = depth + 1, bytes = bytes + ? WHERE username = ? AND device = ? AND depth < ? AND bytes + ? <= ? RETURNING pk, next_seq - 1")
+        let row = q("UPDATE devices SET next_seq = next_seq + 1, depth = depth + 1, bytes = bytes + ? WHERE username = ? AND device = ? AND depth < ? AND bytes + ? <= ? RETURNING pk, next_seq - 1, depth, bytes")
             .bind(bytes)
             .bind(r.user.as_str())
             .bind(i64::from(r.device.0))
@@ -812,6 +812,7 @@ async fn accept_in(c: &mut Conn, mut m: NewMessage) -> Result<AcceptOutcome> {
                 key: k,
                 entries: 1,
                 bytes,
+                deep: deep(&row, m.per_source_max, m.per_source_bytes_max)?,
             }];
             if !count_shares(c, &counted, m.per_source_max, m.per_source_bytes_max).await? {
                 return Err(RelayError::MailboxQuota);
@@ -999,7 +1000,7 @@ async fn ack_many(c: &mut Conn, acks: &Acks) -> Result<Vec<u32>> {
     let mut emptied = Vec::new();
     for chunk in keys.chunks(CHUNK_ROWS) {
         let sql = format!(
-            "WITH a(pk, seq) AS (VALUES {}) DELETE FROM mailbox WHERE (device_pk, seq) IN (SELECT pk, seq FROM a) RETURNING device_pk, seq, message_id, quota_key, bytes",
+            "WITH a(pk, seq) AS (VALUES {}) DELETE FROM mailbox WHERE (device_pk, seq) IN (SELECT pk, seq FROM a) RETURNING device_pk, seq, message_id, bytes",
             row_list(1, 2, chunk.len())
         );
         let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
@@ -1013,11 +1014,11 @@ async fn ack_many(c: &mut Conn, acks: &Acks) -> Result<Vec<u32>> {
                 counts[n] += 1;
             }
             released.push(r.try_get(2)?);
-            emptied.push((pk, r.try_get(3)?, r.try_get(4)?));
+            emptied.push((pk, r.try_get(3)?));
         }
     }
     release_many(c, released).await?;
-    give_back(c, emptied).await?;
+    lower_depths(c, emptied).await?;
     Ok(counts)
 }
 
@@ -1056,12 +1057,29 @@ struct Share<'a> {
     key: &'a [u8; 16],
     entries: i64,
     bytes: i64,
+    /// The device's mailbox, these entries included, holds more than one
+    /// share may (in entries or bytes), so this one must be counted.
+    deep: bool,
 }
 
-/// Adds each share to its (device, quota key) count if the count stays
-/// within `entries_max` and `bytes_max`: one upsert per chunk, in the
-/// transaction of the entries it counts. False if any share would go over
-/// (its count is then unchanged; the caller fails or rolls back).
+/// Whether a device row returned by a claim (`…, depth, bytes` as its last
+/// two columns) is deep enough that a source could exceed its share.
+fn deep(row: &Row, entries_max: u32, bytes_max: u64) -> Result<bool> {
+    let n = row.len();
+    let depth: i64 = row.try_get(n - 2)?;
+    let bytes: i64 = row.try_get(n - 1)?;
+    Ok(depth > i64::from(entries_max) || bytes > i(bytes_max))
+}
+
+/// Checks that each share stays within `entries_max` and `bytes_max`.
+///
+/// Counted only where it could matter: a source cannot hold more of a
+/// mailbox than the mailbox holds, so while a device's mailbox (with the
+/// new entries) is within one share, nothing is read. Only a deep mailbox
+/// (a device offline for long, or a flood) costs a count of the source's
+/// entries, over that device's rows alone (bounded by the depth limit).
+/// No counter is kept, so acks and purge stay exactly as they were: the
+/// hot path (online devices, shallow mailboxes) pays nothing.
 async fn count_shares(
     c: &mut Conn,
     shares: &[Share<'_>],
@@ -1069,79 +1087,30 @@ async fn count_shares(
     bytes_max: u64,
 ) -> Result<bool> {
     let (entries_max, bytes_max) = (i64::from(entries_max), i(bytes_max));
-    for chunk in shares.chunks(CHUNK_ROWS) {
-        // The WHERE below guards the update of an existing count only; a
-        // new count must be within the limits by itself.
-        if chunk
-            .iter()
-            .any(|s| s.entries > entries_max || s.bytes > bytes_max)
-        {
+    for s in shares {
+        if s.entries > entries_max || s.bytes > bytes_max {
             return Ok(false);
         }
-        let n = chunk.len() * 4;
-        let sql = format!(
-            "INSERT INTO mailbox_quota (device_pk, quota_key, entries, bytes) VALUES {} ON CONFLICT (device_pk, quota_key) DO UPDATE SET entries = mailbox_quota.entries + excluded.entries, bytes = mailbox_quota.bytes + excluded.bytes WHERE mailbox_quota.entries + excluded.entries <= {} AND mailbox_quota.bytes + excluded.bytes <= {} RETURNING device_pk",
-            row_list(1, 4, chunk.len()),
-            ph(n + 1),
-            ph(n + 2)
-        );
-        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-        for s in chunk {
-            query = query
-                .bind(s.pk)
-                .bind(s.key.as_slice())
-                .bind(s.entries)
-                .bind(s.bytes);
+        if !s.deep {
+            continue;
         }
-        let rows = query
-            .bind(entries_max)
-            .bind(bytes_max)
-            .fetch_all(&mut *c)
+        let row = q("SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM mailbox WHERE device_pk = ? AND quota_key = ?")
+            .bind(s.pk)
+            .bind(s.key.as_slice())
+            .fetch_one(&mut *c)
             .await?;
-        if rows.len() != chunk.len() {
+        let held: i64 = row.try_get(0)?;
+        let held_bytes: i64 = row.try_get(1)?;
+        if held + s.entries > entries_max || held_bytes.saturating_add(s.bytes) > bytes_max {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-/// Gives back what deleted mailbox entries counted: per device (depth and
-/// bytes, see [`lower_depths`]) and per (device, quota key). `deleted` holds
-/// (device pk, quota key, bytes) of each deleted entry. Counts that reach
-/// zero are left for [`Store::purge_expired`] to delete, so an ack costs
-/// one statement more, not two.
-async fn give_back(c: &mut Conn, deleted: Vec<(i64, Option<Vec<u8>>, i64)>) -> Result<()> {
-    let mut shares: HashMap<(i64, Vec<u8>), (i64, i64)> = HashMap::new();
-    let mut devices = Vec::with_capacity(deleted.len());
-    for (pk, key, bytes) in deleted {
-        devices.push((pk, bytes));
-        if let Some(key) = key {
-            let s = shares.entry((pk, key)).or_default();
-            s.0 += 1;
-            s.1 += bytes;
-        }
-    }
-    lower_depths(c, devices).await?;
-    // ((device pk, quota key), (entries, bytes))
-    type Given = ((i64, Vec<u8>), (i64, i64));
-    let shares: Vec<Given> = shares.into_iter().collect();
-    for chunk in shares.chunks(CHUNK_ROWS) {
-        let sql = format!(
-            "WITH d(pk, k, n, b) AS (VALUES {}) UPDATE mailbox_quota SET entries = mailbox_quota.entries - d.n, bytes = mailbox_quota.bytes - d.b FROM d WHERE mailbox_quota.device_pk = d.pk AND mailbox_quota.quota_key = d.k",
-            row_list(1, 4, chunk.len())
-        );
-        let mut query = sqlx::query::<Db>(sqlx::AssertSqlSafe(sql));
-        for ((pk, key), (n, b)) in chunk {
-            query = query.bind(*pk).bind(&key[..]).bind(*n).bind(*b);
-        }
-        query.execute(&mut *c).await?;
-    }
-    Ok(())
-}
-
 /// Stores several local messages with a few multi-row statements: messages,
-/// then one sequence claim per recipient device, then the per-source
-/// counts, then mailbox rows. Returns `None` (caller rolls back and goes
+/// then one sequence claim per recipient device, then (for mailboxes deeper
+/// than one share only) the per-source counts, then mailbox rows. Returns `None` (caller rolls back and goes
 /// one by one) if any message needs individual treatment.
 async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptOutcome>>> {
     let mut ids: Vec<&[u8; 16]> = batch.iter().map(|(m, _, _)| &m.key).collect();
@@ -1196,15 +1165,16 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
     let bytes_max = min(|m| m.bytes_max);
     let per_source_max = u32::try_from(min(|m| u64::from(m.per_source_max))).unwrap_or(u32::MAX);
     let per_source_bytes_max = min(|m| m.per_source_bytes_max);
-    if !claim_sequences(c, &order, &mut counts, depth_max, bytes_max).await? {
+    let share = (per_source_max, per_source_bytes_max);
+    if !claim_sequences(c, &order, &mut counts, depth_max, bytes_max, share).await? {
         // Unknown device or full mailbox: sort it out one by one.
         return Ok(None);
     }
-    let mut shares: BTreeMap<(i64, &[u8; 16]), (i64, i64)> = BTreeMap::new();
+    let mut shares: BTreeMap<(i64, &[u8; 16]), (i64, i64, bool)> = BTreeMap::new();
     for (m, _, _) in batch {
         for r in &m.local {
             if let (Some(key), Some(claim)) = (&r.quota_key, counts.get(&(&r.user, r.device))) {
-                let s = shares.entry((claim.pk, key)).or_default();
+                let s = shares.entry((claim.pk, key)).or_insert((0, 0, claim.deep));
                 s.0 += 1;
                 s.1 += i(m.entry_bytes(r));
             }
@@ -1212,11 +1182,12 @@ async fn accept_many(c: &mut Conn, batch: &Accepts) -> Result<Option<Vec<AcceptO
     }
     let shares: Vec<Share<'_>> = shares
         .into_iter()
-        .map(|((pk, key), (entries, bytes))| Share {
+        .map(|((pk, key), (entries, bytes, deep))| Share {
             pk,
             key,
             entries,
             bytes,
+            deep,
         })
         .collect();
     if !count_shares(c, &shares, per_source_max, per_source_bytes_max).await? {
@@ -1285,6 +1256,9 @@ struct Claim {
     pk: i64,
     /// The next sequence number to hand out (filled in by the claim).
     next: i64,
+    /// The mailbox, claim included, is deeper than one source's share
+    /// (filled in by the claim; see [`count_shares`]).
+    deep: bool,
 }
 
 /// Claims `entries` sequence numbers and `bytes` for each device in `order`
@@ -1297,6 +1271,7 @@ async fn claim_sequences<'a>(
     counts: &mut HashMap<(&'a Username, DeviceId), Claim>,
     depth_max: u32,
     bytes_max: u64,
+    share: (u32, u64),
 ) -> Result<bool> {
     for chunk in order.chunks(CHUNK_ROWS) {
         if PG {
@@ -1314,7 +1289,7 @@ async fn claim_sequences<'a>(
         }
         let n = chunk.len() * 4;
         let sql = format!(
-            "WITH v(username, device, k, b) AS (VALUES {}) UPDATE devices SET next_seq = devices.next_seq + v.k, depth = devices.depth + v.k, bytes = devices.bytes + v.b FROM v WHERE devices.username = v.username AND devices.device = v.device AND devices.depth + v.k <= {} AND devices.bytes + v.b <= {} RETURNING devices.pk, devices.username, devices.device, devices.next_seq",
+            "WITH v(username, device, k, b) AS (VALUES {}) UPDATE devices SET next_seq = devices.next_seq + v.k, depth = devices.depth + v.k, bytes = devices.bytes + v.b FROM v WHERE devices.username = v.username AND devices.device = v.device AND devices.depth + v.k <= {} AND devices.bytes + v.b <= {} RETURNING devices.pk, devices.username, devices.device, devices.next_seq, devices.depth, devices.bytes",
             row_list(1, 4, chunk.len()),
             ph(n + 1),
             ph(n + 2)
@@ -1348,6 +1323,7 @@ async fn claim_sequences<'a>(
             let next: i64 = r.try_get(3)?;
             slot.pk = r.try_get(0)?;
             slot.next = next - slot.entries;
+            slot.deep = deep(&r, share.0, share.1)?;
         }
     }
     Ok(true)
@@ -1881,7 +1857,7 @@ impl Store for SqlStore {
             let n = self
                 .write(move |c| {
                     Box::pin(async move {
-                        let rows = q("DELETE FROM mailbox WHERE (device_pk, seq) IN (SELECT device_pk, seq FROM mailbox WHERE expires_ms <= ? LIMIT 500) RETURNING device_pk, message_id, quota_key, bytes")
+                        let rows = q("DELETE FROM mailbox WHERE (device_pk, seq) IN (SELECT device_pk, seq FROM mailbox WHERE expires_ms <= ? LIMIT 500) RETURNING device_pk, message_id, bytes")
                             .bind(now)
                             .fetch_all(&mut *c)
                             .await?;
@@ -1889,11 +1865,11 @@ impl Store for SqlStore {
                         let mut released = Vec::with_capacity(rows.len());
                         let mut devices = Vec::with_capacity(rows.len());
                         for r in &rows {
-                            devices.push((r.try_get(0)?, r.try_get(2)?, r.try_get(3)?));
+                            devices.push((r.try_get(0)?, r.try_get(2)?));
                             released.push(r.try_get(1)?);
                         }
                         release_many(c, released).await?;
-                        give_back(c, devices).await?;
+                        lower_depths(c, devices).await?;
                         Ok(rows.len() as u64)
                     })
                 })
@@ -1921,10 +1897,6 @@ impl Store for SqlStore {
                     ] {
                         auth += q(sql).bind(now).execute(&mut *c).await?.rows_affected();
                     }
-                    // Counts whose entries are all gone (acks leave them).
-                    q("DELETE FROM mailbox_quota WHERE entries <= 0")
-                        .execute(&mut *c)
-                        .await?;
                     q("DELETE FROM sessions WHERE NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.session_id = sessions.id)")
                         .execute(&mut *c)
                         .await?;
