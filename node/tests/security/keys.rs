@@ -109,40 +109,13 @@ async fn many_accounts_together_take_only_the_devices_budget_and_still_get_bundl
     assert_eq!(bundle.bundles[0].signed_prekey.id, 1);
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_peer_fetching_many_bundles_takes_only_its_budget_of_one_time_prekeys() {
-    let port_b = free_udp_port();
-    let p2p_b = format!("/ip4/127.0.0.1/udp/{port_b}/quic-v1");
     let mut envs_b = NO_RATE_LIMITS.to_vec();
     envs_b.push(("COURIER_PREKEY_BUDGET_PEER_BURST", "8"));
     envs_b.push(("COURIER_PREKEY_BUDGET_PEER_REFILL_SECS", "86400"));
-    let relay_b = Relay::start(
-        &[
-            "--name",
-            "relay-b.test",
-            "--registration",
-            "open",
-            "--p2p",
-            &p2p_b,
-        ],
-        &envs_b,
-    );
-    let id = relay_b.admin(&["id"]);
-    let full = String::from_utf8(id.stdout)
-        .unwrap()
-        .lines()
-        .nth(1)
-        .unwrap()
-        .to_owned();
-    let bootstrap = format!("[\"{full}\"]");
+    let relay_b = Relay::start_federating("relay-b.test", &envs_b);
+    let bootstrap = format!("[\"{}\"]", relay_b.full_address());
     let mut envs_a = NO_RATE_LIMITS.to_vec();
     envs_a.push(("COURIER_FEDERATION_BOOTSTRAP", &bootstrap));
     let relay_a = Relay::start(
