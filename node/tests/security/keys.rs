@@ -174,6 +174,11 @@ fn small_order_encodings() -> Vec<[u8; 32]> {
     out
 }
 
+/// Sends `request` and asserts it is refused with 400 `weak_key`.
+async fn refused_as_weak(request: reqwest::RequestBuilder) {
+    expect_error(request.send().await.unwrap(), 400, "weak_key").await;
+}
+
 #[tokio::test]
 async fn low_order_x25519_keys_are_refused_at_every_upload() {
     let relay = Relay::start(&[], &NO_RATE_LIMITS);
@@ -207,20 +212,13 @@ async fn low_order_x25519_keys_are_refused_at_every_upload() {
             device: keys.clone(),
             device_list: client::sign_list(list, DeviceId(1), &key),
         };
-        let response = relay
-            .req(Method::POST, "/v1/accounts")
-            .json(&register)
-            .send()
-            .await
-            .unwrap();
-        expect_error(response, 400, "weak_key").await;
-        let response = relay
-            .req(Method::POST, "/v1/links")
-            .json(&json!({"username": alice.address.user, "device": keys}))
-            .send()
-            .await
-            .unwrap();
-        expect_error(response, 400, "weak_key").await;
+        refused_as_weak(relay.req(Method::POST, "/v1/accounts").json(&register)).await;
+        refused_as_weak(
+            relay
+                .req(Method::POST, "/v1/links")
+                .json(&json!({"username": alice.address.user, "device": keys})),
+        )
+        .await;
 
         // As a signed prekey, correctly signed.
         let created_ms = 1_700_000_000_000;
@@ -233,14 +231,13 @@ async fn low_order_x25519_keys_are_refused_at_every_upload() {
             signature: Bytes(signature.to_bytes().to_vec()),
             created_ms,
         };
-        let response = relay
-            .req(Method::PUT, "/v1/keys/signed-prekey")
-            .bearer_auth(alice.access_token())
-            .json(&prekey)
-            .send()
-            .await
-            .unwrap();
-        expect_error(response, 400, "weak_key").await;
+        refused_as_weak(
+            relay
+                .req(Method::PUT, "/v1/keys/signed-prekey")
+                .bearer_auth(alice.access_token())
+                .json(&prekey),
+        )
+        .await;
 
         // As a one-time prekey, among good ones: the whole upload is refused.
         let upload = UploadOneTimePreKeys {
@@ -255,14 +252,13 @@ async fn low_order_x25519_keys_are_refused_at_every_upload() {
                 },
             ],
         };
-        let response = relay
-            .req(Method::POST, "/v1/keys/one-time")
-            .bearer_auth(alice.access_token())
-            .json(&upload)
-            .send()
-            .await
-            .unwrap();
-        expect_error(response, 400, "weak_key").await;
+        refused_as_weak(
+            relay
+                .req(Method::POST, "/v1/keys/one-time")
+                .bearer_auth(alice.access_token())
+                .json(&upload),
+        )
+        .await;
     }
     // Nothing changed: the old signed prekey and the 3 one-time prekeys.
     assert_eq!(pool(&alice).await, 3);
