@@ -12,30 +12,11 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const CLIENT: &str = env!("CARGO_BIN_EXE_courier-client");
+mod common;
 
-/// Path of the `courier` relay binary, building it once if needed.
-fn relay_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = Path::new(CLIENT).parent().unwrap();
-        let bin = dir.join("courier");
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "courier-node", "--bin", "courier"])
-                .status()
-                .expect("run cargo build for the relay");
-            assert!(status.success(), "building the courier relay failed");
-        }
-        assert!(bin.exists(), "no relay binary at {}", bin.display());
-        bin
-    })
-    .clone()
-}
+use common::{CLIENT, relay_bin};
 
 fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -10,9 +10,8 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -43,26 +42,9 @@ use rand::rngs::StdRng;
 use rand_core::Rng as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const CLIENT: &str = env!("CARGO_BIN_EXE_courier-client");
+mod common;
 
-/// Path of the `courier` relay binary, building it once if needed.
-fn relay_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = Path::new(CLIENT).parent().unwrap();
-        let bin = dir.join("courier");
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "courier-node", "--bin", "courier"])
-                .status()
-                .expect("run cargo build for the relay");
-            assert!(status.success(), "building the courier relay failed");
-        }
-        bin
-    })
-    .clone()
-}
+use common::relay_bin;
 
 /// A `courier serve` on free ports, killed on drop.
 struct Relay {
@@ -748,25 +730,39 @@ async fn an_oversized_websocket_frame_from_the_relay_is_refused() {
     server.abort();
 }
 
+/// A client on `relay-a.example` of `net`, keeping its state in `store`.
+async fn open_parked(
+    net: &MemoryNetwork,
+    store: &Arc<MemoryStore>,
+    config: ClientConfig,
+) -> Client {
+    Client::open(ClientParts {
+        transport: Arc::new(net.relay("relay-a.example").unwrap()),
+        store: store.clone(),
+        clock: Arc::new(SystemClock),
+        rng_seed: None,
+        config,
+    })
+    .await
+    .unwrap()
+}
+
 /// Item 1: what is parked is bounded in number and bytes (the oldest go
 /// first) and dropped at its expiry.
 #[tokio::test]
 async fn parked_envelopes_are_bounded_and_expire() {
     let net = MemoryNetwork::new();
     let store = Arc::new(MemoryStore::new());
-    let bob = Client::open(ClientParts {
-        transport: Arc::new(net.relay("relay-a.example").unwrap()),
-        store: store.clone(),
-        clock: Arc::new(SystemClock),
-        rng_seed: None,
-        config: ClientConfig {
+    let bob = open_parked(
+        &net,
+        &store,
+        ClientConfig {
             defer_attempts_max: 1,
             parked_max: 3,
             ..ClientConfig::default()
         },
-    })
-    .await
-    .unwrap();
+    )
+    .await;
     let b = bob.register("bob", None, "", &[]).await.unwrap();
     let raw = store.get(Table::Meta, "identity").await.unwrap().unwrap();
     let pickle: IdentityPickle = serde_json::from_slice(&raw).unwrap();
@@ -815,37 +811,31 @@ async fn parked_envelopes_are_bounded_and_expire() {
     assert_eq!(parked.len(), 3, "bounded in number");
 
     // Bounded in bytes: two fit, a third pushes the oldest out.
-    let small = Client::open(ClientParts {
-        transport: Arc::new(net.relay("relay-a.example").unwrap()),
-        store: store.clone(),
-        clock: Arc::new(SystemClock),
-        rng_seed: None,
-        config: ClientConfig {
+    let small = open_parked(
+        &net,
+        &store,
+        ClientConfig {
             defer_attempts_max: 1,
             parked_bytes_max: 2 * one,
             ..ClientConfig::default()
         },
-    })
-    .await
-    .unwrap();
+    )
+    .await;
     assert!(net.inject(&b, DeviceId(1), junk(now + 3_600_000)));
     small.recv().await.unwrap();
     let parked = store.scan(Table::Deferred, "p/").await.unwrap();
     assert_eq!(parked.len(), 2, "bounded in bytes");
 
     // Expiry: a parked envelope past its relay expiry is dropped.
-    let short = Client::open(ClientParts {
-        transport: Arc::new(net.relay("relay-a.example").unwrap()),
-        store: store.clone(),
-        clock: Arc::new(SystemClock),
-        rng_seed: None,
-        config: ClientConfig {
+    let short = open_parked(
+        &net,
+        &store,
+        ClientConfig {
             defer_attempts_max: 1,
             ..ClientConfig::default()
         },
-    })
-    .await
-    .unwrap();
+    )
+    .await;
     let soon = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

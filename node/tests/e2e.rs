@@ -8,12 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Relay, envelope_id, expect_error};
+use common::{Relay, envelope_id, expect_error, link_second_device};
 use courier_node::client::{self, Device};
-use courier_protocol::api::{
-    ApproveLinkResponse, DeviceList, DeviceListEntry, LinkInfo, LinkResponse, LinkStatus,
-    SignedDeviceList,
-};
+use courier_protocol::api::LinkResponse;
 use courier_protocol::ws::ServerFrame;
 use courier_protocol::{Address, DeviceId};
 use reqwest::Method;
@@ -34,71 +31,6 @@ fn postgres_url() -> Option<String> {
 /// A schema name no other test run uses.
 fn fresh_schema() -> String {
     format!("courier_e2e_{:08x}", rand::random::<u32>())
-}
-
-/// Links a second device to `first`'s account; returns it logged in.
-async fn link_second_device(relay: &Relay, first: &Device) -> Device {
-    let key = client::new_key();
-    let keys = client::device_keys(&key);
-    let link: LinkResponse = client::decode(
-        relay
-            .req(Method::POST, "/v1/links")
-            .json(&json!({"username": first.address.user, "device": keys}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let info: LinkInfo = first
-        .get(&format!("/v1/links/{}", link.code))
-        .await
-        .unwrap();
-    assert_eq!(info.device, keys);
-    let current: SignedDeviceList = first
-        .get(&format!("/v1/devices/{}", first.address.user))
-        .await
-        .unwrap();
-    let mut devices = current.list.devices.clone();
-    devices.push(DeviceListEntry {
-        device: DeviceId(2),
-        identity_key: keys.identity_key.clone(),
-    });
-    let list = DeviceList {
-        address: first.address.clone(),
-        version: current.list.version + 1,
-        devices,
-    };
-    let approved: ApproveLinkResponse = first
-        .post(
-            &format!("/v1/links/{}/approve", link.code),
-            &json!({"device_list": client::sign_list(list, first.device, &first.key)}),
-        )
-        .await
-        .unwrap();
-    let status: LinkStatus = client::decode(
-        relay
-            .req(
-                Method::GET,
-                &format!("/v1/links/{}/status?secret={}", link.code, link.secret),
-            )
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    assert!(status.approved);
-    assert_eq!(status.device, Some(approved.device));
-    let mut second = client::Device::from_parts(
-        relay.http.clone(),
-        &relay.url,
-        first.address.clone(),
-        approved.device,
-        key,
-    );
-    second.login().await.unwrap();
-    second
 }
 
 async fn next_envelope(socket: &mut client::Socket) -> courier_protocol::api::Envelope {
@@ -541,14 +473,7 @@ async fn health_readiness_metrics_openapi_and_headers() {
         )
         .await
         .unwrap();
-    let text = relay
-        .req(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = relay.metrics().await;
     for name in [
         "courier_http_requests_total",
         "courier_http_request_duration_seconds_bucket",
@@ -813,33 +738,10 @@ async fn json_logs_carry_the_request_id() {
     assert_eq!(value["span"]["request_id"], "find-me-7");
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn two_federated_relays_carry_bundles_and_pushes_across() {
-    let port_a = free_udp_port();
-    let p2p_a = format!("/ip4/127.0.0.1/udp/{port_a}/quic-v1");
-    let relay_a = Relay::start(
-        &[
-            "--name",
-            "relay-a.test",
-            "--registration",
-            "open",
-            "--p2p",
-            &p2p_a,
-        ],
-        &[],
-    );
-    let id = relay_a.admin(&["id"]);
-    let text = String::from_utf8(id.stdout).unwrap();
-    let full = text.lines().nth(1).unwrap().to_owned();
-    let bootstrap = format!("[\"{full}\"]");
+    let relay_a = Relay::start_federating("relay-a.test", &[]);
+    let bootstrap = format!("[\"{}\"]", relay_a.full_address());
     let relay_b = Relay::start(
         &["--name", "relay-b.test", "--registration", "open"],
         &[("COURIER_FEDERATION_BOOTSTRAP", &bootstrap)],

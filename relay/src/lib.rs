@@ -19,8 +19,8 @@ pub mod outbox;
 pub mod outbox_budget;
 pub mod prekey_budget;
 pub mod relay;
-pub mod secret;
 pub mod routes;
+pub mod secret;
 pub mod store;
 pub mod types;
 

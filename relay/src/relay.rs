@@ -10,8 +10,8 @@ use rand_core::CryptoRng;
 
 use crate::access_cache::AccessCache;
 use crate::clock::Clock;
-use crate::secret::StoreSecret;
 use crate::prekey_budget::{PrekeyBudget, PrekeyBudgetConfig};
+use crate::secret::StoreSecret;
 use crate::store::Store;
 
 /// Who may create an account.

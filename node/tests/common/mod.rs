@@ -238,3 +238,115 @@ impl Relay {
         )
     }
 }
+
+/// A UDP port free on 127.0.0.1 right now (for a relay's `--p2p` QUIC
+/// listener, whose address other relays must know in advance).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Relay {
+    /// `courier serve --name NAME --registration open` listening for
+    /// federation over QUIC on a free, known UDP port.
+    pub fn start_federating(name: &str, envs: &[(&str, &str)]) -> Relay {
+        let p2p = format!("/ip4/127.0.0.1/udp/{}/quic-v1", free_udp_port());
+        Relay::start(
+            &["--name", name, "--registration", "open", "--p2p", &p2p],
+            envs,
+        )
+    }
+
+    /// The relay's full `/p2p/` multiaddr: the second line of `courier id`.
+    pub fn full_address(&self) -> String {
+        let id = self.admin(&["id"]);
+        let text = String::from_utf8(id.stdout).unwrap();
+        text.lines().nth(1).unwrap().to_owned()
+    }
+
+    /// The body of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        self.req(reqwest::Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// Links a second device to `first`'s account; returns it logged in.
+pub async fn link_second_device(relay: &Relay, first: &Device) -> Device {
+    use courier_protocol::DeviceId;
+    use courier_protocol::api::{
+        ApproveLinkResponse, DeviceList, DeviceListEntry, LinkInfo, LinkResponse, LinkStatus,
+        SignedDeviceList,
+    };
+    use serde_json::json;
+
+    let key = client::new_key();
+    let keys = client::device_keys(&key);
+    let link: LinkResponse = client::decode(
+        relay
+            .req(reqwest::Method::POST, "/v1/links")
+            .json(&json!({"username": first.address.user, "device": keys}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let info: LinkInfo = first
+        .get(&format!("/v1/links/{}", link.code))
+        .await
+        .unwrap();
+    assert_eq!(info.device, keys);
+    let current: SignedDeviceList = first
+        .get(&format!("/v1/devices/{}", first.address.user))
+        .await
+        .unwrap();
+    let mut devices = current.list.devices.clone();
+    devices.push(DeviceListEntry {
+        device: DeviceId(2),
+        identity_key: keys.identity_key.clone(),
+    });
+    let list = DeviceList {
+        address: first.address.clone(),
+        version: current.list.version + 1,
+        devices,
+    };
+    let approved: ApproveLinkResponse = first
+        .post(
+            &format!("/v1/links/{}/approve", link.code),
+            &json!({"device_list": client::sign_list(list, first.device, &first.key)}),
+        )
+        .await
+        .unwrap();
+    let status: LinkStatus = client::decode(
+        relay
+            .req(
+                reqwest::Method::GET,
+                &format!("/v1/links/{}/status?secret={}", link.code, link.secret),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(status.approved);
+    assert_eq!(status.device, Some(approved.device));
+    let mut second = Device::from_parts(
+        relay.http.clone(),
+        &relay.url,
+        first.address.clone(),
+        approved.device,
+        key,
+    );
+    second.login().await.unwrap();
+    second
+}

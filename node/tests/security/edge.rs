@@ -319,14 +319,7 @@ async fn concurrent_metrics_and_readyz_requests_cost_one_store_read_per_interval
     for response in futures::future::join_all(scrapes).await {
         assert_eq!(response.unwrap().status(), 200);
     }
-    let text = relay
-        .req(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = relay.metrics().await;
     assert_eq!(
         metric(&text, "courier_store_stats_reads_total"),
         Some(1.0),

@@ -21,29 +21,15 @@ use crate::common::{Relay, envelope_id, expect_error};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `courier serve` named `name` with open registration, listening for
 /// federation on a known port; returns it and its `/p2p/` multiaddr.
 fn victim(name: &str, envs: &[(&str, &str)]) -> (Relay, Multiaddr) {
-    let p2p = format!("/ip4/127.0.0.1/udp/{}/quic-v1", free_udp_port());
     // The outbox depth these tests read from /metrics must be current, not
     // the stats cache's (item 16) figure of up to 5 s ago.
     let mut envs = envs.to_vec();
     envs.push(("COURIER_HTTP_STATS_CACHE_MS", "0"));
-    let relay = Relay::start(
-        &["--name", name, "--registration", "open", "--p2p", &p2p],
-        &envs,
-    );
-    let id = relay.admin(&["id"]);
-    let text = String::from_utf8(id.stdout).unwrap();
-    let addr = text.lines().nth(1).unwrap().parse().unwrap();
+    let relay = Relay::start_federating(name, &envs);
+    let addr = relay.full_address().parse().unwrap();
     (relay, addr)
 }
 
@@ -116,14 +102,7 @@ async fn peer_delivering_a_forged_delivery_failure_notice_is_refused_and_nothing
 
 /// The victim's outbox depth, from its `/metrics` (read from the store).
 async fn outbox_depth(relay: &Relay) -> u64 {
-    let text = relay
-        .req(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = relay.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix("courier_outbox_depth "))
         .map(|v| v.trim().parse::<f64>().unwrap() as u64)

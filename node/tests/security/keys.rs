@@ -109,40 +109,13 @@ async fn many_accounts_together_take_only_the_devices_budget_and_still_get_bundl
     assert_eq!(bundle.bundles[0].signed_prekey.id, 1);
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_peer_fetching_many_bundles_takes_only_its_budget_of_one_time_prekeys() {
-    let port_b = free_udp_port();
-    let p2p_b = format!("/ip4/127.0.0.1/udp/{port_b}/quic-v1");
     let mut envs_b = NO_RATE_LIMITS.to_vec();
     envs_b.push(("COURIER_PREKEY_BUDGET_PEER_BURST", "8"));
     envs_b.push(("COURIER_PREKEY_BUDGET_PEER_REFILL_SECS", "86400"));
-    let relay_b = Relay::start(
-        &[
-            "--name",
-            "relay-b.test",
-            "--registration",
-            "open",
-            "--p2p",
-            &p2p_b,
-        ],
-        &envs_b,
-    );
-    let id = relay_b.admin(&["id"]);
-    let full = String::from_utf8(id.stdout)
-        .unwrap()
-        .lines()
-        .nth(1)
-        .unwrap()
-        .to_owned();
-    let bootstrap = format!("[\"{full}\"]");
+    let relay_b = Relay::start_federating("relay-b.test", &envs_b);
+    let bootstrap = format!("[\"{}\"]", relay_b.full_address());
     let mut envs_a = NO_RATE_LIMITS.to_vec();
     envs_a.push(("COURIER_FEDERATION_BOOTSTRAP", &bootstrap));
     let relay_a = Relay::start(
@@ -201,6 +174,11 @@ fn small_order_encodings() -> Vec<[u8; 32]> {
     out
 }
 
+/// Sends `request` and asserts it is refused with 400 `weak_key`.
+async fn refused_as_weak(request: reqwest::RequestBuilder) {
+    expect_error(request.send().await.unwrap(), 400, "weak_key").await;
+}
+
 #[tokio::test]
 async fn low_order_x25519_keys_are_refused_at_every_upload() {
     let relay = Relay::start(&[], &NO_RATE_LIMITS);
@@ -234,20 +212,13 @@ async fn low_order_x25519_keys_are_refused_at_every_upload() {
             device: keys.clone(),
             device_list: client::sign_list(list, DeviceId(1), &key),
         };
-        let response = relay
-            .req(Method::POST, "/v1/accounts")
-            .json(&register)
-            .send()
-            .await
-            .unwrap();
-        expect_error(response, 400, "weak_key").await;
-        let response = relay
-            .req(Method::POST, "/v1/links")
-            .json(&json!({"username": alice.address.user, "device": keys}))
-            .send()
-            .await
-            .unwrap();
-        expect_error(response, 400, "weak_key").await;
+        refused_as_weak(relay.req(Method::POST, "/v1/accounts").json(&register)).await;
+        refused_as_weak(
+            relay
+                .req(Method::POST, "/v1/links")
+                .json(&json!({"username": alice.address.user, "device": keys})),
+        )
+        .await;
 
         // As a signed prekey, correctly signed.
         let created_ms = 1_700_000_000_000;
@@ -260,14 +231,13 @@ async fn low_order_x25519_keys_are_refused_at_every_upload() {
             signature: Bytes(signature.to_bytes().to_vec()),
             created_ms,
         };
-        let response = relay
-            .req(Method::PUT, "/v1/keys/signed-prekey")
-            .bearer_auth(alice.access_token())
-            .json(&prekey)
-            .send()
-            .await
-            .unwrap();
-        expect_error(response, 400, "weak_key").await;
+        refused_as_weak(
+            relay
+                .req(Method::PUT, "/v1/keys/signed-prekey")
+                .bearer_auth(alice.access_token())
+                .json(&prekey),
+        )
+        .await;
 
         // As a one-time prekey, among good ones: the whole upload is refused.
         let upload = UploadOneTimePreKeys {
@@ -282,14 +252,13 @@ async fn low_order_x25519_keys_are_refused_at_every_upload() {
                 },
             ],
         };
-        let response = relay
-            .req(Method::POST, "/v1/keys/one-time")
-            .bearer_auth(alice.access_token())
-            .json(&upload)
-            .send()
-            .await
-            .unwrap();
-        expect_error(response, 400, "weak_key").await;
+        refused_as_weak(
+            relay
+                .req(Method::POST, "/v1/keys/one-time")
+                .bearer_auth(alice.access_token())
+                .json(&upload),
+        )
+        .await;
     }
     // Nothing changed: the old signed prekey and the 3 one-time prekeys.
     assert_eq!(pool(&alice).await, 3);

@@ -8,10 +8,7 @@
 use std::time::{Duration, Instant};
 
 use courier_node::client::{self, Device};
-use courier_protocol::api::{
-    ApproveLinkResponse, DeviceList, DeviceListEntry, LinkInfo, LinkResponse, LinkStatus,
-    SignedDeviceList, TokenResponse,
-};
+use courier_protocol::api::TokenResponse;
 use courier_protocol::ws::ServerFrame;
 use courier_protocol::{Address, DeviceId};
 use futures::{SinkExt as _, StreamExt as _};
@@ -21,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::common::{Relay, envelope_id, expect_error};
+use crate::common::{Relay, envelope_id, expect_error, link_second_device};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
@@ -144,69 +141,6 @@ fn rss_bytes(relay: &Relay) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap();
     kib * 1024
-}
-
-/// Links a second device to `first`'s account; returns it logged in.
-async fn link_second_device(relay: &Relay, first: &Device) -> Device {
-    let key = client::new_key();
-    let keys = client::device_keys(&key);
-    let link: LinkResponse = client::decode(
-        relay
-            .req(Method::POST, "/v1/links")
-            .json(&json!({"username": first.address.user, "device": keys}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let _: LinkInfo = first
-        .get(&format!("/v1/links/{}", link.code))
-        .await
-        .unwrap();
-    let current: SignedDeviceList = first
-        .get(&format!("/v1/devices/{}", first.address.user))
-        .await
-        .unwrap();
-    let mut devices = current.list.devices.clone();
-    devices.push(DeviceListEntry {
-        device: DeviceId(2),
-        identity_key: keys.identity_key.clone(),
-    });
-    let list = DeviceList {
-        address: first.address.clone(),
-        version: current.list.version + 1,
-        devices,
-    };
-    let approved: ApproveLinkResponse = first
-        .post(
-            &format!("/v1/links/{}/approve", link.code),
-            &json!({"device_list": client::sign_list(list, first.device, &first.key)}),
-        )
-        .await
-        .unwrap();
-    let status: LinkStatus = client::decode(
-        relay
-            .req(
-                Method::GET,
-                &format!("/v1/links/{}/status?secret={}", link.code, link.secret),
-            )
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    assert!(status.approved);
-    let mut second = Device::from_parts(
-        relay.http.clone(),
-        &relay.url,
-        first.address.clone(),
-        approved.device,
-        key,
-    );
-    second.login().await.unwrap();
-    second
 }
 
 async fn refresh(relay: &Relay, refresh_token: &str) -> reqwest::Response {
