@@ -95,10 +95,21 @@ impl StoreSecret {
         content: Option<&[u8; 32]>,
     ) -> MessageKey {
         let content: &[u8] = content.map_or(&[], |c| c.as_slice());
-        Self::truncated(self.mac(
+        let mac = self.mac(
             b"courier store message key v1",
             &[source.as_bytes(), id.as_bytes(), content],
-        ))
+        );
+        // The id's 48-bit millisecond prefix first, then 80 bits of the MAC:
+        // keys stay in time order, so the `messages` primary key grows at
+        // its end as envelope ids did (a purely random key made every
+        // insert a random B-tree descent and dirtied pages all over the
+        // index: SQLite accepts ran 8 times slower per statement). The time
+        // is no secret (the `envelope` column holds the whole id); 80 bits
+        // keep keys of one millisecond apart.
+        let mut key = [0u8; 16];
+        key[..6].copy_from_slice(&id.as_bytes()[..6]);
+        key[6..].copy_from_slice(&mac[..10]);
+        key
     }
 
     /// The keyed digest of a message's content that a retry must match.
