@@ -135,7 +135,13 @@ async fn pair() -> Pair {
         let wake = Drainer::waker();
         let relay = Arc::new(
             Relay::new(
-                courier_relay::Config::new(name(relay_name)),
+                {
+                    // One account stands in for a relay's many clients here,
+                    // so the per-account outbox share would be the limit.
+                    let mut config = courier_relay::Config::new(name(relay_name));
+                    config.outbox_limits.per_account_max = u64::MAX;
+                    config
+                },
                 store,
                 Arc::new(SystemClock),
                 Box::new(rand::rngs::StdRng::seed_from_u64(i as u64)),
