@@ -140,6 +140,12 @@ async fn pair() -> Pair {
                     // so the per-account outbox share would be the limit.
                     let mut config = courier_relay::Config::new(name(relay_name));
                     config.outbox_limits.per_account_max = u64::MAX;
+                    // Nobody acks on B, so its 16 mailboxes only grow: one
+                    // source (relay A) may fill them whole here, or B's
+                    // per-source share (audit item 1) would be what is
+                    // measured.
+                    config.mailbox_per_source_max = config.mailbox_depth_max;
+                    config.mailbox_per_source_bytes_max = config.mailbox_bytes_max;
                     config
                 },
                 store,
