@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use courier_protocol::Validate;
 use courier_protocol::limits::HELLO_KNOWN_MAX;
 use courier_protocol::{
     BundleRequest, BundleResponse, DeliveryAcks, DeliveryBatch, ErrorCode, Hello, RelayDescriptor,
@@ -25,6 +26,8 @@ use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, ping,
 };
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::codec::{FrameCodec, Gate, Gated};
@@ -163,13 +166,31 @@ const REQUEST_STREAMS_MAX: usize = 64;
 /// Connections one peer may hold at once.
 const CONNECTIONS_PER_PEER_MAX: u32 = 4;
 
+/// One request-response protocol behind the admission gate, with its own
+/// stream cap.
+fn gated<Req, Resp>(
+    gate: &Arc<Gate>,
+    config: &Config,
+    protocol: &'static str,
+    streams: usize,
+) -> Gated<request_response::Behaviour<FrameCodec<Req, Resp>>>
+where
+    Req: Serialize + DeserializeOwned + Validate + Send + 'static,
+    Resp: Serialize + DeserializeOwned + Validate + Send + 'static,
+{
+    Gated::new(
+        request_response::Behaviour::with_codec(
+            FrameCodec::new(gate.clone()),
+            [(StreamProtocol::new(protocol), ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(config.request_timeout)
+                .with_max_concurrent_streams(streams),
+        ),
+        gate.clone(),
+    )
+}
+
 fn behaviour(key: &Keypair, config: &Config, gate: &Arc<Gate>) -> Behaviour {
-    let rr = |streams: usize| {
-        request_response::Config::default()
-            .with_request_timeout(config.request_timeout)
-            .with_max_concurrent_streams(streams)
-    };
-    let proto = |p: &'static str| [(StreamProtocol::new(p), ProtocolSupport::Full)];
     Behaviour {
         limits: connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
@@ -188,30 +209,9 @@ fn behaviour(key: &Keypair, config: &Config, gate: &Arc<Gate>) -> Behaviour {
                 .with_cache_size(0),
         ),
         ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
-        hello: Gated::new(
-            request_response::Behaviour::with_codec(
-                FrameCodec::new(gate.clone()),
-                proto(protocols::HELLO),
-                rr(HELLO_STREAMS_MAX),
-            ),
-            gate.clone(),
-        ),
-        bundle: Gated::new(
-            request_response::Behaviour::with_codec(
-                FrameCodec::new(gate.clone()),
-                proto(protocols::BUNDLE),
-                rr(REQUEST_STREAMS_MAX),
-            ),
-            gate.clone(),
-        ),
-        deliver: Gated::new(
-            request_response::Behaviour::with_codec(
-                FrameCodec::new(gate.clone()),
-                proto(protocols::DELIVER),
-                rr(REQUEST_STREAMS_MAX),
-            ),
-            gate.clone(),
-        ),
+        hello: gated(gate, config, protocols::HELLO, HELLO_STREAMS_MAX),
+        bundle: gated(gate, config, protocols::BUNDLE, REQUEST_STREAMS_MAX),
+        deliver: gated(gate, config, protocols::DELIVER, REQUEST_STREAMS_MAX),
     }
 }
 
