@@ -111,21 +111,6 @@ async fn a_squatted_envelope_id_does_not_block_the_real_message() {
     assert_eq!(bodies, [&b"squat"[..], &b"real"[..]], "delivered once");
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The full `/p2p/PeerId` multiaddr `courier id` prints.
-fn full_address(relay: &Relay) -> String {
-    let out = relay.admin(&["id"]);
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.lines().nth(1).unwrap().to_owned()
-}
-
 /// Across relays: Mallory, through her account on B, stores for Bob an
 /// envelope id that Alice on relay A then uses for a message to Mallory
 /// (on A) and Bob (on B) — as a co-recipient who learned the id, or by a
@@ -134,37 +119,15 @@ fn full_address(relay: &Relay) -> String {
 /// conflict: Bob gets it, and Alice gets no delivery-failure notice.
 #[tokio::test]
 async fn a_co_recipient_cannot_squat_an_id_on_the_destination_relay() {
-    let p2p_a = format!("/ip4/127.0.0.1/udp/{}/quic-v1", free_udp_port());
-    let relay_a = Relay::start(
-        &[
-            "--name",
-            "relay-a.test",
-            "--registration",
-            "open",
-            "--p2p",
-            &p2p_a,
-        ],
-        &[],
-    );
-    let p2p_b = format!("/ip4/127.0.0.1/udp/{}/quic-v1", free_udp_port());
-    let relay_b = Relay::start(
-        &[
-            "--name",
-            "relay-b.test",
-            "--registration",
-            "open",
-            "--p2p",
-            &p2p_b,
-        ],
-        &[],
-    );
+    let relay_a = Relay::start_federating("relay-a.test", &[]);
+    let relay_b = Relay::start_federating("relay-b.test", &[]);
     let alice = relay_a.user("alice").await;
     let mallory_a = relay_a.user("mallory").await;
     let mallory_b = relay_b.user("mallory").await;
     let bob = relay_b.user("bob").await;
 
     // A sends only to relays it can route to (audit item 4), so peer first.
-    let out = relay_a.admin(&["peer", "add", &full_address(&relay_b)]);
+    let out = relay_a.admin(&["peer", "add", &relay_b.full_address()]);
     assert!(
         out.status.success(),
         "{}",
