@@ -20,7 +20,7 @@ use courier_protocol::{
 
 use crate::error::RelayError;
 use crate::relay::Relay;
-use crate::store::OutboxEntry;
+use crate::store::{OutboxEntry, OutboxId};
 
 /// Why a request to another relay did not get an answer.
 ///
@@ -401,10 +401,10 @@ pub async fn drain_once(
         };
         let status: HashMap<EnvelopeId, AckStatus> =
             acks.acks.iter().map(|a| (a.id, a.status)).collect();
-        let mut done = Vec::new();
+        let mut done: Vec<&OutboxEntry> = Vec::new();
         for entry in chunk {
             match status.get(&entry.envelope).copied().map(AckDisposition::of) {
-                Some(AckDisposition::Done) => done.push(entry.id),
+                Some(AckDisposition::Done) => done.push(entry),
                 // A missing ack is the peer's bug; retrying is safe because
                 // the receiver deduplicates by envelope id.
                 Some(AckDisposition::Retry) | None => {
@@ -418,8 +418,9 @@ pub async fn drain_once(
             }
         }
         if !done.is_empty() {
-            relay.outbox_mark_delivered(&done).await?;
-            for entry in chunk.iter().filter(|e| done.contains(&e.id)) {
+            let ids: Vec<OutboxId> = done.iter().map(|e| e.id).collect();
+            relay.outbox_mark_delivered(&ids).await?;
+            for entry in done.iter().copied() {
                 relay.outbox_release(entry);
             }
         }

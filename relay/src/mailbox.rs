@@ -154,12 +154,13 @@ impl Relay {
             .map(|(relay, recipients)| RemoteRecipients { relay, recipients })
             .collect();
         let relays: Vec<RelayName> = remote.iter().map(|r| r.relay.clone()).collect();
+        // Routability and outbox limits, before anything is stored (or
+        // sealed).
+        let reserved = self.outbox_reserve(&sender.user, &relays)?;
         // Only outbox entries need the sender (for a failure notice); sealed,
         // so the database does not name it.
         let sealed = (!remote.is_empty())
             .then(|| Bytes(secret.seal_sender(self.random_bytes(), &sender.user, sender.device)));
-        // Routability and outbox limits, before anything is stored.
-        let reserved = self.outbox_reserve(&sender.user, &relays)?;
         let new = NewMessage {
             id: message.id,
             source,
