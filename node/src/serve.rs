@@ -201,7 +201,7 @@ async fn start_federation(
     key: libp2p_identity::Keypair,
     http_url: String,
     relay: &Arc<Relay>,
-    outbox_wake: Arc<tokio::sync::Notify>,
+    outbox_wake: Arc<federation::OutboxWake>,
     routes: Arc<courier_relay::routes::RouteTable>,
 ) -> anyhow::Result<RunningFederation> {
     let f = &config.federation;

@@ -43,6 +43,9 @@ pub struct StoreSecret {
     /// HMAC state keyed once: every MAC on the accept path clones it
     /// instead of hashing the key pads again.
     keyed: HmacSha256,
+    /// The sender-sealing cipher, its key schedule expanded once: seals
+    /// and opens run once per outbox entry.
+    sender: Aes256Gcm,
 }
 
 impl PartialEq for StoreSecret {
@@ -64,7 +67,14 @@ impl StoreSecret {
     pub fn new(bytes: [u8; 32]) -> Self {
         let keyed = <HmacSha256 as KeyInit>::new_from_slice(&bytes)
             .unwrap_or_else(|_| <HmacSha256 as KeyInit>::new(&Default::default()));
-        StoreSecret { bytes, keyed }
+        let mut secret = StoreSecret {
+            bytes,
+            keyed,
+            sender: <Aes256Gcm as aes_gcm::aead::KeyInit>::new(&Key::<Aes256Gcm>::default()),
+        };
+        let key: Key<Aes256Gcm> = secret.mac(b"courier store sender seal v1", &[]).into();
+        secret.sender = <Aes256Gcm as aes_gcm::aead::KeyInit>::new(&key);
+        secret
     }
 
     /// HMAC-SHA256 under the secret of a label and length-prefixed parts
@@ -147,11 +157,6 @@ impl StoreSecret {
         ))
     }
 
-    fn sender_cipher(&self) -> Aes256Gcm {
-        let key: Key<Aes256Gcm> = self.mac(b"courier store sender seal v1", &[]).into();
-        <Aes256Gcm as aes_gcm::aead::KeyInit>::new(&key)
-    }
-
     /// Seals the submitting device of an outbox entry: nonce || AES-256-GCM.
     /// `nonce` must be fresh random bytes.
     pub fn seal_sender(
@@ -165,7 +170,7 @@ impl StoreSecret {
         let n: Nonce<Aes256Gcm> = nonce.into();
         let mut out = nonce.to_vec();
         // Encryption fails only above 2^36 bytes; a username is tiny.
-        if let Ok(ct) = self.sender_cipher().encrypt(&n, plain.as_slice()) {
+        if let Ok(ct) = self.sender.encrypt(&n, plain.as_slice()) {
             out.extend_from_slice(&ct);
         }
         out
@@ -180,7 +185,7 @@ impl StoreSecret {
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
         let n: Nonce<Aes256Gcm> = nonce.into();
-        let plain = self.sender_cipher().decrypt(&n, ct).ok()?;
+        let plain = self.sender.decrypt(&n, ct).ok()?;
         if plain.len() < 4 {
             return None;
         }

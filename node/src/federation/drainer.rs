@@ -3,8 +3,8 @@
 //! destination relay, and expires entries past their deadline (each with a
 //! delivery-failure notice to the sender).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use courier_protocol::{DeviceId, RelayName, Username};
@@ -34,6 +34,11 @@ pub struct DrainerConfig {
     /// How often the outbox totals the send path's limits count against
     /// are re-read from the store.
     pub budget_sync_every: Duration,
+    /// Shortest time between two looks at the outbox while every woken
+    /// destination already has a worker: those workers take the new
+    /// entries themselves, and a relay accepting thousands of messages a
+    /// second would otherwise look once per accept.
+    pub scan_gap: Duration,
 }
 
 impl Default for DrainerConfig {
@@ -49,7 +54,35 @@ impl Default for DrainerConfig {
             due_entries_max: 4096,
             due_destinations_max: 64,
             budget_sync_every: Duration::from_secs(60),
+            // Bounds looks to ~100/s under load (docs/performance.md,
+            // "The security hardening, before and after").
+            scan_gap: Duration::from_millis(10),
         }
+    }
+}
+
+/// What wakes the drainer: a wake-up, and the destinations that got
+/// outbox entries since the drainer last looked.
+#[derive(Default)]
+pub struct OutboxWake {
+    notify: Notify,
+    woken: Mutex<HashSet<RelayName>>,
+}
+
+impl OutboxWake {
+    /// Notes that `relay` has new outbox entries and wakes the drainer.
+    pub fn wake(&self, relay: &RelayName) {
+        {
+            let mut woken = self.woken.lock().unwrap_or_else(PoisonError::into_inner);
+            if !woken.contains(relay) {
+                woken.insert(relay.clone());
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> HashSet<RelayName> {
+        std::mem::take(&mut *self.woken.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -57,12 +90,12 @@ impl Default for DrainerConfig {
 /// passes everything else to the notifier it wraps (the gateway's push hub).
 pub struct OutboxNotifier {
     inner: Arc<dyn Notifier>,
-    wake: Arc<Notify>,
+    wake: Arc<OutboxWake>,
 }
 
 impl OutboxNotifier {
     /// Wraps `inner`; `wake` is the drainer's [`Drainer::waker`].
-    pub fn new(inner: Arc<dyn Notifier>, wake: Arc<Notify>) -> Self {
+    pub fn new(inner: Arc<dyn Notifier>, wake: Arc<OutboxWake>) -> Self {
         OutboxNotifier { inner, wake }
     }
 }
@@ -88,7 +121,7 @@ impl Notifier for OutboxNotifier {
 
     fn outbox(&self, relay: &RelayName) {
         self.inner.outbox(relay);
-        self.wake.notify_one();
+        self.wake.wake(relay);
     }
 
     fn prekeys_low(&self, user: &Username, device: DeviceId, remaining: u32) {
@@ -108,15 +141,15 @@ pub struct Drainer {
 
 impl Drainer {
     /// A waker to hand to [`OutboxNotifier::new`] before building the relay.
-    pub fn waker() -> Arc<Notify> {
-        Arc::new(Notify::new())
+    pub fn waker() -> Arc<OutboxWake> {
+        Arc::new(OutboxWake::default())
     }
 
     /// Starts draining `relay`'s outbox through `federation`.
     pub fn spawn(
         relay: Arc<Relay>,
         federation: Arc<dyn Federation>,
-        wake: Arc<Notify>,
+        wake: Arc<OutboxWake>,
         config: DrainerConfig,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
@@ -135,81 +168,141 @@ impl Drainer {
 async fn run(
     relay: Arc<Relay>,
     federation: Arc<dyn Federation>,
-    wake: Arc<Notify>,
+    wake: Arc<OutboxWake>,
     config: DrainerConfig,
     mut stopped: watch::Receiver<bool>,
 ) {
+    use tokio::time::Instant;
     let mut workers: JoinSet<RelayName> = JoinSet::new();
     let mut active: HashMap<RelayName, usize> = HashMap::new();
-    let mut last_expire = tokio::time::Instant::now();
+    let mut last_expire = Instant::now();
     // Due at once: the first pass counts what is already in the outbox.
-    let mut last_sync: Option<tokio::time::Instant> = None;
+    let mut last_sync: Option<Instant> = None;
+    // A look at the outbox is made at once when something may need a new
+    // worker (start, a destination without one, a worker's end, retries
+    // falling due); a wake-up for destinations whose workers are running
+    // only owes one, made `scan_gap` after the previous look.
+    let mut scan_now = true;
+    let mut owed = false;
+    let mut last_scan = Instant::now();
+    let mut wake_at = Instant::now();
     loop {
         if *stopped.borrow() {
             break;
         }
         if last_sync.is_none_or(|t| t.elapsed() >= config.budget_sync_every) {
-            last_sync = Some(tokio::time::Instant::now());
+            last_sync = Some(Instant::now());
             if let Err(e) = relay.outbox_budget_sync().await {
                 tracing::warn!(error = %e, "cannot count the outbox");
             }
         }
         if last_expire.elapsed() >= config.expire_every {
-            last_expire = tokio::time::Instant::now();
+            last_expire = Instant::now();
             match relay.outbox_expire().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(expired = n, "outbox entries expired; senders notified"),
                 Err(e) => tracing::warn!(error = %e, "outbox expiry failed"),
             }
         }
-        let mut sleep = config.idle_poll;
-        let now = relay.now_ms();
-        // A bounded, due-ordered look (not every destination every round):
-        // a backlog for thousands of unreachable relays costs nothing
-        // until its entries fall due.
-        match relay
-            .store()
-            .outbox_due(now, config.due_entries_max, config.due_destinations_max)
-            .await
-        {
-            Ok(due) => {
-                if let Some(next) = due.next_due_ms {
-                    sleep = sleep.min(Duration::from_millis(next.saturating_sub(now)));
-                }
-                for d in due.destinations {
-                    let running = active.get(&d.relay).copied().unwrap_or(0);
-                    let wanted = (d.pending.div_ceil(u64::from(config.batch_max.max(1))) as usize)
-                        .clamp(1, config.workers_per_destination.max(1));
-                    for _ in running..wanted {
-                        *active.entry(d.relay.clone()).or_default() += 1;
-                        workers.spawn(worker(
-                            relay.clone(),
-                            federation.clone(),
-                            d.relay.clone(),
-                            config.batch_max,
-                        ));
-                    }
+        let woken = wake.take();
+        scan_now |= woken.iter().any(|r| !active.contains_key(r));
+        owed |= !woken.is_empty();
+        let scan_at = if scan_now {
+            Some(Instant::now())
+        } else if owed {
+            Some(last_scan + config.scan_gap)
+        } else {
+            None
+        };
+        if scan_at.is_some_and(|at| at <= Instant::now()) {
+            (scan_now, owed) = (false, false);
+            last_scan = Instant::now();
+            wake_at =
+                last_scan + scan(&relay, &federation, &config, &mut workers, &mut active).await;
+        }
+        let until = match scan_at {
+            Some(at) if at > Instant::now() => at.min(wake_at),
+            _ => wake_at,
+        };
+        tokio::select! {
+            _ = wake.notify.notified() => {}
+            _ = tokio::time::sleep_until(until.max(Instant::now() + Duration::from_millis(1))) => {
+                // Retries may have fallen due: nothing but time wakes us
+                // for those.
+                if Instant::now() >= wake_at {
+                    scan_now = true;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
-        }
-        tokio::select! {
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(sleep.max(Duration::from_millis(1))) => {}
             Some(done) = workers.join_next(), if !workers.is_empty() => {
-                if let Ok(dest) = done
-                    && let Some(n) = active.get_mut(&dest)
-                {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        active.remove(&dest);
-                    }
-                }
+                scan_now |= finished(&mut active, done);
             }
             _ = stopped.changed() => {}
         }
     }
     while workers.join_next().await.is_some() {}
+}
+
+/// One bounded, due-ordered look at the outbox (not every destination
+/// every round: a backlog for thousands of unreachable relays costs
+/// nothing until its entries fall due), starting the workers it calls for.
+/// Returns how long to sleep until the next entry falls due.
+async fn scan(
+    relay: &Arc<Relay>,
+    federation: &Arc<dyn Federation>,
+    config: &DrainerConfig,
+    workers: &mut JoinSet<RelayName>,
+    active: &mut HashMap<RelayName, usize>,
+) -> Duration {
+    let mut sleep = config.idle_poll;
+    let now = relay.now_ms();
+    match relay
+        .store()
+        .outbox_due(now, config.due_entries_max, config.due_destinations_max)
+        .await
+    {
+        Ok(due) => {
+            if let Some(next) = due.next_due_ms {
+                sleep = sleep.min(Duration::from_millis(next.saturating_sub(now)));
+            }
+            for d in due.destinations {
+                let running = active.get(&d.relay).copied().unwrap_or(0);
+                let wanted = (d.pending.div_ceil(u64::from(config.batch_max.max(1))) as usize)
+                    .clamp(1, config.workers_per_destination.max(1));
+                for _ in running..wanted {
+                    *active.entry(d.relay.clone()).or_default() += 1;
+                    workers.spawn(worker(
+                        relay.clone(),
+                        federation.clone(),
+                        d.relay.clone(),
+                        config.batch_max,
+                    ));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
+    }
+    sleep
+}
+
+/// Counts a finished worker off; true if its destination has none left,
+/// so the outbox must be looked at again at once (entries may have come
+/// in after its last round, and their wake-up found it still running).
+fn finished(
+    active: &mut HashMap<RelayName, usize>,
+    done: Result<RelayName, tokio::task::JoinError>,
+) -> bool {
+    let Ok(dest) = done else {
+        return true;
+    };
+    let Some(n) = active.get_mut(&dest) else {
+        return true;
+    };
+    *n = n.saturating_sub(1);
+    if *n == 0 {
+        active.remove(&dest);
+        return true;
+    }
+    false
 }
 
 /// Drains `dest` round after round while rounds come back full and answered.
@@ -237,4 +330,138 @@ async fn worker(
         }
     }
     dest
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use courier_protocol::{
+        AckStatus, Address, BundleRequest, BundleResponse, Bytes, DeliveryAcks, DeliveryBatch,
+        EnvelopeAck, EnvelopeId, OutgoingMessage, RecipientEntry,
+    };
+    use courier_relay::federation::FederationError;
+    use courier_relay::{MemoryStore, NoNotifier, SystemClock};
+    use rand::SeedableRng;
+    use tokio::sync::Semaphore;
+
+    use super::super::tests::{name, register};
+    use super::*;
+
+    /// Holds every delivery until the test lets one through, and records
+    /// what it delivered.
+    struct Gated {
+        gate: Semaphore,
+        entered: Notify,
+        delivered: StdMutex<Vec<EnvelopeId>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Federation for Gated {
+        async fn deliver(
+            &self,
+            _dest: &RelayName,
+            batch: DeliveryBatch,
+        ) -> Result<DeliveryAcks, FederationError> {
+            self.entered.notify_one();
+            if let Ok(permit) = self.gate.acquire().await {
+                permit.forget();
+            }
+            let ids: Vec<EnvelopeId> = batch.envelopes.iter().map(|e| e.id).collect();
+            self.delivered.lock().unwrap().extend(&ids);
+            Ok(DeliveryAcks {
+                acks: ids
+                    .into_iter()
+                    .map(|id| EnvelopeAck {
+                        id,
+                        status: AckStatus::Accepted,
+                    })
+                    .collect(),
+            })
+        }
+
+        async fn fetch_bundle(
+            &self,
+            dest: &RelayName,
+            _request: BundleRequest,
+        ) -> Result<BundleResponse, FederationError> {
+            Err(FederationError::UnknownRelay(dest.clone()))
+        }
+    }
+
+    fn message(n: u8) -> OutgoingMessage {
+        OutgoingMessage {
+            id: EnvelopeId::new(1_800_000_000_000, [n; 10]),
+            body: Bytes::from(vec![n; 16]),
+            recipients: vec![RecipientEntry {
+                to: Address::parse("bob@relay-b.example").unwrap(),
+                device: DeviceId(1),
+                header: Bytes::from(vec![n; 8]),
+            }],
+            ttl_secs: 3600,
+        }
+    }
+
+    /// A message that arrives while its destination's worker is mid-round
+    /// is not left for the idle poll or the scan gap (both an hour here):
+    /// the worker's end makes the drainer look again at once.
+    #[tokio::test]
+    async fn entry_woken_during_a_round_leaves_when_that_round_ends() {
+        let wake = Drainer::waker();
+        let relay = Arc::new(
+            Relay::new(
+                courier_relay::Config::new(name("relay-a.example")),
+                Arc::new(MemoryStore::new()),
+                Arc::new(SystemClock),
+                Box::new(rand::rngs::StdRng::seed_from_u64(7)),
+            )
+            .with_notifier(Arc::new(OutboxNotifier::new(
+                Arc::new(NoNotifier),
+                wake.clone(),
+            ))),
+        );
+        let alice = register(relay.store().as_ref(), relay.name(), "alice").await;
+        let federation = Arc::new(Gated {
+            gate: Semaphore::new(0),
+            entered: Notify::new(),
+            delivered: StdMutex::new(Vec::new()),
+        });
+        let hour = Duration::from_secs(3600);
+        let drainer = Drainer::spawn(
+            relay.clone(),
+            federation.clone(),
+            wake,
+            DrainerConfig {
+                idle_poll: hour,
+                scan_gap: hour,
+                ..DrainerConfig::default()
+            },
+        );
+        let delivered = |n: usize| {
+            let federation = federation.clone();
+            async move {
+                for _ in 0..500 {
+                    if federation.delivered.lock().unwrap().len() >= n {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                false
+            }
+        };
+        let first = relay.accept_message(&alice, message(1)).await.unwrap();
+        // The first round has taken its entry and is held at the gate.
+        tokio::time::timeout(Duration::from_secs(5), federation.entered.notified())
+            .await
+            .expect("the first message was looked at at once");
+        let second = relay.accept_message(&alice, message(2)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        federation.gate.add_permits(2);
+        assert!(delivered(2).await, "the second entry waited for a timer");
+        assert_eq!(
+            *federation.delivered.lock().unwrap(),
+            vec![first.id, second.id]
+        );
+        drainer.stop().await;
+    }
 }

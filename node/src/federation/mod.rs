@@ -38,7 +38,7 @@ use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-pub use drainer::{Drainer, DrainerConfig, OutboxNotifier};
+pub use drainer::{Drainer, DrainerConfig, OutboxNotifier, OutboxWake};
 pub use event_loop::metrics_names;
 pub use peers::{Policy, PolicyMode};
 
