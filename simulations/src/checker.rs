@@ -1,6 +1,11 @@
 //! The invariant checker: a ledger of what clients sent and what devices
-//! received, and the delivery invariants judged against it at the end of a
-//! run. The checker owns the verdict; the harness only reports facts.
+//! received, and the delivery invariants judged against it. The safety
+//! invariants (`at_most_once`, `decrypts_to_sent`, `per_sender_order`,
+//! `no_plaintext_at_rest`) are checked as each fact arrives, i.e. after
+//! every step of the run, and each verdict keeps the step and virtual time
+//! of its first violation (with the report's seed, enough to replay up to
+//! it); `no_loss` is a liveness property and is judged at the end. The
+//! checker owns the verdict; the harness only reports facts.
 //!
 //! Invariants (each reported pass/fail with counterexamples):
 //! - `no_loss`: every message a home relay accepted reached every intended
@@ -88,6 +93,14 @@ pub struct Verdict {
     pub violations: u64,
     /// Up to [`COUNTEREXAMPLES_MAX`] violating cases, described.
     pub counterexamples: Vec<String>,
+    /// The step (events handled, counted from 1) at which the first
+    /// violation was seen; `None` when it passed, or for an invariant only
+    /// judged at the end (`no_loss`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_violation_step: Option<u64>,
+    /// The virtual time (ms since the run started) of that step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_violation_ms: Option<u64>,
 }
 
 impl Verdict {
@@ -99,6 +112,8 @@ impl Verdict {
             checked: 0,
             violations: 0,
             counterexamples: Vec::new(),
+            first_violation_step: None,
+            first_violation_ms: None,
         }
     }
 
@@ -156,6 +171,13 @@ pub struct Checker {
     plaintext: Verdict,
     stats: DeliveryStats,
     unknown_receipts: u64,
+    /// The step being handled and its virtual time, set by the harness.
+    step: u64,
+    step_ms: u64,
+    /// First (step, ms) at which a device held two entries of one message,
+    /// or one it was not addressed to; and at which a copy failed to decrypt.
+    first_duplicate: Option<(u64, u64)>,
+    first_undecryptable: Option<(u64, u64)>,
 }
 
 /// Facts about a copy reaching a device, before decryption.
@@ -206,6 +228,17 @@ impl Checker {
             ),
             ..Default::default()
         }
+    }
+
+    /// Tells the checker which step of the run the facts that follow
+    /// belong to (`ms`: virtual time since the run started).
+    pub fn at_step(&mut self, step: u64, ms: u64) {
+        self.step = step;
+        self.step_ms = ms;
+    }
+
+    fn now(&self) -> (u64, u64) {
+        (self.step, self.step_ms)
     }
 
     /// Records a send the client started; returns the message index.
@@ -274,6 +307,9 @@ impl Checker {
             return None;
         }
         let first = !m.receipts.iter().any(|x| x.device == r.device);
+        if (!first || !m.recipients.contains(&r.device)) && self.first_duplicate.is_none() {
+            self.first_duplicate = Some((self.step, self.step_ms));
+        }
         m.receipts.push(Receipt {
             device: r.device,
             entry: r.entry,
@@ -292,6 +328,12 @@ impl Checker {
             && seq < last
         {
             if r.order_promised {
+                if self.order.first_violation_step.is_none() {
+                    (
+                        self.order.first_violation_step,
+                        self.order.first_violation_ms,
+                    ) = (Some(self.step), Some(self.step_ms));
+                }
                 self.order.violate(|| {
                     format!(
                         "device {} got message {message} (sender {sender} seq {seq}, {conversation:?}) after seq {last}",
@@ -316,6 +358,9 @@ impl Checker {
             return;
         };
         let ok = opened == Opened::Plaintext(m.plaintext_digest);
+        if !ok && self.first_undecryptable.is_none() {
+            self.first_undecryptable = Some((self.step, self.step_ms));
+        }
         if let Some(r) = m
             .receipts
             .iter_mut()
@@ -340,6 +385,12 @@ impl Checker {
     /// plaintext found (empty when clean).
     pub fn record_store_scan(&mut self, relay: usize, found: &[String]) {
         self.plaintext.checked += 1;
+        if !found.is_empty() && self.plaintext.first_violation_step.is_none() {
+            (
+                self.plaintext.first_violation_step,
+                self.plaintext.first_violation_ms,
+            ) = (Some(self.step), Some(self.step_ms));
+        }
         for f in found {
             self.plaintext
                 .violate(|| format!("relay r{relay} store holds plaintext: {f}"));
@@ -438,6 +489,15 @@ impl Checker {
             let n = self.unknown_receipts;
             once.violate(|| format!("{n} received envelopes matched no message sent"));
         }
+        for (verdict, first) in [
+            (&mut once, self.first_duplicate),
+            (&mut decrypts, self.first_undecryptable),
+        ] {
+            if !verdict.passed {
+                (verdict.first_violation_step, verdict.first_violation_ms) =
+                    (first.map(|f| f.0), first.map(|f| f.1));
+            }
+        }
         vec![
             no_loss,
             once,
@@ -485,6 +545,38 @@ mod tests {
             opened,
             order_promised: true,
         }
+    }
+
+    /// Safety violations carry the step they were first seen at (set by
+    /// the harness before each event); a clean invariant carries none.
+    #[test]
+    fn violations_name_the_step_they_were_first_seen_at() {
+        let mut c = Checker::new();
+        let d = digest(b"hi");
+        let first = c.record_send(0, Conversation::Direct(1), vec![1], 0, 0, b"hi");
+        let second = c.record_send(0, Conversation::Direct(1), vec![1], 1, 0, b"hi");
+        c.record_accept(first, 1);
+        c.record_accept(second, 1);
+        c.at_step(3, 30);
+        c.record_receipt(receipt(second, 1, 1, Opened::Plaintext(d)));
+        c.at_step(5, 50);
+        // Seq 0 after seq 1 on one relay: order broken here.
+        c.record_receipt(receipt(first, 1, 2, Opened::Plaintext(d)));
+        c.at_step(8, 80);
+        // The same message from a second entry: a duplicate, and garbage.
+        c.record_receipt(receipt(first, 1, 9, Opened::Failed));
+        c.at_step(9, 90);
+        c.record_receipt(receipt(first, 1, 10, Opened::Failed));
+        let verdicts = c.verdicts(&name);
+        let step = |n: &str| {
+            let v = verdicts.iter().find(|v| v.name == n).unwrap();
+            (v.passed, v.first_violation_step, v.first_violation_ms)
+        };
+        assert_eq!(step("per_sender_order"), (false, Some(5), Some(50)));
+        assert_eq!(step("at_most_once"), (false, Some(8), Some(80)));
+        assert_eq!(step("decrypts_to_sent"), (false, Some(8), Some(80)));
+        assert_eq!(step("no_plaintext_at_rest"), (true, None, None));
+        assert_eq!(step("no_loss"), (true, None, None));
     }
 
     #[test]

@@ -347,12 +347,15 @@ pub fn run(scenario: &Scenario, options: &Options) -> Result<Report, SimError> {
             break;
         }
         world.clock.set(EPOCH_MS + at);
+        events += 1;
+        // Facts the checker hears from here on belong to this step.
+        world.checker.at_step(events, at);
         world.handle(ev)?;
         world.settle()?;
+        world.check_stores();
         if world.inbox_len >= INBOX_FLUSH_AT {
             world.flush_inboxes();
         }
-        events += 1;
         if events.is_multiple_of(8192) {
             bar.set_position(at.min(scenario.duration_ms));
         }
@@ -1609,6 +1612,17 @@ impl<'s> World<'s> {
     }
 
     // --- report ---
+
+    /// The per-step part of `no_plaintext_at_rest`: a relay store that was
+    /// written a plaintext during this step is reported at this step.
+    fn check_stores(&mut self) {
+        for (i, slot) in self.relays.iter().enumerate() {
+            if slot.store.has_plaintext_sightings() {
+                let found = slot.store.take_plaintext_sightings();
+                self.checker.record_store_scan(i, &found);
+            }
+        }
+    }
 
     fn report(mut self) -> Report {
         let end = self.q.now_ms();

@@ -42,6 +42,8 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 pub struct SimStore {
     inner: MemoryStore,
     state: Mutex<Watch>,
+    /// Set with every sighting, so the per-step check costs one load.
+    sighted: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -78,7 +80,14 @@ impl SimStore {
 
     /// Descriptions of every plaintext written, and forgets them.
     pub fn take_plaintext_sightings(&self) -> Vec<String> {
+        self.sighted
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         std::mem::take(&mut self.watch().plaintext)
+    }
+
+    /// True when a plaintext was written since the sightings were last taken.
+    pub fn has_plaintext_sightings(&self) -> bool {
+        self.sighted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn scan(&self, message: &NewMessage) {
@@ -106,6 +115,8 @@ impl SimStore {
         }
         if !found.is_empty() {
             self.watch().plaintext.extend(found);
+            self.sighted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
