@@ -237,10 +237,6 @@ impl Checker {
         self.step_ms = ms;
     }
 
-    fn now(&self) -> (u64, u64) {
-        (self.step, self.step_ms)
-    }
-
     /// Records a send the client started; returns the message index.
     pub fn record_send(
         &mut self,
