@@ -430,6 +430,13 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
                 FaultAction::Partition { .. } | FaultAction::Heal => {
                     label.push_str(" (not applied in loopback)");
                 }
+                // The adversaries live in the deterministic mode, where a
+                // relay's outgoing batches pass through the harness.
+                FaultAction::ReplayBatches { .. }
+                | FaultAction::ForgeOrigin { .. }
+                | FaultAction::Flood { .. } => {
+                    label.push_str(" (deterministic mode only; not applied in loopback)");
+                }
             }
             marks.push(FaultMark { at_ms: at, label });
         }

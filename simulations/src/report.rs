@@ -129,6 +129,11 @@ pub struct RelaySummary {
     pub crashes: u32,
     /// Largest outbox depth sampled.
     pub outbox_depth_max: u64,
+    /// Envelopes of delivery batches it refused (forged origin, limits).
+    pub federated_refused: u64,
+    /// Its clients' send attempts it refused, by error code (transient
+    /// refusals, retried by the client, count once per attempt).
+    pub sends_refused: std::collections::BTreeMap<String, u64>,
 }
 
 /// A fault as applied, for the report and the plots.

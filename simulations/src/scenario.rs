@@ -116,6 +116,11 @@ pub struct Relays {
     /// For `random`: peers each relay adds beyond a random spanning tree.
     #[serde(default = "default_random_peers")]
     pub random_peers: u32,
+    /// Each relay's `mailbox_depth_max` (entries per device; each source
+    /// gets a quarter of it), when not the relay's default of 10,000: a
+    /// small mailbox makes the flood adversary cheap to simulate.
+    #[serde(default)]
+    pub mailbox_depth_max: Option<u32>,
 }
 
 fn default_random_peers() -> u32 {
@@ -361,6 +366,10 @@ struct RawFault {
     sets: Option<Vec<Vec<u32>>>,
     relay: Option<u32>,
     user: Option<u32>,
+    claims: Option<u32>,
+    to_relay: Option<u32>,
+    to_user: Option<u32>,
+    count: Option<u32>,
 }
 
 impl TryFrom<RawFault> for Fault {
@@ -392,12 +401,50 @@ impl TryFrom<RawFault> for Fault {
                 relay: need(raw.relay, "relay")?,
                 user: need(raw.user, "user")?,
             },
+            "replay_batches" => FaultAction::ReplayBatches {
+                relay: need(raw.relay, "relay")?,
+            },
+            "forge_origin" => FaultAction::ForgeOrigin {
+                relay: need(raw.relay, "relay")?,
+                claims: need(raw.claims, "claims")?,
+            },
+            "flood" => FaultAction::Flood {
+                relay: need(raw.relay, "relay")?,
+                user: need(raw.user, "user")?,
+                to_relay: need(raw.to_relay, "to_relay")?,
+                to_user: need(raw.to_user, "to_user")?,
+                count: need(raw.count, "count")?,
+            },
             other => {
                 return Err(format!(
-                    "unknown fault kind `{other}`, expected one of partition, heal, crash, restart, client_offline, client_online"
+                    "unknown fault kind `{other}`, expected one of partition, heal, crash, restart, client_offline, client_online, replay_batches, forge_origin, flood"
                 ));
             }
         };
+        let adversary_fields = raw.claims.is_some()
+            || raw.to_relay.is_some()
+            || raw.to_user.is_some()
+            || raw.count.is_some();
+        let adversary_extra = match &action {
+            FaultAction::ForgeOrigin { .. } => {
+                raw.sets.is_some()
+                    || raw.user.is_some()
+                    || raw.to_relay.is_some()
+                    || raw.to_user.is_some()
+                    || raw.count.is_some()
+            }
+            FaultAction::Flood { .. } => raw.sets.is_some() || raw.claims.is_some(),
+            FaultAction::ReplayBatches { .. } => {
+                raw.sets.is_some() || raw.user.is_some() || adversary_fields
+            }
+            _ => adversary_fields,
+        };
+        if adversary_extra {
+            return Err(format!(
+                "fault kind `{}` has a field that belongs to another kind",
+                raw.kind
+            ));
+        }
         let extra = match &action {
             FaultAction::Partition { .. } => raw.relay.is_some() || raw.user.is_some(),
             FaultAction::Heal => raw.sets.is_some() || raw.relay.is_some() || raw.user.is_some(),
@@ -407,6 +454,10 @@ impl TryFrom<RawFault> for Fault {
             FaultAction::ClientOffline { .. } | FaultAction::ClientOnline { .. } => {
                 raw.sets.is_some()
             }
+            // Checked above with their own fields.
+            FaultAction::ReplayBatches { .. }
+            | FaultAction::ForgeOrigin { .. }
+            | FaultAction::Flood { .. } => false,
         };
         if extra {
             return Err(format!(
@@ -458,6 +509,39 @@ pub enum FaultAction {
         /// The user's index on that relay.
         user: u32,
     },
+    /// Adversary: from now on the relay sends every delivery batch a second
+    /// time a second later, as an attacker replaying captured traffic
+    /// would. The defence: receivers deduplicate by envelope id.
+    ReplayBatches {
+        /// The replaying relay.
+        relay: u32,
+    },
+    /// Adversary: from now on the relay also sends, beside each delivery
+    /// batch, a forged copy claiming to come from relay `claims` (fresh
+    /// envelope ids, the same recipients). The defence: a receiver refuses
+    /// a batch whose origin is not the authenticated peer.
+    ForgeOrigin {
+        /// The forging relay.
+        relay: u32,
+        /// The relay it claims to be.
+        claims: u32,
+    },
+    /// Adversary: a user's first device sends `count` messages to another
+    /// user at once, an account flooding a mailbox. The defence: each
+    /// source's share of a device's mailbox (audit #13 item 1); other
+    /// senders still reach the victim.
+    Flood {
+        /// The flooder's home relay index.
+        relay: u32,
+        /// The flooder's index on that relay.
+        user: u32,
+        /// The victim's home relay index.
+        to_relay: u32,
+        /// The victim's index on that relay.
+        to_user: u32,
+        /// Messages sent.
+        count: u32,
+    },
 }
 
 impl FaultAction {
@@ -470,6 +554,9 @@ impl FaultAction {
             FaultAction::Restart { .. } => "restart",
             FaultAction::ClientOffline { .. } => "client_offline",
             FaultAction::ClientOnline { .. } => "client_online",
+            FaultAction::ReplayBatches { .. } => "replay_batches",
+            FaultAction::ForgeOrigin { .. } => "forge_origin",
+            FaultAction::Flood { .. } => "flood",
         }
     }
 
@@ -482,6 +569,15 @@ impl FaultAction {
             FaultAction::Restart { relay } => format!("restart r{relay}"),
             FaultAction::ClientOffline { relay, user } => format!("offline u{user}@r{relay}"),
             FaultAction::ClientOnline { relay, user } => format!("online u{user}@r{relay}"),
+            FaultAction::ReplayBatches { relay } => format!("r{relay} replays batches"),
+            FaultAction::ForgeOrigin { relay, claims } => format!("r{relay} forges r{claims}"),
+            FaultAction::Flood {
+                relay,
+                user,
+                to_relay,
+                to_user,
+                count,
+            } => format!("u{user}@r{relay} floods u{to_user}@r{to_relay} x{count}"),
         }
     }
 }
@@ -758,6 +854,50 @@ impl Scenario {
                                 "client is not offline then"
                             },
                         ));
+                    }
+                }
+                FaultAction::ReplayBatches { relay } => {
+                    relay_ok(*relay)?;
+                }
+                FaultAction::ForgeOrigin { relay, claims } => {
+                    relay_ok(*relay)?;
+                    relay_ok(*claims).map_err(|_| {
+                        invalid(field("claims"), format!("relay {claims} does not exist"))
+                    })?;
+                    if relay == claims {
+                        return Err(invalid(field("claims"), "a relay cannot forge itself"));
+                    }
+                }
+                FaultAction::Flood {
+                    relay,
+                    user,
+                    to_relay,
+                    to_user,
+                    count,
+                } => {
+                    relay_ok(*relay)?;
+                    relay_ok(*to_relay).map_err(|_| {
+                        invalid(
+                            field("to_relay"),
+                            format!("relay {to_relay} does not exist"),
+                        )
+                    })?;
+                    for (name, u) in [("user", user), ("to_user", to_user)] {
+                        if *u >= self.users.per_relay {
+                            return Err(invalid(
+                                field(name),
+                                format!(
+                                    "user {u} does not exist (users are 0..{})",
+                                    self.users.per_relay
+                                ),
+                            ));
+                        }
+                    }
+                    if (relay, user) == (to_relay, to_user) {
+                        return Err(invalid(field("to_user"), "a user cannot flood itself"));
+                    }
+                    if *count == 0 || *count > 100_000 {
+                        return Err(invalid(field("count"), "must be 1..=100000"));
                     }
                 }
             }

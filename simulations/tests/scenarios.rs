@@ -227,3 +227,72 @@ fn every_shipped_scenario_is_valid() {
         Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
+
+/// A relay replaying every batch it sends: receivers recognise the copies
+/// by envelope id and nothing is delivered twice.
+#[test]
+fn replayed_batches_are_recognised_and_delivered_once() {
+    let r = run(
+        "[[faults]]\nat_ms = 1000\nkind = \"replay_batches\"\nrelay = 0",
+        21,
+    );
+    assert_clean(&r);
+    let duplicates: u64 = r.relays.iter().map(|s| s.federated_duplicates).sum();
+    assert!(duplicates > 10, "the replays happened: {}", r.summary());
+}
+
+/// A relay sending batches that claim another relay's origin (over its
+/// own authenticated link): every forged envelope is refused, and had one
+/// got in, its recipient would hold one message twice (`at_most_once`).
+#[test]
+fn batches_with_a_forged_origin_are_refused_whole() {
+    let r = run(
+        "[[faults]]\nat_ms = 1000\nkind = \"forge_origin\"\nrelay = 0\nclaims = 1",
+        22,
+    );
+    assert_clean(&r);
+    let refused: u64 = r.relays.iter().map(|s| s.federated_refused).sum();
+    assert!(refused > 10, "the forgeries happened: {}", r.summary());
+}
+
+/// One account floods an offline user's mailbox (a quarter of it is that
+/// account's share): the flooder is held back with `mailbox_quota`, no one
+/// else is refused with `mailbox_full`, and once the victim is back every
+/// message, the flood's included, is delivered.
+#[test]
+fn an_account_flooding_a_mailbox_gets_only_its_share() {
+    let text = BASE.replace("count = 3\n", "count = 3\nmailbox_depth_max = 40\n");
+    let scenario = Scenario::parse(&format!(
+        "{text}
+[[faults]]
+at_ms = 500
+kind = \"client_offline\"
+relay = 1
+user = 0
+[[faults]]
+at_ms = 1000
+kind = \"flood\"
+relay = 1
+user = 1
+to_relay = 1
+to_user = 0
+count = 60
+[[faults]]
+at_ms = 14000
+kind = \"client_online\"
+relay = 1
+user = 0
+"
+    ))
+    .unwrap();
+    let r = run_scenario(&scenario, 23, None);
+    assert_clean(&r);
+    let refused = |code: &str| -> u64 {
+        r.relays
+            .iter()
+            .map(|s| s.sends_refused.get(code).copied().unwrap_or(0))
+            .sum()
+    };
+    assert!(refused("mailbox_quota") > 0, "{}", r.summary());
+    assert_eq!(refused("mailbox_full"), 0, "{}", r.summary());
+}

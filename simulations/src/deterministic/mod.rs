@@ -10,6 +10,7 @@
 //! the federation transport ([`exec::SimFederation`], implementing the
 //! relay's `Federation` trait).
 
+mod adversary;
 pub mod client;
 pub mod exec;
 pub mod store;
@@ -274,6 +275,12 @@ enum Ev {
         relay: usize,
         incarnation: u32,
     },
+    /// A forged batch (see `adversary`) reaches `to` over `from`'s link.
+    ForgedArrive {
+        from: usize,
+        to: usize,
+        batch: Box<DeliveryBatch>,
+    },
     Sample,
     Fault(usize),
     RepairAll,
@@ -310,6 +317,9 @@ struct World<'s> {
     bucket_ms: u64,
     batch_max: u32,
     sabotage: Option<Sabotage>,
+    /// Adversary relays (fault kinds `replay_batches`, `forge_origin`).
+    replaying: BTreeSet<usize>,
+    forging: BTreeMap<usize, usize>,
     failure_notices: u64,
     rejected_sends: u64,
     inbox_len: usize,
@@ -440,6 +450,8 @@ impl<'s> World<'s> {
             bucket_ms,
             batch_max,
             sabotage: options.sabotage,
+            replaying: BTreeSet::new(),
+            forging: BTreeMap::new(),
             failure_notices: 0,
             rejected_sends: 0,
             inbox_len: 0,
@@ -457,13 +469,13 @@ impl<'s> World<'s> {
         let notifier = Arc::new(SimNotifier::default());
         let rng = SimRng::fork(self.seed, &format!("relay-{i}-{}", slot.incarnation));
         let store: Arc<dyn Store> = slot.store.clone();
-        let relay = Relay::new(
-            Config::new(slot.name.clone()),
-            store,
-            self.clock.clone(),
-            Box::new(rng),
-        )
-        .with_notifier(notifier.clone());
+        let mut config = Config::new(slot.name.clone());
+        if let Some(depth) = self.sc.relays.mailbox_depth_max {
+            config.mailbox_depth_max = depth;
+            config.mailbox_per_source_max = (depth / 4).max(1);
+        }
+        let relay = Relay::new(config, store, self.clock.clone(), Box::new(rng))
+            .with_notifier(notifier.clone());
         slot.live = Some(Live {
             relay: Arc::new(relay),
             fed: SimFederation::new(),
@@ -780,7 +792,10 @@ impl<'s> World<'s> {
             }
             Ev::DrainTick { relay, incarnation } => self.drain_tick(relay, incarnation)?,
             Ev::Sample => self.sample()?,
-            Ev::Fault(i) => self.fault(i),
+            Ev::Fault(i) => self.fault(i)?,
+            Ev::ForgedArrive { from, to, batch } => {
+                adversary::forged_arrive(self, from, to, *batch)?;
+            }
             Ev::RepairAll => self.repair_all(),
             Ev::Sabotage => {
                 if let Some(Sabotage::LoseOutboxEntry { relay }) = self.sabotage
@@ -827,6 +842,17 @@ impl<'s> World<'s> {
         if recipients.is_empty() {
             return Ok(());
         }
+        self.queue_message(sender, conversation, recipients)
+    }
+
+    /// Records a new message of `sender` with a fresh plaintext and queues
+    /// it on that device.
+    fn queue_message(
+        &mut self,
+        sender: DeviceIx,
+        conversation: Conversation,
+        recipients: Vec<DeviceIx>,
+    ) -> Result<(), SimError> {
         let w = &self.sc.workload;
         let size = self
             .work_rng
@@ -987,7 +1013,14 @@ impl<'s> World<'s> {
                 }
                 (true, false)
             }
-            Err(e) => (false, is_transient(&e)),
+            Err(e) => {
+                *self.relays[r]
+                    .summary
+                    .sends_refused
+                    .entry(e.code().as_str().to_string())
+                    .or_default() += 1;
+                (false, is_transient(&e))
+            }
         };
         self.process_notices(r);
         let fate = transmit(
@@ -1382,6 +1415,7 @@ impl<'s> World<'s> {
                 },
             );
         }
+        adversary::after_send(self, r, incarnation, to, call.id, &batch);
     }
 
     fn batch_arrive(
@@ -1402,7 +1436,7 @@ impl<'s> World<'s> {
             match a.status {
                 AckStatus::Accepted => self.relays[to].summary.federated_in += 1,
                 AckStatus::Duplicate => self.relays[to].summary.federated_duplicates += 1,
-                AckStatus::Rejected(_) => {}
+                AckStatus::Rejected(_) => self.relays[to].summary.federated_refused += 1,
             }
         }
         self.process_notices(to);
@@ -1504,7 +1538,7 @@ impl<'s> World<'s> {
 
     // --- faults ---
 
-    fn fault(&mut self, i: usize) {
+    fn fault(&mut self, i: usize) -> Result<(), SimError> {
         let f = &self.sc.faults[i];
         self.marks.push(FaultMark {
             at_ms: f.at_ms,
@@ -1531,7 +1565,26 @@ impl<'s> World<'s> {
                     self.bring_online(d);
                 }
             }
+            FaultAction::ReplayBatches { relay } => {
+                self.replaying.insert(*relay as usize);
+            }
+            FaultAction::ForgeOrigin { relay, claims } => {
+                self.forging.insert(*relay as usize, *claims as usize);
+            }
+            FaultAction::Flood {
+                relay,
+                user,
+                to_relay,
+                to_user,
+                count,
+            } => {
+                let per_relay = self.sc.users.per_relay as usize;
+                let from = *relay as usize * per_relay + *user as usize;
+                let to = *to_relay as usize * per_relay + *to_user as usize;
+                adversary::flood(self, from, to, *count)?;
+            }
         }
+        Ok(())
     }
 
     fn heal(&mut self) {
