@@ -91,7 +91,7 @@ impl writer::SqlStore {
     ) -> crate::error::Result<Self> {
         // Full durability with group commit: no fsync inside COMMIT; a
         // thread of its own syncs the WAL before anyone is answered, while
-        // the writer runs the next batch (`Syncer` in sql.rs). Without group
+        // the writer runs the next batch (`crate::syncer::Syncer`). Without group
         // commit (a baseline for benchmarks), each COMMIT fsyncs.
         let wal_sync = (options.durability == Durability::Full && options.group_commit)
             .then(|| path.as_ref().to_path_buf());
