@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use courier_relay::Store;
-use courier_relay::store::{
-    Durability, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore,
-};
+use courier_store_sql::{Durability, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 
 use crate::config::{Config, SqliteDurability};
 

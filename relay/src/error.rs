@@ -1,4 +1,5 @@
-//! The one error type of the relay logic and its stores.
+//! The one error type of the relay logic and its stores (the SQL stores
+//! in `courier-store-sql` map database errors onto it).
 
 use courier_protocol::ErrorCode;
 
@@ -170,36 +171,6 @@ impl From<ErrorCode> for RelayError {
     }
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl From<sqlx::Error> for RelayError {
-    fn from(e: sqlx::Error) -> Self {
-        if is_storage_full(&e) {
-            return RelayError::StorageFull(e.to_string());
-        }
-        RelayError::Store(e.to_string())
-    }
-}
-
-/// Whether a database error says the disk is full: SQLite's result code 13
-/// (`SQLITE_FULL`, reported as the extended code, whose low byte is the
-/// primary one) or PostgreSQL's SQLSTATE `53100` (`disk_full`). The two
-/// code spaces do not overlap (SQLSTATEs are five characters).
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn is_storage_full(e: &sqlx::Error) -> bool {
-    const SQLITE_FULL: i64 = 13;
-    let Some(code) = e.as_database_error().and_then(|d| d.code()) else {
-        return false;
-    };
-    code == "53100" || code.parse::<i64>().is_ok_and(|n| n & 0xff == SQLITE_FULL)
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl From<sqlx::migrate::MigrateError> for RelayError {
-    fn from(e: sqlx::migrate::MigrateError) -> Self {
-        RelayError::Store(e.to_string())
-    }
-}
-
 /// Result with [`RelayError`].
 pub type Result<T, E = RelayError> = std::result::Result<T, E>;
 
@@ -217,41 +188,4 @@ fn no_route(relays: &[courier_protocol::RelayName]) -> String {
         "no route to relay {}{tail}: not known to this relay's federation",
         named.join(", ")
     )
-}
-
-#[cfg(all(test, feature = "sqlite"))]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn sqlite_full_is_storage_full_and_other_errors_are_not() {
-        use sqlx::Connection as _;
-        let mut c = sqlx::SqliteConnection::connect("sqlite::memory:")
-            .await
-            .unwrap();
-        // A database that may not grow past a few pages: SQLITE_FULL, as
-        // on a full disk.
-        sqlx::raw_sql("PRAGMA max_page_count = 4; CREATE TABLE t (b BLOB)")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        let mut full = None;
-        for _ in 0..100 {
-            if let Err(e) = sqlx::query("INSERT INTO t VALUES (randomblob(4096))")
-                .execute(&mut c)
-                .await
-            {
-                full = Some(e);
-                break;
-            }
-        }
-        let full = RelayError::from(full.expect("the database never filled"));
-        assert!(matches!(full, RelayError::StorageFull(_)), "{full:?}");
-        assert_eq!(full.code(), ErrorCode::InsufficientStorage);
-        let other = sqlx::query("SELECT * FROM missing")
-            .execute(&mut c)
-            .await
-            .unwrap_err();
-        assert!(matches!(RelayError::from(other), RelayError::Store(_)));
-    }
 }

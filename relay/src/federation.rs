@@ -831,212 +831,226 @@ mod in_process {
         relay.fetch(device, 0, 500).await.unwrap().envelopes
     }
 
-    #[tokio::test]
-    async fn message_reaches_the_remote_mailbox_and_leaves_the_outbox() {
-        let net = Arc::new(Net::default());
-        let clock = Arc::new(ManualClock::new(T0));
-        let (a, link_a) = relay(&net, "relay-a.example", &clock);
-        let (b, _) = relay(&net, "relay-b.example", &clock);
-        let alice = user(&a, "alice").await;
-        let bob = user(&b, "bob").await;
-        a.accept_message(&alice, message(1, &["bob@relay-b.example"], 60))
-            .await
-            .unwrap();
-        let dest = RelayName::parse("relay-b.example").unwrap();
-        let report = drain_once(&a, &link_a, &dest, 256).await.unwrap();
-        assert_eq!((report.delivered, report.retried, report.failed), (1, 0, 0));
-        let got = mailbox(&b, &bob).await;
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].origin.as_str(), "relay-a.example");
-        assert_eq!(got[0].body.as_slice(), &[0xc1; 100][..]);
-        assert!(a.outbox_destinations().await.unwrap().is_empty());
-        assert_eq!(drain_once(&a, &link_a, &dest, 256).await.unwrap().taken, 0);
-    }
-
-    #[tokio::test]
-    async fn unreachable_peer_is_retried_after_backoff_and_delivered_exactly_once() {
-        let net = Arc::new(Net::default());
-        let clock = Arc::new(ManualClock::new(T0));
-        let (a, link_a) = relay(&net, "relay-a.example", &clock);
-        let (b, _) = relay(&net, "relay-b.example", &clock);
-        let alice = user(&a, "alice").await;
-        let bob = user(&b, "bob").await;
-        for n in 0..10 {
-            a.accept_message(&alice, message(n, &["bob@relay-b.example"], 60))
+    #[test]
+    fn message_reaches_the_remote_mailbox_and_leaves_the_outbox() {
+        futures::executor::block_on(async {
+            let net = Arc::new(Net::default());
+            let clock = Arc::new(ManualClock::new(T0));
+            let (a, link_a) = relay(&net, "relay-a.example", &clock);
+            let (b, _) = relay(&net, "relay-b.example", &clock);
+            let alice = user(&a, "alice").await;
+            let bob = user(&b, "bob").await;
+            a.accept_message(&alice, message(1, &["bob@relay-b.example"], 60))
                 .await
                 .unwrap();
-        }
-        let dest = RelayName::parse("relay-b.example").unwrap();
-        net.down.store(true, Ordering::SeqCst);
-        let report = drain_once(&a, &link_a, &dest, 256).await.unwrap();
-        assert_eq!((report.delivered, report.retried), (0, 10));
-        assert!(report.error.is_some());
-        // Backing off: nothing is due right away.
-        assert_eq!(drain_once(&a, &link_a, &dest, 256).await.unwrap().taken, 0);
-        net.down.store(false, Ordering::SeqCst);
-        clock.advance(1000);
-        let report = drain_once(&a, &link_a, &dest, 256).await.unwrap();
-        assert_eq!(report.delivered, 10);
-        // The same batch delivered again (a retry after a lost ack) is
-        // acknowledged as duplicate and stores nothing new.
-        let replay = DeliveryBatch {
-            origin: a.name().clone(),
-            envelopes: vec![FedEnvelope {
-                id: EnvelopeId::new(T0, [3; 10]),
-                body: Bytes::from(vec![0xc1; 100]),
-                recipients: vec![courier_protocol::FedRecipient {
-                    user: bob.user.clone(),
-                    device: DeviceId(1),
-                    header: Bytes::from(vec![0xee; 16]),
-                }],
-                expires_ms: T0 + 60_000,
-                kind: courier_protocol::EnvelopeKind::Message,
-            }],
-        };
-        let acks = accept_batch(&b, a.name(), replay).await;
-        assert_eq!(acks.acks[0].status, AckStatus::Duplicate);
-        assert_eq!(mailbox(&b, &bob).await.len(), 10);
+            let dest = RelayName::parse("relay-b.example").unwrap();
+            let report = drain_once(&a, &link_a, &dest, 256).await.unwrap();
+            assert_eq!((report.delivered, report.retried, report.failed), (1, 0, 0));
+            let got = mailbox(&b, &bob).await;
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].origin.as_str(), "relay-a.example");
+            assert_eq!(got[0].body.as_slice(), &[0xc1; 100][..]);
+            assert!(a.outbox_destinations().await.unwrap().is_empty());
+            assert_eq!(drain_once(&a, &link_a, &dest, 256).await.unwrap().taken, 0);
+        });
     }
 
-    #[tokio::test]
-    async fn undeliverable_message_yields_a_failure_notice_to_the_sender() {
-        let net = Arc::new(Net::default());
-        let clock = Arc::new(ManualClock::new(T0));
-        let (a, link_a) = relay(&net, "relay-a.example", &clock);
-        let alice = user(&a, "alice").await;
-        a.accept_message(&alice, message(1, &["bob@relay-z.example"], 5))
-            .await
-            .unwrap();
-        let dest = RelayName::parse("relay-z.example").unwrap();
-        let report = drain_once(&a, &link_a, &dest, 256).await.unwrap();
-        assert_eq!(report.retried, 1);
-        assert!(matches!(
-            report.error,
-            Some(FederationError::UnknownRelay(_))
-        ));
-        clock.advance(6000);
-        assert_eq!(a.outbox_expire().await.unwrap(), 1);
-        let notices = mailbox(&a, &alice).await;
-        assert_eq!(notices.len(), 1);
-        assert_eq!(
-            notices[0].kind,
-            courier_protocol::EnvelopeKind::DeliveryFailure
-        );
-        assert!(a.outbox_destinations().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn permanent_refusal_fails_the_entry_with_a_notice() {
-        let net = Arc::new(Net::default());
-        let clock = Arc::new(ManualClock::new(T0));
-        let (a, link_a) = relay(&net, "relay-a.example", &clock);
-        // Kept alive: the link delivers to it.
-        let (_b, _) = relay(&net, "relay-b.example", &clock);
-        let alice = user(&a, "alice").await;
-        // Nobody of that name on B: no retry can fix it. (A squatted id
-        // no longer is a refusal: B deduplicates per origin and content.)
-        a.accept_message(&alice, message(1, &["nobody@relay-b.example"], 60))
-            .await
-            .unwrap();
-        let dest = RelayName::parse("relay-b.example").unwrap();
-        let report = drain_once(&a, &link_a, &dest, 256).await.unwrap();
-        assert_eq!((report.delivered, report.retried, report.failed), (0, 0, 1));
-        assert!(a.outbox_destinations().await.unwrap().is_empty());
-        let notices = mailbox(&a, &alice).await;
-        assert_eq!(notices.len(), 1);
-        assert_eq!(
-            notices[0].kind,
-            courier_protocol::EnvelopeKind::DeliveryFailure
-        );
-    }
-
-    #[tokio::test]
-    async fn group_message_crosses_once_per_destination_relay_with_body_once() {
-        let net = Arc::new(Net::default());
-        let clock = Arc::new(ManualClock::new(T0));
-        let (a, link_a) = relay(&net, "relay-a.example", &clock);
-        let (b, _) = relay(&net, "relay-b.example", &clock);
-        let (c, _) = relay(&net, "relay-c.example", &clock);
-        let alice = user(&a, "alice").await;
-        let mut members = Vec::new();
-        for (r, names) in [(&b, ["b1", "b2", "b3"]), (&c, ["c1", "c2", "c3"])] {
-            for n in names {
-                members.push((r.clone(), user(r, n).await));
+    #[test]
+    fn unreachable_peer_is_retried_after_backoff_and_delivered_exactly_once() {
+        futures::executor::block_on(async {
+            let net = Arc::new(Net::default());
+            let clock = Arc::new(ManualClock::new(T0));
+            let (a, link_a) = relay(&net, "relay-a.example", &clock);
+            let (b, _) = relay(&net, "relay-b.example", &clock);
+            let alice = user(&a, "alice").await;
+            let bob = user(&b, "bob").await;
+            for n in 0..10 {
+                a.accept_message(&alice, message(n, &["bob@relay-b.example"], 60))
+                    .await
+                    .unwrap();
             }
-        }
-        let to = [
-            "b1@relay-b.example",
-            "b2@relay-b.example",
-            "b3@relay-b.example",
-            "c1@relay-c.example",
-            "c2@relay-c.example",
-            "c3@relay-c.example",
-        ];
-        a.accept_message(&alice, message(1, &to, 60)).await.unwrap();
-        for dest in ["relay-b.example", "relay-c.example"] {
-            let dest = RelayName::parse(dest).unwrap();
-            drain_once(&a, &link_a, &dest, 256).await.unwrap();
-        }
-        let deliveries = net.deliveries.lock().unwrap().clone();
-        assert_eq!(deliveries.len(), 2, "one delivery per destination relay");
-        for (_, _, envelopes, recipients) in deliveries {
-            assert_eq!((envelopes, recipients), (1, 3));
-        }
-        for (r, m) in &members {
-            assert_eq!(mailbox(r, m).await.len(), 1);
-        }
-    }
-
-    #[tokio::test]
-    async fn batch_from_a_peer_claiming_another_origin_changes_nothing() {
-        let net = Arc::new(Net::default());
-        let clock = Arc::new(ManualClock::new(T0));
-        let (b, _) = relay(&net, "relay-b.example", &clock);
-        let bob = user(&b, "bob").await;
-        let forged = DeliveryBatch {
-            origin: RelayName::parse("relay-c.example").unwrap(),
-            envelopes: vec![FedEnvelope {
-                id: EnvelopeId::new(T0, [1; 10]),
-                body: Bytes::from(vec![1]),
-                recipients: vec![courier_protocol::FedRecipient {
-                    user: bob.user.clone(),
-                    device: DeviceId(1),
-                    header: Bytes::from(vec![2]),
+            let dest = RelayName::parse("relay-b.example").unwrap();
+            net.down.store(true, Ordering::SeqCst);
+            let report = drain_once(&a, &link_a, &dest, 256).await.unwrap();
+            assert_eq!((report.delivered, report.retried), (0, 10));
+            assert!(report.error.is_some());
+            // Backing off: nothing is due right away.
+            assert_eq!(drain_once(&a, &link_a, &dest, 256).await.unwrap().taken, 0);
+            net.down.store(false, Ordering::SeqCst);
+            clock.advance(1000);
+            let report = drain_once(&a, &link_a, &dest, 256).await.unwrap();
+            assert_eq!(report.delivered, 10);
+            // The same batch delivered again (a retry after a lost ack) is
+            // acknowledged as duplicate and stores nothing new.
+            let replay = DeliveryBatch {
+                origin: a.name().clone(),
+                envelopes: vec![FedEnvelope {
+                    id: EnvelopeId::new(T0, [3; 10]),
+                    body: Bytes::from(vec![0xc1; 100]),
+                    recipients: vec![courier_protocol::FedRecipient {
+                        user: bob.user.clone(),
+                        device: DeviceId(1),
+                        header: Bytes::from(vec![0xee; 16]),
+                    }],
+                    expires_ms: T0 + 60_000,
+                    kind: courier_protocol::EnvelopeKind::Message,
                 }],
-                expires_ms: T0 + 60_000,
-                kind: courier_protocol::EnvelopeKind::Message,
-            }],
-        };
-        let peer = RelayName::parse("relay-a.example").unwrap();
-        let acks = accept_batch(&b, &peer, forged).await;
-        assert_eq!(
-            acks.acks[0].status,
-            AckStatus::Rejected(ErrorCode::OriginMismatch)
-        );
-        assert!(mailbox(&b, &bob).await.is_empty());
+            };
+            let acks = accept_batch(&b, a.name(), replay).await;
+            assert_eq!(acks.acks[0].status, AckStatus::Duplicate);
+            assert_eq!(mailbox(&b, &bob).await.len(), 10);
+        });
     }
 
-    #[tokio::test]
-    async fn remote_bundle_for_another_address_is_refused() {
-        let net = Arc::new(Net::default());
-        let clock = Arc::new(ManualClock::new(T0));
-        let (_a, link_a) = relay(&net, "relay-a.example", &clock);
-        let (b, _) = relay(&net, "relay-b.example", &clock);
-        user(&b, "bob").await;
-        let bob = Address::parse("bob@relay-b.example").unwrap();
-        // Bob has no signed prekey yet: an empty bundle list, but the signed
-        // device list travels with it.
-        let bundle = fetch_remote_bundle(&link_a, &bob, None).await.unwrap();
-        assert_eq!(bundle.device_list.list.address, bob);
-        let nobody = Address::parse("nobody@relay-b.example").unwrap();
-        let err = fetch_remote_bundle(&link_a, &nobody, None)
-            .await
-            .unwrap_err();
-        assert_eq!(err.code, ErrorCode::UnknownUser);
-        let unknown = Address::parse("x@relay-q.example").unwrap();
-        let err = fetch_remote_bundle(&link_a, &unknown, None)
-            .await
-            .unwrap_err();
-        assert_eq!(err.code, ErrorCode::UnknownRelay);
+    #[test]
+    fn undeliverable_message_yields_a_failure_notice_to_the_sender() {
+        futures::executor::block_on(async {
+            let net = Arc::new(Net::default());
+            let clock = Arc::new(ManualClock::new(T0));
+            let (a, link_a) = relay(&net, "relay-a.example", &clock);
+            let alice = user(&a, "alice").await;
+            a.accept_message(&alice, message(1, &["bob@relay-z.example"], 5))
+                .await
+                .unwrap();
+            let dest = RelayName::parse("relay-z.example").unwrap();
+            let report = drain_once(&a, &link_a, &dest, 256).await.unwrap();
+            assert_eq!(report.retried, 1);
+            assert!(matches!(
+                report.error,
+                Some(FederationError::UnknownRelay(_))
+            ));
+            clock.advance(6000);
+            assert_eq!(a.outbox_expire().await.unwrap(), 1);
+            let notices = mailbox(&a, &alice).await;
+            assert_eq!(notices.len(), 1);
+            assert_eq!(
+                notices[0].kind,
+                courier_protocol::EnvelopeKind::DeliveryFailure
+            );
+            assert!(a.outbox_destinations().await.unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn permanent_refusal_fails_the_entry_with_a_notice() {
+        futures::executor::block_on(async {
+            let net = Arc::new(Net::default());
+            let clock = Arc::new(ManualClock::new(T0));
+            let (a, link_a) = relay(&net, "relay-a.example", &clock);
+            // Kept alive: the link delivers to it.
+            let (_b, _) = relay(&net, "relay-b.example", &clock);
+            let alice = user(&a, "alice").await;
+            // Nobody of that name on B: no retry can fix it. (A squatted id
+            // no longer is a refusal: B deduplicates per origin and content.)
+            a.accept_message(&alice, message(1, &["nobody@relay-b.example"], 60))
+                .await
+                .unwrap();
+            let dest = RelayName::parse("relay-b.example").unwrap();
+            let report = drain_once(&a, &link_a, &dest, 256).await.unwrap();
+            assert_eq!((report.delivered, report.retried, report.failed), (0, 0, 1));
+            assert!(a.outbox_destinations().await.unwrap().is_empty());
+            let notices = mailbox(&a, &alice).await;
+            assert_eq!(notices.len(), 1);
+            assert_eq!(
+                notices[0].kind,
+                courier_protocol::EnvelopeKind::DeliveryFailure
+            );
+        });
+    }
+
+    #[test]
+    fn group_message_crosses_once_per_destination_relay_with_body_once() {
+        futures::executor::block_on(async {
+            let net = Arc::new(Net::default());
+            let clock = Arc::new(ManualClock::new(T0));
+            let (a, link_a) = relay(&net, "relay-a.example", &clock);
+            let (b, _) = relay(&net, "relay-b.example", &clock);
+            let (c, _) = relay(&net, "relay-c.example", &clock);
+            let alice = user(&a, "alice").await;
+            let mut members = Vec::new();
+            for (r, names) in [(&b, ["b1", "b2", "b3"]), (&c, ["c1", "c2", "c3"])] {
+                for n in names {
+                    members.push((r.clone(), user(r, n).await));
+                }
+            }
+            let to = [
+                "b1@relay-b.example",
+                "b2@relay-b.example",
+                "b3@relay-b.example",
+                "c1@relay-c.example",
+                "c2@relay-c.example",
+                "c3@relay-c.example",
+            ];
+            a.accept_message(&alice, message(1, &to, 60)).await.unwrap();
+            for dest in ["relay-b.example", "relay-c.example"] {
+                let dest = RelayName::parse(dest).unwrap();
+                drain_once(&a, &link_a, &dest, 256).await.unwrap();
+            }
+            let deliveries = net.deliveries.lock().unwrap().clone();
+            assert_eq!(deliveries.len(), 2, "one delivery per destination relay");
+            for (_, _, envelopes, recipients) in deliveries {
+                assert_eq!((envelopes, recipients), (1, 3));
+            }
+            for (r, m) in &members {
+                assert_eq!(mailbox(r, m).await.len(), 1);
+            }
+        });
+    }
+
+    #[test]
+    fn batch_from_a_peer_claiming_another_origin_changes_nothing() {
+        futures::executor::block_on(async {
+            let net = Arc::new(Net::default());
+            let clock = Arc::new(ManualClock::new(T0));
+            let (b, _) = relay(&net, "relay-b.example", &clock);
+            let bob = user(&b, "bob").await;
+            let forged = DeliveryBatch {
+                origin: RelayName::parse("relay-c.example").unwrap(),
+                envelopes: vec![FedEnvelope {
+                    id: EnvelopeId::new(T0, [1; 10]),
+                    body: Bytes::from(vec![1]),
+                    recipients: vec![courier_protocol::FedRecipient {
+                        user: bob.user.clone(),
+                        device: DeviceId(1),
+                        header: Bytes::from(vec![2]),
+                    }],
+                    expires_ms: T0 + 60_000,
+                    kind: courier_protocol::EnvelopeKind::Message,
+                }],
+            };
+            let peer = RelayName::parse("relay-a.example").unwrap();
+            let acks = accept_batch(&b, &peer, forged).await;
+            assert_eq!(
+                acks.acks[0].status,
+                AckStatus::Rejected(ErrorCode::OriginMismatch)
+            );
+            assert!(mailbox(&b, &bob).await.is_empty());
+        });
+    }
+
+    #[test]
+    fn remote_bundle_for_another_address_is_refused() {
+        futures::executor::block_on(async {
+            let net = Arc::new(Net::default());
+            let clock = Arc::new(ManualClock::new(T0));
+            let (_a, link_a) = relay(&net, "relay-a.example", &clock);
+            let (b, _) = relay(&net, "relay-b.example", &clock);
+            user(&b, "bob").await;
+            let bob = Address::parse("bob@relay-b.example").unwrap();
+            // Bob has no signed prekey yet: an empty bundle list, but the signed
+            // device list travels with it.
+            let bundle = fetch_remote_bundle(&link_a, &bob, None).await.unwrap();
+            assert_eq!(bundle.device_list.list.address, bob);
+            let nobody = Address::parse("nobody@relay-b.example").unwrap();
+            let err = fetch_remote_bundle(&link_a, &nobody, None)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, ErrorCode::UnknownUser);
+            let unknown = Address::parse("x@relay-q.example").unwrap();
+            let err = fetch_remote_bundle(&link_a, &unknown, None)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, ErrorCode::UnknownRelay);
+        });
     }
 }

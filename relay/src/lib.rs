@@ -3,8 +3,11 @@
 //! injected randomness. No sockets here: the gateway (HTTP/WebSocket) and the
 //! federation driver call into [`Relay`]; the node wires it to a store.
 //!
-//! Stores: [`MemoryStore`] (always; simulations), [`SqliteStore`] (feature
-//! `sqlite`) and [`PostgresStore`] (feature `postgres`). See `docs/storage.md`.
+//! Stores: [`MemoryStore`] here (simulations, tests); the SQLite and
+//! PostgreSQL stores live in `courier-store-sql`, so this crate depends on
+//! no database, runtime or network library (a test there checks the crate
+//! graph). The `testkit` feature exports the store conformance suite. See
+//! `docs/storage.md`.
 
 mod access_cache;
 pub mod account;
@@ -22,6 +25,8 @@ pub mod relay;
 pub mod routes;
 pub mod secret;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -32,8 +37,4 @@ pub use relay::{
     AuthedDevice, Config, NoNotifier, Notifier, Random, Registration, Relay, Revocation,
 };
 pub use secret::StoreSecret;
-#[cfg(feature = "sqlite")]
-pub use store::{Durability, SqliteOptions, SqliteStore};
 pub use store::{MemoryStore, Store, StoreStats};
-#[cfg(feature = "postgres")]
-pub use store::{PostgresOptions, PostgresStore};

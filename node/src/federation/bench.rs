@@ -25,8 +25,8 @@ use courier_protocol::{
     EnvelopeId, OutgoingMessage, RecipientEntry, RelayName,
 };
 use courier_relay::federation::{Federation, FederationError};
-use courier_relay::store::{SqliteOptions, SqliteStore};
 use courier_relay::{NoNotifier, Relay, Store, SystemClock};
+use courier_store_sql::{SqliteOptions, SqliteStore};
 use libp2p::identity::Keypair;
 use rand::SeedableRng;
 

@@ -4,7 +4,7 @@
 //! each performed against real `courier serve` processes over HTTP (and,
 //! for squatting across relays, QUIC federation). Item 14 (what the
 //! database reveals of senders) is a store-level test:
-//! `relay/tests/conformance.rs`,
+//! `store-sql/tests/conformance.rs`,
 //! `the_database_does_not_reveal_the_sender_of_an_undelivered_message`.
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
-//! Storage behind one async trait, with an in-memory, a SQLite and a
-//! PostgreSQL implementation that pass the same conformance suite.
+//! Storage behind one async trait, with an in-memory implementation here
+//! and the SQLite and PostgreSQL ones in `courier-store-sql`, which pass
+//! the same conformance suite (`crate::testkit`, feature `testkit`).
 //!
 //! The trait is object safe (`Arc<dyn Store>`) because the gateway, the
 //! federation driver and the node hold the store without knowing which one
@@ -24,16 +25,8 @@ use crate::types::{
 use courier_protocol::Bytes;
 
 pub mod memory;
-#[cfg(feature = "postgres")]
-pub mod postgres;
-#[cfg(feature = "sqlite")]
-pub mod sqlite;
 
 pub use memory::MemoryStore;
-#[cfg(feature = "postgres")]
-pub use postgres::{PostgresOptions, PostgresStore};
-#[cfg(feature = "sqlite")]
-pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 /// SHA-256 of a secret token or code; stores never see the secret itself.
 pub type TokenHash = [u8; 32];

@@ -13,7 +13,8 @@ use courier_protocol::api::{DeviceKeys, DeviceList, DeviceListEntry, RegisterReq
 use courier_protocol::{
     Address, Bytes, DeviceId, EnvelopeId, OutgoingMessage, RecipientEntry, RelayName, Username,
 };
-use courier_relay::{AuthedDevice, Config, Relay, SqliteStore, SystemClock};
+use courier_relay::{AuthedDevice, Config, Relay, SystemClock};
+use courier_store_sql::SqliteStore;
 use ed25519_dalek::{Signer, SigningKey};
 use rand::SeedableRng;
 use rand::rngs::StdRng;

@@ -6,16 +6,38 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor};
 
-use crate::error::{RelayError, Result};
+use courier_relay::{RelayError, Result};
 
-mod imp {
-    use sqlx::postgres::{PgConnection as Conn, PgPool as Pool, PgRow as Row, Postgres as Db};
-    const PG: bool = true;
-    include!("sql.rs");
+/// What the shared modules in `sql/` compile against: PostgreSQL's sqlx types,
+/// and `PG` for the few statements that differ.
+mod dialect {
+    pub(super) use sqlx::postgres::{
+        PgConnection as Conn, PgPool as Pool, PgRow as Row, Postgres as Db,
+    };
+    /// True for PostgreSQL.
+    pub(super) const PG: bool = true;
 }
 
+// The shared operations, compiled here for PostgreSQL (see the crate docs).
+#[path = "sql/accounts.rs"]
+mod accounts;
+#[path = "sql/auth.rs"]
+mod auth;
+#[path = "sql/keys.rs"]
+mod keys;
+#[path = "sql/mailbox.rs"]
+mod mailbox;
+#[path = "sql/outbox.rs"]
+mod outbox;
+#[path = "sql/query.rs"]
+mod query;
+#[path = "sql/store.rs"]
+mod store;
+#[path = "sql/writer.rs"]
+mod writer;
+
 /// The PostgreSQL store. Every write is committed before the call returns.
-pub type PostgresStore = imp::SqlStore;
+pub type PostgresStore = writer::SqlStore;
 
 /// How to connect a [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -40,17 +62,19 @@ impl Default for PostgresOptions {
     }
 }
 
-impl imp::SqlStore {
+impl writer::SqlStore {
     /// Connects to `url` (`postgres://…`) and applies the embedded migrations.
     /// Must be called inside a Tokio runtime: it spawns the writer task.
     pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self> {
+        Ok(Self::connect_inner(url, options).await?)
+    }
+
+    async fn connect_inner(url: &str, options: PostgresOptions) -> crate::error::Result<Self> {
         let connect = PgConnectOptions::from_str(url)?;
         let schema = options.schema.clone();
         if let Some(s) = &schema {
             if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(RelayError::Store(
-                    "schema name must be [A-Za-z0-9_]+".into(),
-                ));
+                return Err(RelayError::Store("schema name must be [A-Za-z0-9_]+".into()).into());
             }
             let mut conn = sqlx::PgConnection::connect_with(&connect).await?;
             conn.execute(sqlx::AssertSqlSafe(format!(
@@ -79,7 +103,7 @@ impl imp::SqlStore {
             .connect_with(
                 connect
                     .clone()
-                    .statement_cache_capacity(imp::WRITER_STATEMENTS_CACHED),
+                    .statement_cache_capacity(writer::WRITER_STATEMENTS_CACHED),
             )
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&write).await?;

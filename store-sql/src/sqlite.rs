@@ -7,19 +7,39 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::error::Result;
+use courier_relay::Result;
 
-mod imp {
-    use sqlx::sqlite::{
+/// What the shared modules in `sql/` compile against: SQLite's sqlx types,
+/// and `PG` for the few statements that differ.
+mod dialect {
+    pub(super) use sqlx::sqlite::{
         Sqlite as Db, SqliteConnection as Conn, SqlitePool as Pool, SqliteRow as Row,
     };
-    const PG: bool = false;
-    include!("sql.rs");
+    /// True for PostgreSQL.
+    pub(super) const PG: bool = false;
 }
+
+// The shared operations, compiled here for SQLite (see the crate docs).
+#[path = "sql/accounts.rs"]
+mod accounts;
+#[path = "sql/auth.rs"]
+mod auth;
+#[path = "sql/keys.rs"]
+mod keys;
+#[path = "sql/mailbox.rs"]
+mod mailbox;
+#[path = "sql/outbox.rs"]
+mod outbox;
+#[path = "sql/query.rs"]
+mod query;
+#[path = "sql/store.rs"]
+mod store;
+#[path = "sql/writer.rs"]
+mod writer;
 
 /// The SQLite store. Every write is committed (and, with
 /// [`Durability::Full`], fsynced) before the call returns.
-pub type SqliteStore = imp::SqlStore;
+pub type SqliteStore = writer::SqlStore;
 
 /// When a commit reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,14 +77,21 @@ impl Default for SqliteOptions {
     }
 }
 
-impl imp::SqlStore {
+impl writer::SqlStore {
     /// Opens (creating if missing) the database file at `path` and applies
     /// the embedded migrations. Must be called inside a Tokio runtime: it
     /// spawns the writer task.
     pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        Ok(Self::open_inner(path, options).await?)
+    }
+
+    async fn open_inner(
+        path: impl AsRef<Path>,
+        options: SqliteOptions,
+    ) -> crate::error::Result<Self> {
         // Full durability with group commit: no fsync inside COMMIT; a
         // thread of its own syncs the WAL before anyone is answered, while
-        // the writer runs the next batch (`Syncer` in sql.rs). Without group
+        // the writer runs the next batch (`crate::syncer::Syncer`). Without group
         // commit (a baseline for benchmarks), each COMMIT fsyncs.
         let wal_sync = (options.durability == Durability::Full && options.group_commit)
             .then(|| path.as_ref().to_path_buf());
@@ -90,7 +117,7 @@ impl imp::SqlStore {
             // load. (Readers keep the default; they read recent pages.)
             .connect_with(
                 base.clone()
-                    .statement_cache_capacity(imp::WRITER_STATEMENTS_CACHED)
+                    .statement_cache_capacity(writer::WRITER_STATEMENTS_CACHED)
                     .pragma("cache_size", "-65536"),
             )
             .await?;

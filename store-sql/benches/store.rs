@@ -3,7 +3,7 @@
 //! and without group commit; plus a raw batched-INSERT baseline per SQL
 //! store measured in the same run. Prints a Markdown table.
 //!
-//! `cargo bench -p courier-relay --bench store` (PostgreSQL rows when
+//! `cargo bench -p courier-store-sql --bench store` (PostgreSQL rows when
 //! `COURIER_TEST_DATABASE_URL` is set; `COURIER_BENCH_SECS` sets the accept
 //! phase length, default 2).
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -16,10 +16,8 @@ use courier_protocol::api::{DeviceKeys, DeviceList, DeviceListEntry, RegisterReq
 use courier_protocol::{
     Address, Bytes, DeviceId, EnvelopeId, OutgoingMessage, RecipientEntry, RelayName, Username,
 };
-use courier_relay::{
-    AuthedDevice, Config, MemoryStore, PostgresOptions, PostgresStore, Relay, SqliteOptions,
-    SqliteStore, Store, SystemClock,
-};
+use courier_relay::{AuthedDevice, Config, MemoryStore, Relay, Store, SystemClock};
+use courier_store_sql::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 use ed25519_dalek::{Signer, SigningKey};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
