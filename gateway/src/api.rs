@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use courier_protocol::validate::Validate as _;
-use courier_protocol::{Address, ErrorCode, OutgoingMessage};
+use courier_protocol::{Address, ErrorBody, ErrorCode, OutgoingMessage, Username};
 use courier_relay::AuthedDevice;
 
 use crate::error::{Error, Result};
@@ -31,7 +31,7 @@ fn relay_error(e: courier_relay::RelayError) -> Error {
 /// Public facts about this relay: its name (the part after `@` of its
 /// users' addresses), software version and registration policy.
 #[utoipa::path(get, path = "/v1/relay", tag = "relay",
-    responses((status = 200, description = "`RelayInfo`", body = crate::openapi::RelayInfoDoc)))]
+    responses((status = 200, description = "`RelayInfo`", body = RelayInfo)))]
 pub async fn relay_info(State(state): State<AppState>) -> axum::Json<RelayInfo> {
     let registration = match state.relay.config().registration {
         courier_relay::Registration::Open => RegistrationPolicy::Open,
@@ -46,12 +46,12 @@ pub async fn relay_info(State(state): State<AppState>) -> axum::Json<RelayInfo> 
 
 /// Creates an account and its first device.
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts",
-    request_body(content = crate::openapi::RegisterRequestDoc, description = "`RegisterRequest`"),
+    request_body(content = RegisterRequest, description = "`RegisterRequest`"),
     responses(
-        (status = 201, description = "`RegisterResponse`", body = crate::openapi::RegisterResponseDoc),
-        (status = 400, description = "`malformed`, `bad_request`, `invalid_signature`, `invalid_address`, `weak_key`", body = crate::openapi::ErrorBodyDoc),
-        (status = 403, description = "`invite_required`, `invalid_invite` (checked before the username)", body = crate::openapi::ErrorBodyDoc),
-        (status = 409, description = "`username_taken`", body = crate::openapi::ErrorBodyDoc),
+        (status = 201, description = "`RegisterResponse`", body = RegisterResponse),
+        (status = 400, description = "`malformed`, `bad_request`, `invalid_signature`, `invalid_address`, `weak_key`", body = ErrorBody),
+        (status = 403, description = "`invite_required`, `invalid_invite` (checked before the username)", body = ErrorBody),
+        (status = 409, description = "`username_taken`", body = ErrorBody),
     ))]
 pub async fn register(
     State(state): State<AppState>,
@@ -63,10 +63,10 @@ pub async fn register(
 
 /// Asks for a login challenge for a device.
 #[utoipa::path(post, path = "/v1/auth/challenge", tag = "auth",
-    request_body(content = crate::openapi::ChallengeRequestDoc, description = "`ChallengeRequest`"),
+    request_body(content = ChallengeRequest, description = "`ChallengeRequest`"),
     responses(
-        (status = 200, description = "`ChallengeResponse`", body = crate::openapi::ChallengeResponseDoc),
-        (status = 404, description = "`unknown_device`", body = crate::openapi::ErrorBodyDoc),
+        (status = 200, description = "`ChallengeResponse`", body = ChallengeResponse),
+        (status = 404, description = "`unknown_device`", body = ErrorBody),
     ))]
 pub async fn challenge(
     State(state): State<AppState>,
@@ -82,11 +82,11 @@ pub async fn challenge(
 
 /// Answers a challenge with the device's signature; returns tokens.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth",
-    request_body(content = crate::openapi::LoginRequestDoc, description = "`LoginRequest`"),
+    request_body(content = LoginRequest, description = "`LoginRequest`"),
     responses(
-        (status = 200, description = "`TokenResponse`", body = crate::openapi::TokenResponseDoc),
-        (status = 400, description = "`invalid_signature`", body = crate::openapi::ErrorBodyDoc),
-        (status = 401, description = "`invalid_challenge` (unknown, expired or already used)", body = crate::openapi::ErrorBodyDoc),
+        (status = 200, description = "`TokenResponse`", body = TokenResponse),
+        (status = 400, description = "`invalid_signature`", body = ErrorBody),
+        (status = 401, description = "`invalid_challenge` (unknown, expired or already used)", body = ErrorBody),
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -98,10 +98,10 @@ pub async fn login(
 
 /// Rotates the refresh token; reusing an old one revokes the login session.
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth",
-    request_body(content = crate::openapi::RefreshRequestDoc, description = "`RefreshRequest`"),
+    request_body(content = RefreshRequest, description = "`RefreshRequest`"),
     responses(
-        (status = 200, description = "`TokenResponse`", body = crate::openapi::TokenResponseDoc),
-        (status = 401, description = "`invalid_refresh_token`", body = crate::openapi::ErrorBodyDoc),
+        (status = 200, description = "`TokenResponse`", body = TokenResponse),
+        (status = 401, description = "`invalid_refresh_token`", body = ErrorBody),
     ))]
 pub async fn refresh(
     State(state): State<AppState>,
@@ -119,7 +119,7 @@ pub async fn refresh(
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
     security(("bearer" = [])),
     responses((status = 204, description = "logged out"),
-        (status = 401, description = "`unauthenticated`, `token_expired`", body = crate::openapi::ErrorBodyDoc)))]
+        (status = 401, description = "`unauthenticated`, `token_expired`", body = ErrorBody)))]
 pub async fn logout(State(state): State<AppState>, Authed(device): Authed) -> Result<StatusCode> {
     state.relay.logout(&device).await.map_err(relay_error)?;
     Ok(StatusCode::NO_CONTENT)
@@ -127,16 +127,16 @@ pub async fn logout(State(state): State<AppState>, Authed(device): Authed) -> Re
 
 /// The signed device list of a local account.
 #[utoipa::path(get, path = "/v1/devices/{username}", tag = "devices",
-    params(("username" = String, Path, description = "a local username")),
+    params(("username" = Username, Path, description = "a local username")),
     responses(
-        (status = 200, description = "`SignedDeviceList`", body = crate::openapi::SignedDeviceListDoc),
-        (status = 404, description = "`unknown_user`", body = crate::openapi::ErrorBodyDoc),
+        (status = 200, description = "`SignedDeviceList`", body = SignedDeviceList),
+        (status = 404, description = "`unknown_user`", body = ErrorBody),
     ))]
 pub async fn device_list(
     State(state): State<AppState>,
     Path(username): Path<String>,
 ) -> Result<axum::Json<SignedDeviceList>> {
-    let username = courier_protocol::Username::parse(&username)
+    let username = Username::parse(&username)
         .map_err(|e| Error::with_message(ErrorCode::InvalidAddress, e.to_string()))?;
     let list = state
         .relay
@@ -148,11 +148,11 @@ pub async fn device_list(
 
 /// A new device asks to join an account; an existing device approves it.
 #[utoipa::path(post, path = "/v1/links", tag = "devices",
-    request_body(content = crate::openapi::LinkRequestDoc, description = "`LinkRequest`"),
+    request_body(content = LinkRequest, description = "`LinkRequest`"),
     responses(
-        (status = 201, description = "`LinkResponse`", body = crate::openapi::LinkResponseDoc),
-        (status = 400, description = "`invalid_signature`, `weak_key`", body = crate::openapi::ErrorBodyDoc),
-        (status = 404, description = "`unknown_user`", body = crate::openapi::ErrorBodyDoc),
+        (status = 201, description = "`LinkResponse`", body = LinkResponse),
+        (status = 400, description = "`invalid_signature`, `weak_key`", body = ErrorBody),
+        (status = 404, description = "`unknown_user`", body = ErrorBody),
     ))]
 pub async fn open_link(
     State(state): State<AppState>,
@@ -167,8 +167,8 @@ pub async fn open_link(
     security(("bearer" = [])),
     params(("code" = String, Path, description = "the link code")),
     responses(
-        (status = 200, description = "`LinkInfo`", body = crate::openapi::LinkInfoDoc),
-        (status = 404, description = "`invalid_link_code`", body = crate::openapi::ErrorBodyDoc),
+        (status = 200, description = "`LinkInfo`", body = LinkInfo),
+        (status = 404, description = "`invalid_link_code`", body = ErrorBody),
     ))]
 pub async fn link_info(
     State(state): State<AppState>,
@@ -187,12 +187,12 @@ pub async fn link_info(
 #[utoipa::path(post, path = "/v1/links/{code}/approve", tag = "devices",
     security(("bearer" = [])),
     params(("code" = String, Path, description = "the link code")),
-    request_body(content = crate::openapi::ApproveLinkRequestDoc, description = "`ApproveLinkRequest`"),
+    request_body(content = ApproveLinkRequest, description = "`ApproveLinkRequest`"),
     responses(
-        (status = 200, description = "`ApproveLinkResponse`", body = crate::openapi::ApproveLinkResponseDoc),
-        (status = 400, description = "`invalid_signature`, `bad_request`", body = crate::openapi::ErrorBodyDoc),
-        (status = 404, description = "`invalid_link_code`", body = crate::openapi::ErrorBodyDoc),
-        (status = 409, description = "`too_many_devices`, `conflict`", body = crate::openapi::ErrorBodyDoc),
+        (status = 200, description = "`ApproveLinkResponse`", body = ApproveLinkResponse),
+        (status = 400, description = "`invalid_signature`, `bad_request`", body = ErrorBody),
+        (status = 404, description = "`invalid_link_code`", body = ErrorBody),
+        (status = 409, description = "`too_many_devices`, `conflict`", body = ErrorBody),
     ))]
 pub async fn approve_link(
     State(state): State<AppState>,
@@ -210,11 +210,10 @@ pub async fn approve_link(
 
 /// Polled by the new device until its link is approved.
 #[utoipa::path(get, path = "/v1/links/{code}/status", tag = "devices",
-    params(("code" = String, Path, description = "the link code"),
-           ("secret" = String, Query, description = "the secret from `LinkResponse`")),
+    params(("code" = String, Path, description = "the link code"), LinkStatusQuery),
     responses(
-        (status = 200, description = "`LinkStatus`", body = crate::openapi::LinkStatusDoc),
-        (status = 404, description = "`invalid_link_code` (or wrong secret)", body = crate::openapi::ErrorBodyDoc),
+        (status = 200, description = "`LinkStatus`", body = LinkStatus),
+        (status = 404, description = "`invalid_link_code` (or wrong secret)", body = ErrorBody),
     ))]
 pub async fn link_status(
     State(state): State<AppState>,
@@ -233,9 +232,9 @@ pub async fn link_status(
 /// Replaces this device's signed prekey.
 #[utoipa::path(put, path = "/v1/keys/signed-prekey", tag = "keys",
     security(("bearer" = [])),
-    request_body(content = crate::openapi::SignedPreKeyDoc, description = "`SignedPreKey`"),
+    request_body(content = SignedPreKey, description = "`SignedPreKey`"),
     responses((status = 204, description = "stored"),
-        (status = 400, description = "`invalid_signature`, `weak_key`", body = crate::openapi::ErrorBodyDoc)))]
+        (status = 400, description = "`invalid_signature`, `weak_key`", body = ErrorBody)))]
 pub async fn put_signed_prekey(
     State(state): State<AppState>,
     Authed(device): Authed,
@@ -252,10 +251,10 @@ pub async fn put_signed_prekey(
 /// Adds one-time prekeys to this device's pool.
 #[utoipa::path(post, path = "/v1/keys/one-time", tag = "keys",
     security(("bearer" = [])),
-    request_body(content = crate::openapi::UploadOneTimePreKeysDoc, description = "`UploadOneTimePreKeys`"),
-    responses((status = 200, description = "`PreKeyCount`", body = crate::openapi::PreKeyCountDoc),
-        (status = 400, description = "`weak_key`", body = crate::openapi::ErrorBodyDoc),
-        (status = 409, description = "`too_many_prekeys`", body = crate::openapi::ErrorBodyDoc)))]
+    request_body(content = UploadOneTimePreKeys, description = "`UploadOneTimePreKeys`"),
+    responses((status = 200, description = "`PreKeyCount`", body = PreKeyCount),
+        (status = 400, description = "`weak_key`", body = ErrorBody),
+        (status = 409, description = "`too_many_prekeys`", body = ErrorBody)))]
 pub async fn upload_one_time(
     State(state): State<AppState>,
     Authed(device): Authed,
@@ -272,7 +271,7 @@ pub async fn upload_one_time(
 /// How many one-time prekeys this device has left.
 #[utoipa::path(get, path = "/v1/keys/count", tag = "keys",
     security(("bearer" = [])),
-    responses((status = 200, description = "`PreKeyCount`", body = crate::openapi::PreKeyCountDoc)))]
+    responses((status = 200, description = "`PreKeyCount`", body = PreKeyCount)))]
 pub async fn prekey_count(
     State(state): State<AppState>,
     Authed(device): Authed,
@@ -290,12 +289,11 @@ pub async fn prekey_count(
 /// bundle has the signed prekey only).
 #[utoipa::path(get, path = "/v1/keys/{address}", tag = "keys",
     security(("bearer" = [])),
-    params(("address" = String, Path, description = "`user@relay`"),
-           ("device" = Option<u32>, Query, description = "only this device")),
+    params(("address" = Address, Path, description = "`user@relay`"), KeyBundleQuery),
     responses(
-        (status = 200, description = "`KeyBundleResponse`", body = crate::openapi::KeyBundleResponseDoc),
-        (status = 400, description = "`invalid_address`", body = crate::openapi::ErrorBodyDoc),
-        (status = 404, description = "`unknown_user`, `unknown_device`, `unknown_relay`", body = crate::openapi::ErrorBodyDoc),
+        (status = 200, description = "`KeyBundleResponse`", body = KeyBundleResponse),
+        (status = 400, description = "`invalid_address`", body = ErrorBody),
+        (status = 404, description = "`unknown_user`, `unknown_device`, `unknown_relay`", body = ErrorBody),
     ))]
 pub async fn key_bundle(
     State(state): State<AppState>,
@@ -334,14 +332,14 @@ pub async fn key_bundle(
 /// Sends one message to many devices; answers once it is durable.
 #[utoipa::path(post, path = "/v1/messages", tag = "messages",
     security(("bearer" = [])),
-    request_body(content = crate::openapi::OutgoingMessageDoc, description = "`OutgoingMessage`"),
+    request_body(content = OutgoingMessage, description = "`OutgoingMessage`"),
     responses(
-        (status = 201, description = "`SendResponse`: stored", body = crate::openapi::SendResponseDoc),
-        (status = 400, description = "`bad_request`, `malformed`", body = crate::openapi::ErrorBodyDoc),
-        (status = 404, description = "`unknown_user`, `unknown_device`, `unknown_relay`", body = crate::openapi::ErrorBodyDoc),
-        (status = 409, description = "`conflict`: this sender used the id for another message", body = crate::openapi::ErrorBodyDoc),
-        (status = 413, description = "`payload_too_large`, `too_many_recipients`", body = crate::openapi::ErrorBodyDoc),
-        (status = 507, description = "`mailbox_full`; `mailbox_quota`: a recipient mailbox holds as much from this sender as one source may", body = crate::openapi::ErrorBodyDoc),
+        (status = 201, description = "`SendResponse`: stored", body = SendResponse),
+        (status = 400, description = "`bad_request`, `malformed`", body = ErrorBody),
+        (status = 404, description = "`unknown_user`, `unknown_device`, `unknown_relay`", body = ErrorBody),
+        (status = 409, description = "`conflict`: this sender used the id for another message", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`, `too_many_recipients`", body = ErrorBody),
+        (status = 507, description = "`mailbox_full`; `mailbox_quota`: a recipient mailbox holds as much from this sender as one source may", body = ErrorBody),
     ))]
 pub async fn send(
     State(state): State<AppState>,
@@ -383,9 +381,8 @@ pub async fn send_message(
 /// Envelopes waiting in this device's mailbox, oldest first.
 #[utoipa::path(get, path = "/v1/messages", tag = "messages",
     security(("bearer" = [])),
-    params(("after" = Option<u64>, Query, description = "only envelopes with a greater seq"),
-           ("limit" = Option<u32>, Query, description = "1..=500")),
-    responses((status = 200, description = "`FetchResponse`", body = crate::openapi::FetchResponseDoc)))]
+    params(FetchQuery),
+    responses((status = 200, description = "`FetchResponse`", body = FetchResponse)))]
 pub async fn fetch(
     State(state): State<AppState>,
     Authed(device): Authed,
@@ -409,8 +406,8 @@ pub async fn fetch(
 /// Deletes delivered envelopes from this device's mailbox.
 #[utoipa::path(post, path = "/v1/messages/ack", tag = "messages",
     security(("bearer" = [])),
-    request_body(content = crate::openapi::AckRequestDoc, description = "`AckRequest`"),
-    responses((status = 200, description = "`AckResponse`", body = crate::openapi::AckResponseDoc)))]
+    request_body(content = AckRequest, description = "`AckRequest`"),
+    responses((status = 200, description = "`AckResponse`", body = AckResponse)))]
 pub async fn ack(
     State(state): State<AppState>,
     Authed(device): Authed,

@@ -42,7 +42,6 @@ use tokio::sync::watch;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -81,29 +80,6 @@ impl courier_relay::Notifier for PushHub {
 
     fn revoked(&self, revocation: &courier_relay::Revocation) {
         PushHub::revoked(self, revocation);
-    }
-}
-
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    info(title = "Courier relay API", description = "Client API of a Courier relay. Binary fields are unpadded base64url; times are Unix milliseconds. Errors are `{\"error\": {\"code\", \"message\"}}`; see docs/api.md."),
-    modifiers(&BearerAuth),
-    components(schemas(openapi::ErrorBodyDoc)),
-)]
-struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        openapi
-            .components
-            .get_or_insert_default()
-            .add_security_scheme(
-                "bearer",
-                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-            );
     }
 }
 
@@ -268,11 +244,18 @@ impl Gateway {
 
     /// The OpenAPI document (what `/v1/openapi.json` serves).
     pub fn openapi(&self) -> utoipa::openapi::OpenApi {
-        api_router(self.state.clone()).split_for_parts().1
+        openapi::document()
     }
 }
 
 fn api_router(state: AppState) -> OpenApiRouter<AppState> {
+    let (public, authed) = api_routes();
+    let authed = authed.route_layer(mw::from_fn_with_state(state, extract::require_auth));
+    openapi::router().merge(public).merge(authed)
+}
+
+/// The `/v1` routes: (public, needing a bearer token).
+fn api_routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
     let public = OpenApiRouter::new()
         .routes(routes!(api::relay_info))
         .routes(routes!(api::register))
@@ -292,11 +275,8 @@ fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(api::key_bundle))
         .routes(routes!(api::send, api::fetch))
         .routes(routes!(api::ack))
-        .routes(routes!(ws::upgrade))
-        .route_layer(mw::from_fn_with_state(state, extract::require_auth));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(public)
-        .merge(authed)
+        .routes(routes!(ws::upgrade));
+    (public, authed)
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -129,8 +129,8 @@ enum ServerFrame<'a> {
     params(("access_token" = Option<String>, Query, description = "instead of the Authorization header (deprecated: prefer the header, or the `courier.token.<token>` subprotocol next to `courier.v1`)")),
     responses(
         (status = 101, description = "WebSocket: server sends `ServerFrame` JSON text frames, client sends `ClientFrame` (`{\"type\":\"ack\",\"seqs\":[…]}`, `{\"type\":\"send\",\"request\":1,\"message\":{…}}`)"),
-        (status = 400, description = "`bad_request`: not a WebSocket upgrade", body = crate::openapi::ErrorBodyDoc),
-        (status = 401, description = "`unauthenticated`, `token_expired`", body = crate::openapi::ErrorBodyDoc),
+        (status = 400, description = "`bad_request`: not a WebSocket upgrade", body = courier_protocol::ErrorBody),
+        (status = 401, description = "`unauthenticated`, `token_expired`", body = courier_protocol::ErrorBody),
     ))]
 pub async fn upgrade(
     State(state): State<AppState>,

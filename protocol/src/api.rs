@@ -77,6 +77,7 @@ pub const RELAY_VERSION_BYTES_MAX: usize = 64;
 
 /// Who may create an account on a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RegistrationPolicy {
     /// Anyone.
@@ -88,6 +89,7 @@ pub enum RegistrationPolicy {
 /// Public facts about a relay (`GET /v1/relay`), so a client can learn the
 /// name its addresses end in before registering. Holds no secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RelayInfo {
     /// The relay's name: the part after `@` of its users' addresses.
     pub name: RelayName,
@@ -105,6 +107,7 @@ impl Validate for RelayInfo {
 
 /// A device's long-term public keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeviceKeys {
     /// Ed25519 public identity key, 32 bytes.
@@ -133,6 +136,7 @@ impl Validate for DeviceKeys {
 
 /// A medium-term X25519 prekey signed by the identity key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SignedPreKey {
     /// Chosen by the device; the newest upload replaces the previous one.
@@ -162,6 +166,7 @@ impl Validate for SignedPreKey {
 
 /// A single-use X25519 prekey.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OneTimePreKey {
     /// Chosen by the device, unique among its one-time prekeys.
@@ -178,6 +183,7 @@ impl Validate for OneTimePreKey {
 
 /// One device in a [`DeviceList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeviceListEntry {
     /// The device id.
@@ -194,6 +200,7 @@ impl Validate for DeviceListEntry {
 
 /// The devices of an account, as its devices attest them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeviceList {
     /// The account.
@@ -236,6 +243,7 @@ impl Validate for DeviceList {
 
 /// A device list signed by one of the devices it lists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SignedDeviceList {
     /// The list.
@@ -265,6 +273,7 @@ impl Validate for SignedDeviceList {
 
 /// `POST /v1/accounts`: creates an account and its first device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// The wanted username on this relay.
@@ -301,6 +310,7 @@ impl Validate for RegisterRequest {
 
 /// Answer to [`RegisterRequest`] (201).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterResponse {
     /// The full address, `username@relay`.
     pub address: Address,
@@ -316,6 +326,7 @@ impl Validate for RegisterResponse {
 
 /// `POST /v1/auth/challenge`: asks for a login nonce.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ChallengeRequest {
     /// The account.
@@ -332,6 +343,7 @@ impl Validate for ChallengeRequest {
 
 /// Answer to [`ChallengeRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChallengeResponse {
     /// Names the challenge in the [`LoginRequest`].
     pub challenge_id: String,
@@ -350,6 +362,7 @@ impl Validate for ChallengeResponse {
 
 /// `POST /v1/auth/login`: answers a challenge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// From [`ChallengeResponse::challenge_id`].
@@ -368,6 +381,7 @@ impl Validate for LoginRequest {
 
 /// Answer to [`LoginRequest`] and [`RefreshRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenResponse {
     /// Bearer token for `Authorization: Bearer …`.
     pub access_token: String,
@@ -388,6 +402,7 @@ impl Validate for TokenResponse {
 
 /// `POST /v1/auth/refresh`: trades a refresh token for new tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     /// The current refresh token; reusing an old one revokes the login.
@@ -402,6 +417,7 @@ impl Validate for RefreshRequest {
 
 /// `POST /v1/links`: a new device asks to join an existing account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LinkRequest {
     /// The existing account.
@@ -418,6 +434,7 @@ impl Validate for LinkRequest {
 
 /// Answer to [`LinkRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinkResponse {
     /// Short code the user types on an existing device.
     pub code: String,
@@ -436,6 +453,7 @@ impl Validate for LinkResponse {
 
 /// `GET /v1/links/{code}`: what an existing device approves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinkInfo {
     /// The account.
     pub username: Username,
@@ -453,6 +471,7 @@ impl Validate for LinkInfo {
 
 /// `POST /v1/links/{code}/approve`: an existing device approves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ApproveLinkRequest {
     /// The next device list: version + 1, the current entries followed by
@@ -469,6 +488,7 @@ impl Validate for ApproveLinkRequest {
 
 /// Answer to [`ApproveLinkRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApproveLinkResponse {
     /// The id the new device received.
     pub device: DeviceId,
@@ -482,6 +502,11 @@ impl Validate for ApproveLinkResponse {
 
 /// Query of `GET /v1/links/{code}/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
 #[serde(deny_unknown_fields)]
 pub struct LinkStatusQuery {
     /// From [`LinkResponse::secret`].
@@ -496,6 +521,7 @@ impl Validate for LinkStatusQuery {
 
 /// Answer of `GET /v1/links/{code}/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinkStatus {
     /// Whether an existing device approved.
     pub approved: bool,
@@ -514,6 +540,7 @@ impl Validate for LinkStatus {
 
 /// `POST /v1/keys/one-time`: adds one-time prekeys to the pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UploadOneTimePreKeys {
     /// 1..=[`ONE_TIME_PREKEYS_PER_UPLOAD_MAX`] keys, ids unique.
@@ -538,6 +565,7 @@ impl Validate for UploadOneTimePreKeys {
 
 /// The device's one-time prekey pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PreKeyCount {
     /// One-time prekeys remaining on the relay.
     pub one_time: u32,
@@ -553,6 +581,11 @@ impl Validate for PreKeyCount {
 
 /// Query of `GET /v1/keys/{address}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
 #[serde(deny_unknown_fields)]
 pub struct KeyBundleQuery {
     /// One device only; all devices when absent.
@@ -568,6 +601,7 @@ impl Validate for KeyBundleQuery {
 
 /// What a sender needs to start sessions with one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceBundle {
     /// The device.
     pub device: DeviceId,
@@ -590,6 +624,7 @@ impl Validate for DeviceBundle {
 
 /// `GET /v1/keys/{address}`, also the federation bundle answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyBundleResponse {
     /// The account.
     pub address: Address,
@@ -622,6 +657,7 @@ impl Validate for KeyBundleResponse {
 
 /// Answer to `POST /v1/messages`, sent only once the message is durable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendResponse {
     /// The message's envelope id.
     pub id: EnvelopeId,
@@ -638,6 +674,11 @@ impl Validate for SendResponse {
 
 /// Query of `GET /v1/messages`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
 #[serde(deny_unknown_fields)]
 pub struct FetchQuery {
     /// Only envelopes with a greater sequence number; from the start when
@@ -664,6 +705,7 @@ impl Validate for FetchQuery {
 
 /// What an envelope carries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EnvelopeKind {
     /// A message from another device: `header` and `body` are ciphertext.
@@ -677,6 +719,7 @@ pub enum EnvelopeKind {
 
 /// A message waiting in a device's mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Envelope {
     /// Position in the mailbox, strictly increasing; acks name it.
     pub seq: u64,
@@ -709,6 +752,7 @@ impl Validate for Envelope {
 
 /// Body of an [`EnvelopeKind::DeliveryFailure`] envelope (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeliveryFailureNotice {
     /// The message that failed.
     pub id: EnvelopeId,
@@ -731,6 +775,7 @@ impl Validate for DeliveryFailureNotice {
 
 /// One recipient device a message did not reach, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailedRecipient {
     /// The recipient's address.
     pub to: Address,
@@ -742,6 +787,7 @@ pub struct FailedRecipient {
 
 /// Answer to `GET /v1/messages`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FetchResponse {
     /// In sequence order, at most [`FETCH_LIMIT_MAX`].
     #[serde(
@@ -768,6 +814,7 @@ impl Validate for FetchResponse {
 
 /// `POST /v1/messages/ack`: deletes delivered envelopes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
     /// 1..=[`ACK_SEQS_MAX`] sequence numbers of this device's mailbox.
@@ -789,6 +836,7 @@ pub(crate) fn validate_seqs(seqs: &[u64]) -> Result<(), ErrorCode> {
 
 /// Answer to [`AckRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AckResponse {
     /// How many envelopes were deleted now (already-deleted ones count 0, so
     /// a repeated ack is harmless).

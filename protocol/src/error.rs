@@ -13,6 +13,7 @@ macro_rules! codes {
     ($( $(#[$doc:meta])* $variant:ident = ($text:literal, $status:literal, $msg:literal), )*) => {
         /// A stable, machine-readable error code.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "snake_case")]
         #[non_exhaustive]
         pub enum ErrorCode {
@@ -148,6 +149,7 @@ impl fmt::Display for ErrorCode {
 
 /// The error object inside an [`ErrorBody`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[error("{code}: {message}")]
 pub struct ApiError {
     /// The stable code.
@@ -182,6 +184,7 @@ impl From<ErrorCode> for ApiError {
 
 /// The JSON body of every HTTP error response: `{"error": {...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The error.
     pub error: ApiError,

@@ -11,6 +11,9 @@
 //! Everything that decodes untrusted bytes returns an error instead of
 //! panicking and never allocates more than the input size and the limits in
 //! [`limits`] allow. The full specification is `docs/protocol.md`.
+//!
+//! With the `openapi` feature the client API's types also derive
+//! `utoipa::ToSchema` (the gateway's `/v1/openapi.json` is built from them).
 
 pub mod address;
 pub mod api;
@@ -22,6 +25,8 @@ pub mod fuzz;
 pub mod ids;
 pub mod limits;
 pub mod message;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod signing;
 pub mod validate;
 pub mod ws;

@@ -10,6 +10,7 @@ use crate::{Address, Bytes, DeviceId, EnvelopeId, ErrorCode};
 /// One recipient device of a message and the header only it can open
 /// (typically the sealed-sender envelope carrying the message key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RecipientEntry {
     /// The recipient's address.
@@ -31,6 +32,7 @@ impl crate::Validate for RecipientEntry {
 
 /// A message as a client submits it to its home relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OutgoingMessage {
     /// Chosen by the sender; a retry with the same id is a no-op.

@@ -27,6 +27,13 @@ macro_rules! frame_enum {
         }
     ) => {
         $(#[$meta])*
+        // The schema describes the JSON form; the serde attribute here is
+        // read by `ToSchema` alone (the serde impls are the ones below).
+        #[cfg_attr(
+            feature = "openapi",
+            derive(utoipa::ToSchema),
+            serde(tag = "type", rename_all = "snake_case" $($json_attr)*)
+        )]
         pub enum $name {
             $(
                 $(#[$vmeta])*
