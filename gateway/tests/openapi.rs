@@ -182,10 +182,14 @@ fn has_type(value: &Value, t: &str) -> bool {
     }
 }
 
+/// Whether serde decodes a JSON value as the type.
+type Decodes = fn(&Value) -> bool;
+
 /// JSON encodings of sample values of each wire type, by schema name.
 #[derive(Default)]
 struct Samples {
     by_schema: BTreeMap<String, Vec<Value>>,
+    decodes: BTreeMap<String, Decodes>,
     runner: Option<TestRunner>,
 }
 
@@ -195,9 +199,12 @@ impl Samples {
     /// only feed the schema of the type it yields.
     fn add<T, S>(&mut self, strategy: S)
     where
-        T: ToSchema + Serialize,
+        T: ToSchema + Serialize + DeserializeOwned,
         S: Strategy<Value = T>,
     {
+        self.decodes.insert(T::name().into_owned(), |v| {
+            serde_json::from_value::<T>(v.clone()).is_ok()
+        });
         let runner = self.runner.get_or_insert_with(|| {
             TestRunner::new_with_rng(
                 Config::default(),
@@ -402,6 +409,7 @@ fn what_serde_refuses_the_schemas_refuse() {
     both_refuse::<ServerFrame>(&doc, json!({"type": "nope", "remaining": 1}));
     both_refuse::<ClientFrame>(&doc, json!({"type": "ack"}));
     both_refuse::<ClientFrame>(&doc, json!({"seqs": [1]}));
+    both_refuse::<ClientFrame>(&doc, json!({"type": "ack", "seqs": [1], "extra": 0}));
 }
 
 #[test]
@@ -443,4 +451,24 @@ fn query_parameters_are_the_query_types_fields() {
         names("/v1/links/{code}/status"),
         keys(sample(s::link_status_query()))
     );
+}
+
+#[test]
+fn schemas_refuse_unknown_fields_exactly_when_serde_does() {
+    let doc = doc();
+    let samples = samples();
+    for (name, values) in &samples.by_schema {
+        let decodes = samples.decodes[name];
+        for value in values.iter().filter(|v| v.is_object()) {
+            let mut extended = value.clone();
+            extended["zz_unknown"] = json!(1);
+            let serde_accepts = decodes(&extended);
+            let schema_accepts = check(&doc, &schema_ref(name), &extended, name).is_ok();
+            assert_eq!(
+                serde_accepts, schema_accepts,
+                "{name} with an unknown field: serde accepts {serde_accepts}, \
+                 the schema {schema_accepts}"
+            );
+        }
+    }
 }

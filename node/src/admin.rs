@@ -44,11 +44,8 @@ pub fn ensure_data_dir(data_dir: &Path, config: &Config) -> anyhow::Result<bool>
     if path.exists() {
         return Ok(false);
     }
-    let text = format!(
-        "# Courier relay configuration; every setting is described in docs/operator.md.\n\
-         # Flags and COURIER_* environment variables override these values.\n\n{}",
-        config.to_toml()
-    );
+    // The effective settings, each under its documentation.
+    let text = crate::config_doc::example(config)?;
     // 0600 whatever the umask: it may hold a database password.
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -3,8 +3,10 @@
 //!
 //! Precedence, lowest first: built-in defaults, the config file
 //! (`<data-dir>/courier.toml` or `--config FILE`), `COURIER_*` environment
-//! variables, command-line flags. Every field is documented in
-//! `docs/operator.md`; keep the two in step.
+//! variables, command-line flags. A field's doc comment is its operator
+//! documentation: `config_doc` renders the doc comments and defaults into
+//! the example `courier.toml` and the tables of `docs/operator.md`, so adding
+//! a setting is adding a documented field with its default.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +27,7 @@ pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:8080";
 pub const P2P_LISTEN_DEFAULT: &str = "/ip4/0.0.0.0/udp/4433/quic-v1";
 
 /// Who may create an account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Registration {
     /// Anyone who can reach the relay.
@@ -35,7 +37,7 @@ pub enum Registration {
 }
 
 /// Which relays may federate with this one.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FederationPolicy {
     /// Any relay (except those in `deny`).
@@ -48,7 +50,7 @@ pub enum FederationPolicy {
 }
 
 /// When SQLite commits reach the disk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SqliteDurability {
     /// fsync at every commit.
@@ -59,44 +61,46 @@ pub enum SqliteDurability {
 }
 
 /// Relay rules: `[relay]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelaySettings {
     /// Lifetime of an access token.
     pub access_token_secs: u64,
-    /// Lifetime of a refresh token (each refresh issues a new one).
+    /// Lifetime of a refresh token (each refresh issues a new one); 30 days by
+    /// default.
     pub refresh_token_secs: u64,
     /// How long a login challenge may be answered.
     pub challenge_secs: u64,
-    /// How long a device link request stays open.
+    /// How long a device-link request stays open.
     pub link_secs: u64,
-    /// Below this many one-time prekeys a device is told to upload more.
+    /// Below this many one-time prekeys a device is told
+    /// (`Courier-Prekeys-Low`, `prekeys_low` frame).
     pub prekeys_low_water: u32,
-    /// Most envelopes waiting in one device's mailbox; sends beyond get
-    /// 507 `mailbox_full`.
+    /// Most envelopes waiting for one device; sends beyond get 507
+    /// `mailbox_full`.
     pub mailbox_depth_max: u32,
-    /// Most bytes (body + header of each envelope) waiting in one device's
-    /// mailbox; sends beyond get 507 `mailbox_full`.
+    /// Most bytes (body + header of each envelope) waiting for one device (1
+    /// GiB by default); sends beyond get 507 `mailbox_full`.
     pub mailbox_bytes_max: u64,
-    /// Most envelopes one source may have waiting in one device's mailbox
-    /// (source: the sending account, or for federated mail the relay it
-    /// came from); sends beyond get 507 `mailbox_quota`, others still get
-    /// through. 0 (the default): a quarter of `mailbox_depth_max`.
+    /// Most envelopes one source may have waiting for one device — a source is
+    /// the sending account, or for federated mail the relay it came from; sends
+    /// beyond get 507 `mailbox_quota` while other senders still get through (so
+    /// one account cannot fill a mailbox with mail the device never acks). 0: a
+    /// quarter of `mailbox_depth_max`.
     pub mailbox_per_source_max: u32,
-    /// Most bytes one source may have waiting in one device's mailbox.
-    /// 0 (the default): a quarter of `mailbox_bytes_max`.
+    /// The same share in bytes. 0: a quarter of `mailbox_bytes_max`.
     pub mailbox_per_source_bytes_max: u64,
-    /// Most outbox entries (messages waiting for other relays, one per
-    /// message and destination relay) in total; sends beyond get 507
-    /// `outbox_full`.
+    /// Most outbox entries (messages waiting for other relays, one per message
+    /// and destination relay) in total; sends beyond get 507 `outbox_full`.
     pub outbox_max: u64,
-    /// Most distinct destination relays in the outbox (`outbox_full`).
+    /// Most distinct destination relays with mail waiting; beyond: 507
+    /// `outbox_full`.
     pub outbox_destinations_max: u64,
-    /// Most outbox entries one account may have waiting; sends beyond get
-    /// 507 `outbox_quota`.
+    /// Most outbox entries one account may have waiting; beyond: 507
+    /// `outbox_quota`.
     pub outbox_per_account_max: u64,
-    /// Most distinct destination relays one account may have mail waiting
-    /// for (`outbox_quota`).
+    /// Most distinct destination relays one account may have mail waiting for;
+    /// beyond: 507 `outbox_quota`.
     pub outbox_destinations_per_account_max: u64,
 }
 
@@ -147,21 +151,22 @@ impl Default for RelaySettings {
 /// budget a bundle is still served, without a one-time prekey (X3DH then
 /// uses the signed prekey alone). A bucket holds `*_burst` one-time prekeys
 /// and gains one every `*_refill_secs`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrekeyBudgetSettings {
     /// One-time prekeys one local account may take from one device at once.
     pub account_burst: u32,
     /// An account gets one more (per device) every this many seconds.
     pub account_refill_secs: u64,
-    /// One-time prekeys one peer relay (all its users together) may take
-    /// from one device at once.
+    /// One-time prekeys one peer relay (all its users together) may take from
+    /// one device at once.
     pub peer_burst: u32,
     /// A peer gets one more (per device) every this many seconds.
     pub peer_refill_secs: u64,
     /// One-time prekeys one device hands out to everyone together at once.
     pub device_burst: u32,
-    /// A device hands out one more every this many seconds.
+    /// A device hands out one more every this many seconds (at most 2 880 a
+    /// day).
     pub device_refill_secs: u64,
 }
 
@@ -195,13 +200,14 @@ impl PrekeyBudgetSettings {
 }
 
 /// Log output: `[log]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// `text` (human-readable) or `json` (one object per line).
+    /// `text` or `json` (one object per line, with the request span's
+    /// `request_id`, `method`, `route`).
     pub format: LogFormat,
-    /// A `tracing` filter, e.g. `info` or `info,courier_gateway=debug`;
-    /// `RUST_LOG` wins when set.
+    /// A `tracing` filter, e.g. `info,courier_gateway=debug`; `RUST_LOG` wins
+    /// when set.
     pub filter: String,
 }
 
@@ -215,7 +221,18 @@ impl Default for LogConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -227,28 +244,32 @@ pub enum LogFormat {
 
 /// Federation: `[federation]`. Read by the federation swarm
 /// (`node/src/federation/`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct FederationConfig {
     /// Whether to run the federation swarm at all.
     pub enabled: bool,
-    /// libp2p listen multiaddr (QUIC), e.g. `/ip4/0.0.0.0/udp/4433/quic-v1`.
+    /// The libp2p listen multiaddr, QUIC (`--p2p`).
     pub p2p: String,
-    /// Multiaddrs other relays should dial, when they differ from `p2p`
-    /// (behind NAT, or `p2p` binds 0.0.0.0). Without `/p2p/…`; the PeerId
-    /// is appended.
+    /// Multiaddrs (without `/p2p/…`; the PeerId is appended) other relays
+    /// should dial, when they differ from `p2p` (behind NAT, or `p2p` binds
+    /// 0.0.0.0); an IP or a DNS name
+    /// (`/dns4/relay-a.example/udp/4433/quic-v1`), resolved by the dialling
+    /// relay.
     pub external_addresses: Vec<String>,
-    /// `open`, `allowlist` or `denylist`.
+    /// `open` (any relay not in `deny`), `allowlist` (only `allow`), `denylist`
+    /// (any not in `deny`).
     pub policy: FederationPolicy,
     /// Relay names or PeerIds allowed under `allowlist`.
     pub allow: Vec<String>,
     /// Relay names or PeerIds refused under `open` and `denylist`.
     pub deny: Vec<String>,
-    /// Multiaddrs (ending in `/p2p/PeerId`) dialled at start.
+    /// Multiaddrs ending in `/p2p/PeerId` dialled at start.
     pub bootstrap: Vec<String>,
-    /// Most relays the peer book (`peers.json`) holds; when full, relays
-    /// learned through gossip that never connected are evicted first, and
-    /// operator-added or operator-pinned peers never.
+    /// Most relays the peer book (`peers.json`) holds
+    /// (`COURIER_FEDERATION_PEERS_MAX`); at least 1. When full, relays learned
+    /// through gossip that never connected are evicted first; operator-added
+    /// and operator-pinned peers never (`docs/federation.md`, *Peer book cap*).
     pub peers_max: usize,
 }
 
@@ -268,30 +289,37 @@ impl Default for FederationConfig {
 }
 
 /// The whole of `courier.toml`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The relay's name, the part after `@` in its users' addresses.
+    /// The relay's name, the part after `@` in its users' addresses (a DNS host
+    /// name).
     pub name: String,
-    /// HTTP listen address for the client API (`ADDR:PORT`; port 0 picks a
-    /// free port, written to `<data-dir>/http.addr`).
+    /// HTTP listen address (`ADDR:PORT`, `--http`); port 0 picks a free port,
+    /// written to `<data-dir>/http.addr`.
     pub http_listen: String,
-    /// The URL clients and other relays use to reach the HTTP API (goes in
-    /// the relay descriptor); defaults to `http://<http_listen>`.
+    /// URL clients and other relays use to reach the HTTP API (it goes in the
+    /// relay descriptor). Unset: `http://<http_listen>`.
     pub public_url: Option<String>,
-    /// `sqlite://…` or `postgres://…`; unset means SQLite at
-    /// `<data-dir>/courier.db`.
+    /// `sqlite:PATH` / `sqlite://PATH`, or
+    /// `postgres://USER[:PASS]@HOST[:PORT]/DB` (`--database-url`); `memory:`
+    /// keeps everything in memory and loses it at exit (benchmarks only).
+    /// Unset: SQLite at `<data-dir>/courier.db`.
     pub database_url: Option<String>,
-    /// PostgreSQL only: keep the tables in this schema (created if
-    /// missing) instead of the default search path.
+    /// PostgreSQL only: keep the tables in this schema (created if missing)
+    /// instead of the default search path; letters, digits, `_`.
     pub database_schema: Option<String>,
-    /// SQLite only: `full` (fsync every commit; survives power loss, the
-    /// default) or `normal` (survives a process crash only).
+    /// SQLite only. `full`: no write is answered before its commit is fsynced,
+    /// an accepted message survives power loss (the fsync runs on a thread of
+    /// its own, pipelined with the next batch); `normal`: survives a process
+    /// crash only. (SQLite's writer keeps a 64 MiB page cache on its own
+    /// thread; see docs/storage.md.)
     pub sqlite_durability: SqliteDurability,
-    /// `open` or `invite`; unset means `open` for the name `localhost` and
-    /// `invite` otherwise.
+    /// `open` or `invite` (`--registration`). Unset: `open` for the name
+    /// `localhost`, `invite` otherwise.
     pub registration: Option<Registration>,
-    /// Seconds to wait for in-flight requests at shutdown.
+    /// At SIGINT/SIGTERM, how long to wait for in-flight requests and WebSocket
+    /// closes.
     pub shutdown_grace_secs: u64,
     /// `[log]`.
     pub log: LogConfig,

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod config_doc;
 pub mod federation;
 pub mod identity;
 pub mod logging;

@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 
 use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::limits::{ADDRESS_BYTES_MAX, RELAY_NAME_BYTES_MAX, USERNAME_BYTES_MAX};
@@ -119,4 +119,22 @@ impl ToSchema for Address {
     fn name() -> Cow<'static, str> {
         Cow::Borrowed("Address")
     }
+}
+
+/// `schema` (a `oneOf` of the variants of an internally tagged enum) with
+/// every variant refusing fields it does not name when `deny` is set, as
+/// serde's `deny_unknown_fields` does.
+pub(crate) fn variants_closed(schema: RefOr<Schema>, deny: bool) -> RefOr<Schema> {
+    let RefOr::T(Schema::OneOf(mut one_of)) = schema else {
+        return schema;
+    };
+    if deny {
+        for variant in &mut one_of.items {
+            if let RefOr::T(Schema::Object(object)) = variant {
+                object.additional_properties =
+                    Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
+    }
+    RefOr::T(Schema::OneOf(one_of))
 }

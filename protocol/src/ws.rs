@@ -27,13 +27,6 @@ macro_rules! frame_enum {
         }
     ) => {
         $(#[$meta])*
-        // The schema describes the JSON form; the serde attribute here is
-        // read by `ToSchema` alone (the serde impls are the ones below).
-        #[cfg_attr(
-            feature = "openapi",
-            derive(utoipa::ToSchema),
-            serde(tag = "type", rename_all = "snake_case" $($json_attr)*)
-        )]
         pub enum $name {
             $(
                 $(#[$vmeta])*
@@ -42,6 +35,40 @@ macro_rules! frame_enum {
         }
 
         const _: () = {
+            // The OpenAPI schema of the JSON form, derived from the same
+            // variants and docs; the serde attribute is read by `ToSchema`
+            // alone (the serde impls are the ones below).
+            #[cfg(feature = "openapi")]
+            #[allow(dead_code)]
+            $(#[$meta])*
+            #[derive(utoipa::ToSchema)]
+            #[serde(tag = "type", rename_all = "snake_case")]
+            enum Schema {
+                $( $(#[$vmeta])* $variant { $( $(#[$fmeta])* $field: $ty ),+ }, )+
+            }
+
+            #[cfg(feature = "openapi")]
+            impl utoipa::PartialSchema for $name {
+                fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                    let schema = <Schema as utoipa::PartialSchema>::schema();
+                    // utoipa drops `deny_unknown_fields` on tagged enums.
+                    let deny = stringify!($($json_attr)*).contains("deny_unknown_fields");
+                    crate::openapi::variants_closed(schema, deny)
+                }
+            }
+
+            #[cfg(feature = "openapi")]
+            impl utoipa::ToSchema for $name {
+                fn name() -> std::borrow::Cow<'static, str> {
+                    std::borrow::Cow::Borrowed(stringify!($name))
+                }
+                fn schemas(
+                    schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>,
+                ) {
+                    <Schema as utoipa::ToSchema>::schemas(schemas)
+                }
+            }
+
             #[derive(Serialize)]
             #[serde(tag = "type", rename_all = "snake_case")]
             enum JsonRef<'a> { $( $variant { $( $field: &'a $ty ),+ }, )+ }
