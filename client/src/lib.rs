@@ -44,6 +44,7 @@ pub mod content;
 mod error;
 pub mod store;
 pub mod transport;
+pub mod wire;
 
 pub use client::{
     Account, BASE_KEYS_PER_SIGNED_PREKEY_MAX, Client, ClientConfig, ClientParts, DeviceInfo,

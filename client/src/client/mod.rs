@@ -11,17 +11,15 @@ use std::time::Duration;
 
 use courier_crypto::sealed::{self, SenderAddress};
 use courier_crypto::{
-    Identity, IdentityPickle, MessageKind, OneTimePreKey, OneTimePreKeyPublic, PreKeyBundle,
-    PreKeyMessage, PreKeyPickle, PublicIdentity, SenderKey, SenderKeyPickle, SenderKeyReceiver,
-    Session, SessionPickle, SignedPreKey, SignedPreKeyPublic,
+    Identity, IdentityPickle, MessageKind, OneTimePreKey, PreKeyMessage, PreKeyPickle,
+    PublicIdentity, SenderKey, SenderKeyPickle, SenderKeyReceiver, Session, SessionPickle,
+    SignedPreKey,
 };
 use courier_protocol::api::{
-    ApproveLinkRequest, ChallengeRequest, DeviceBundle, DeviceKeys, DeviceList, DeviceListEntry,
-    Envelope, EnvelopeKind, LinkRequest, LoginRequest, RefreshRequest, RegisterRequest,
-    SignedDeviceList, TokenResponse, UploadOneTimePreKeys,
+    ApproveLinkRequest, ChallengeRequest, DeviceBundle, DeviceList, DeviceListEntry, Envelope,
+    EnvelopeKind, LinkRequest, RefreshRequest, RegisterRequest, SignedDeviceList, TokenResponse,
 };
 use courier_protocol::limits::{DEVICES_PER_ACCOUNT_MAX, ONE_TIME_PREKEYS_PER_UPLOAD_MAX};
-use courier_protocol::signing;
 use courier_protocol::ws::ServerFrame;
 use courier_protocol::{
     Address, Bytes, DeviceId, EnvelopeId, ErrorCode, OutgoingMessage, RecipientEntry, RelayName,
@@ -40,6 +38,7 @@ use crate::content::{
 };
 use crate::store::{Batch, ClientStore, Table};
 use crate::transport::{Subscription, Transport, TransportError};
+use crate::wire::{device_keys, prekey_bundle, sign_list, verify_list};
 use crate::{Clock, Error};
 
 /// Previous sessions kept per remote device, so simultaneous session starts
@@ -294,79 +293,6 @@ fn message_key(received_ms: u64, order: u64, id: &str) -> String {
 
 fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(value).map_err(|e| Error::Corrupt(e.to_string()))
-}
-
-/// The device keys a relay publishes for `identity`.
-fn device_keys(identity: &Identity) -> DeviceKeys {
-    let public = identity.public();
-    let dh = public.dh_key();
-    DeviceKeys {
-        identity_key: Bytes(public.signing_key().to_vec()),
-        dh_key: Bytes(dh.to_vec()),
-        dh_key_signature: Bytes(identity.sign(&signing::dh_key_signing_bytes(&dh)).to_vec()),
-    }
-}
-
-/// The verified public identity described by published device keys.
-fn public_identity(keys: &DeviceKeys) -> Result<PublicIdentity, Error> {
-    let mut bytes = Vec::with_capacity(128);
-    bytes.extend_from_slice(keys.identity_key.as_slice());
-    bytes.extend_from_slice(keys.dh_key.as_slice());
-    bytes.extend_from_slice(keys.dh_key_signature.as_slice());
-    Ok(PublicIdentity::from_bytes(&bytes)?)
-}
-
-/// The verified prekey bundle of a device.
-fn prekey_bundle(bundle: &DeviceBundle) -> Result<PreKeyBundle, Error> {
-    let identity = public_identity(&bundle.keys)?;
-    let spk = &bundle.signed_prekey;
-    let mut bytes = Vec::with_capacity(108);
-    bytes.extend_from_slice(&spk.id.to_be_bytes());
-    bytes.extend_from_slice(&spk.created_ms.to_be_bytes());
-    bytes.extend_from_slice(spk.public.as_slice());
-    bytes.extend_from_slice(spk.signature.as_slice());
-    let spk = SignedPreKeyPublic::from_bytes(&bytes)?;
-    let otk = match &bundle.one_time_prekey {
-        Some(k) => {
-            let mut bytes = Vec::with_capacity(36);
-            bytes.extend_from_slice(&k.id.to_be_bytes());
-            bytes.extend_from_slice(k.public.as_slice());
-            Some(OneTimePreKeyPublic::from_bytes(&bytes)?)
-        }
-        None => None,
-    };
-    Ok(PreKeyBundle::new(identity, spk, otk)?)
-}
-
-fn verify_list(list: &SignedDeviceList) -> Result<(), Error> {
-    let key = list
-        .signer_key()
-        .ok_or_else(|| Error::BadResponse("device list signer is not listed".into()))?;
-    let key: [u8; 32] = key
-        .as_slice()
-        .try_into()
-        .map_err(|_| Error::BadResponse("device list key length".into()))?;
-    let sig: [u8; 64] = list
-        .signature
-        .as_slice()
-        .try_into()
-        .map_err(|_| Error::BadResponse("device list signature length".into()))?;
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(&key)
-        .map_err(|_| Error::BadResponse("device list key".into()))?;
-    vk.verify_strict(
-        &list.list.signing_bytes(),
-        &ed25519_dalek::Signature::from_bytes(&sig),
-    )
-    .map_err(|_| Error::BadResponse("device list signature does not verify".into()))
-}
-
-fn sign_list(identity: &Identity, list: DeviceList, signer: DeviceId) -> SignedDeviceList {
-    let signature = Bytes(identity.sign(&list.signing_bytes()).to_vec());
-    SignedDeviceList {
-        list,
-        signer,
-        signature,
-    }
 }
 
 /// Sessions with one remote device, newest first.
