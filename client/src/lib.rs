@@ -40,6 +40,7 @@
 //! ```
 
 mod client;
+pub mod clock;
 pub mod content;
 mod error;
 pub mod store;
@@ -51,33 +52,19 @@ pub use client::{
     Message, PendingLink, RECEIVERS_PER_DEVICE_MAX, SEND_ATTEMPTS_MAX, SESSIONS_PER_DEVICE_MAX,
     SendReceipt,
 };
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
-pub use store::{ClientStore, MemoryStore, SqliteStore};
-pub use transport::{HttpTransport, MemoryNetwork, MemoryTransport, Transport, TransportError};
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
+pub use store::{ClientStore, MemoryStore};
+#[cfg(feature = "http")]
+pub use transport::HttpTransport;
+pub use transport::{MemoryNetwork, MemoryTransport, Transport, TransportError};
 
 use std::collections::BTreeMap;
 
 use courier_protocol::Address;
 use sha2::{Digest, Sha256};
-
-/// Where the time comes from: the system clock, or a simulation's.
-pub trait Clock: Send + Sync + 'static {
-    /// Now, in Unix milliseconds.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    }
-}
 
 /// A safety number for two accounts: 12 groups of 5 digits from SHA-256 over
 /// both addresses and their pinned device identity keys, in a fixed order so

@@ -5,25 +5,39 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use courier_client::clock::Sleep;
 use courier_client::store::Table;
 use courier_client::{
-    Client, ClientConfig, ClientParts, ClientStore, Clock, Error, MemoryNetwork, MemoryStore,
-    SqliteStore,
+    Client, ClientConfig, ClientParts, ClientStore, Clock, Error, ManualClock, MemoryNetwork,
+    MemoryStore, SqliteStore, SystemClock,
 };
 use courier_protocol::{Address, DeviceId};
 
-struct TestClock(AtomicU64);
+/// Time that moves only when a test says (timestamps, refresh intervals,
+/// prekey rotation), with real waits: these tests also sleep on tokio's
+/// timer while a listener or a retry runs. `tests/clock.rs` runs the
+/// waits themselves on virtual time.
+struct TestClock(ManualClock);
+
+impl TestClock {
+    fn advance(&self, by: Duration) {
+        self.0.advance(by);
+    }
+}
 
 impl Clock for TestClock {
     fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+        self.0.now_ms()
+    }
+    fn sleep(&self, duration: Duration) -> Sleep {
+        Box::pin(tokio::time::sleep(duration))
     }
 }
 
 fn clock() -> Arc<TestClock> {
-    Arc::new(TestClock(AtomicU64::new(1_700_000_000_000)))
+    Arc::new(TestClock(ManualClock::new(1_700_000_000_000)))
 }
 
 async fn client_with(
@@ -31,7 +45,7 @@ async fn client_with(
     relay: &str,
     seed: u8,
     store: Arc<dyn ClientStore>,
-    clock: Arc<TestClock>,
+    clock: Arc<dyn Clock>,
     config: ClientConfig,
 ) -> Client {
     Client::open(ClientParts {
@@ -46,12 +60,22 @@ async fn client_with(
 }
 
 async fn user(net: &MemoryNetwork, name: &str, relay: &str, seed: u8) -> (Client, Address) {
+    user_with_clock(net, name, relay, seed, clock()).await
+}
+
+async fn user_with_clock(
+    net: &MemoryNetwork,
+    name: &str,
+    relay: &str,
+    seed: u8,
+    clock: Arc<dyn Clock>,
+) -> (Client, Address) {
     let c = client_with(
         net,
         relay,
         seed,
         Arc::new(MemoryStore::new()),
-        clock(),
+        clock,
         ClientConfig::default(),
     )
     .await;
@@ -248,10 +272,9 @@ async fn a_contact_with_a_new_identity_is_refused_until_trusted() {
     let (bob2, _) = user(&net, "bob", "relay-b.example", 9).await;
     // Within the refresh interval alice still encrypts to the pinned keys only;
     // once she re-reads bob's device list she sees the change.
-    clk.0.fetch_add(
+    clk.advance(Duration::from_millis(
         ClientConfig::default().device_list_refresh_ms + 1,
-        Ordering::SeqCst,
-    );
+    ));
     let err = alice.send(&b, "after").await.unwrap_err();
     assert!(matches!(err, Error::IdentityChanged { .. }), "{err}");
     assert_eq!(err.exit_code(), 6);
@@ -351,10 +374,9 @@ async fn new_device_of_a_contact_is_picked_up_from_its_device_list() {
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     bob.approve(&code).await.unwrap();
     let phone = finish.await.unwrap();
-    clk.0.fetch_add(
+    clk.advance(Duration::from_millis(
         ClientConfig::default().device_list_refresh_ms + 1,
-        Ordering::SeqCst,
-    );
+    ));
     alice.send(&b, "two").await.unwrap();
     assert_eq!(texts(&bob.recv().await.unwrap()), ["one", "two"]);
     assert_eq!(texts(&phone.recv().await.unwrap()), ["two"]);
@@ -517,10 +539,9 @@ async fn the_signed_prekey_rotates_on_schedule_and_old_sessions_still_start() {
     let b = bob.register("bob", None, "", &[]).await.unwrap();
     let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
     alice.send(&b, "under key 1").await.unwrap();
-    clk.0.fetch_add(
+    clk.advance(Duration::from_millis(
         ClientConfig::default().signed_prekey_rotation_ms,
-        Ordering::SeqCst,
-    );
+    ));
     bob.maintain_keys().await.unwrap();
     let spks = store.scan(Table::PreKeys, "s/").await.unwrap();
     let ids: Vec<&str> = spks.iter().map(|(k, _)| k.as_str()).collect();
@@ -536,7 +557,8 @@ async fn the_signed_prekey_rotates_on_schedule_and_old_sessions_still_start() {
 async fn listening_hands_over_messages_as_they_arrive() {
     let net = MemoryNetwork::new();
     let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
-    let (bob, b) = user(&net, "bob", "relay-a.example", 2).await;
+    // Listening lasts real time here: the client's clock is the system's.
+    let (bob, b) = user_with_clock(&net, "bob", "relay-a.example", 2, Arc::new(SystemClock)).await;
     let bob = Arc::new(bob);
     let listener = {
         let bob = bob.clone();
@@ -574,7 +596,8 @@ async fn expired_or_revoked_tokens_are_renewed_without_the_user_noticing() {
 async fn listening_reconnects_after_the_relay_comes_back() {
     let net = MemoryNetwork::new();
     let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
-    let (bob, b) = user(&net, "bob", "relay-a.example", 2).await;
+    // Listening lasts real time here: the client's clock is the system's.
+    let (bob, b) = user_with_clock(&net, "bob", "relay-a.example", 2, Arc::new(SystemClock)).await;
     let bob = Arc::new(bob);
     let listener = {
         let bob = bob.clone();

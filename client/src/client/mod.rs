@@ -251,6 +251,8 @@ pub struct ClientParts {
 pub struct Client {
     inner: tokio::sync::Mutex<Inner>,
     transport: Arc<dyn Transport>,
+    /// The same clock as `Inner`'s, so waits need not hold the lock.
+    clock: Arc<dyn Clock>,
 }
 
 struct Inner {
@@ -349,7 +351,7 @@ impl Client {
         let mut inner = Inner {
             transport: parts.transport.clone(),
             store: parts.store,
-            clock: parts.clock,
+            clock: parts.clock.clone(),
             rng,
             config: parts.config,
             me: None,
@@ -361,6 +363,7 @@ impl Client {
         Ok(Self {
             inner: tokio::sync::Mutex::new(inner),
             transport: parts.transport,
+            clock: parts.clock,
         })
     }
 
@@ -458,7 +461,7 @@ impl Client {
                 Err(TransportError::Unreachable(_)) => {}
                 Err(e) => return Err(e.into()),
             }
-            tokio::time::sleep(poll).await;
+            self.clock.sleep(poll).await;
         };
         let mut inner = self.inner.lock().await;
         let account = Account {
@@ -599,14 +602,17 @@ impl Client {
         duration: Duration,
         mut on_message: impl FnMut(Message) + Send,
     ) -> Result<(), Error> {
-        let deadline = tokio::time::Instant::now() + duration;
+        let deadline = self
+            .clock
+            .now_ms()
+            .saturating_add(duration.as_millis() as u64);
         // Anything stored by an earlier run that crashed before showing it.
         for m in self.take_inbox().await? {
             on_message(m);
         }
         let mut backoff = Duration::from_millis(100);
         let mut last_error: Option<Error> = None;
-        while tokio::time::Instant::now() < deadline {
+        while self.clock.now_ms() < deadline {
             let token = {
                 let mut inner = self.inner.lock().await;
                 inner.maintain_keys(false).await.and(inner.token().await)
@@ -650,7 +656,7 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             }
-            let now = tokio::time::Instant::now();
+            let now = self.clock.now_ms();
             if now >= deadline {
                 break;
             }
@@ -658,7 +664,8 @@ impl Client {
                 let mut inner = self.inner.lock().await;
                 Duration::from_millis(inner.rng.next_u64() % 100)
             };
-            tokio::time::sleep((backoff + jitter).min(deadline - now)).await;
+            let left = Duration::from_millis(deadline - now);
+            self.clock.sleep((backoff + jitter).min(left)).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         match last_error {
@@ -671,13 +678,19 @@ impl Client {
     async fn pump(
         &self,
         sub: &mut dyn Subscription,
-        deadline: tokio::time::Instant,
+        deadline_ms: u64,
         on_message: &mut (impl FnMut(Message) + Send),
     ) -> Result<(), Error> {
         loop {
-            let frame = match tokio::time::timeout_at(deadline, sub.next()).await {
-                Err(_) => return Ok(()),
-                Ok(frame) => frame?,
+            let left = Duration::from_millis(deadline_ms.saturating_sub(self.clock.now_ms()));
+            let frame = {
+                let next = sub.next();
+                let end = self.clock.sleep(left);
+                futures::pin_mut!(next);
+                match futures::future::select(next, end).await {
+                    futures::future::Either::Left((frame, _)) => frame?,
+                    futures::future::Either::Right(_) => return Ok(()),
+                }
             };
             match frame {
                 None => return Err(Error::RelayUnreachable("WebSocket closed".into())),

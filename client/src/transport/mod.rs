@@ -6,9 +6,11 @@
 //! Authenticated calls take the access token; getting and refreshing it is
 //! the SDK's job (see `Client`), not the transport's.
 
+#[cfg(feature = "http")]
 mod http;
 mod memory;
 
+#[cfg(feature = "http")]
 pub use http::HttpTransport;
 pub use memory::{MemoryNetwork, MemoryTransport};
 
