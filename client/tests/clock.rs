@@ -7,13 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_client::{Client, ClientParts, ManualClock, MemoryNetwork, MemoryStore};
+use courier_client::{Client, ClientParts, ManualClock, MemoryStore};
+use courier_testkit::Network;
 
 const START_MS: u64 = 1_700_000_000_000;
 
-async fn client(net: &MemoryNetwork, clock: &ManualClock, seed: u8) -> Arc<Client> {
+async fn client(net: &Network, clock: &ManualClock, seed: u8) -> Arc<Client> {
     let client = Client::open(ClientParts {
-        transport: Arc::new(net.relay("relay-a.example").unwrap()),
+        transport: Arc::new(net.transport("relay-a.example").unwrap()),
         store: Arc::new(MemoryStore::new()),
         clock: Arc::new(clock.clone()),
         rng_seed: Some([seed; 32]),
@@ -38,7 +39,7 @@ async fn settle(mut done: impl FnMut() -> bool) -> bool {
 
 #[tokio::test(flavor = "current_thread")]
 async fn listen_ends_when_the_clients_clock_passes_its_deadline() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let clock = ManualClock::new(START_MS);
     let bob = client(&net, &clock, 2).await;
     bob.register("bob", None, "", &[]).await.unwrap();
@@ -60,7 +61,7 @@ async fn listen_ends_when_the_clients_clock_passes_its_deadline() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_link_is_polled_again_only_when_the_poll_interval_has_passed() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let clock = ManualClock::new(START_MS);
     let laptop = client(&net, &clock, 1).await;
     let phone = client(&net, &clock, 2).await;

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use courier_protocol::{Address, DeviceId, OutgoingMessage, RelayName};
+use courier_protocol::api::Envelope;
+use courier_protocol::{Address, DeviceId, OutgoingMessage, RelayName, Username};
 use courier_relay::federation::drain_once;
 use courier_relay::{AuthedDevice, Config, ManualClock, MemoryStore, Relay};
 use rand::SeedableRng;
@@ -38,12 +39,22 @@ pub(crate) struct Inner {
     pub(crate) notify: Notify,
 }
 
+/// A device mailbox, for what a misbehaving relay adds to it.
+pub(crate) type MailboxKey = (RelayName, Username, DeviceId);
+
+/// Sequence numbers of injected envelopes start here, above anything a
+/// relay's store hands out, so they come after the relay's own.
+pub(crate) const INJECTED_SEQ_MIN: u64 = 1 << 62;
+
 #[derive(Default)]
 struct State {
     relays: BTreeMap<RelayName, Arc<Relay>>,
     down: BTreeSet<RelayName>,
     sent: Vec<OutgoingMessage>,
     seed: u64,
+    /// Envelopes served as if the relay held them (see [`Network::inject`]).
+    injected: BTreeMap<MailboxKey, BTreeMap<u64, Envelope>>,
+    next_injected: u64,
 }
 
 impl std::fmt::Debug for Network {
@@ -145,6 +156,29 @@ impl Network {
         self.drain().await;
     }
 
+    /// Moves the relays' clock past the access token lifetime: every
+    /// access token has expired, refresh tokens still work.
+    pub async fn expire_access_tokens(&self) {
+        let ms = self.lifetime_max(|c| c.access_token_ms);
+        self.advance(ms + 1).await;
+    }
+
+    /// Moves the relays' clock past the refresh token lifetime: every
+    /// token has expired and devices must answer a new challenge.
+    pub async fn expire_all_tokens(&self) {
+        let ms = self.lifetime_max(|c| c.refresh_token_ms.max(c.access_token_ms));
+        self.advance(ms + 1).await;
+    }
+
+    fn lifetime_max(&self, of: impl Fn(&Config) -> u64) -> u64 {
+        self.state()
+            .relays
+            .values()
+            .map(|r| of(r.config()))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Makes relay `name` unreachable (`true`) for its clients and its
     /// peers, or reachable again.
     pub async fn set_relay_down(&self, name: &str, down: bool) {
@@ -184,29 +218,121 @@ impl Network {
         self.state().sent.clone()
     }
 
-    /// Envelopes waiting in `address`'s device mailbox on its home relay.
+    /// Envelopes waiting in `address`'s device mailbox on its home relay
+    /// (injected ones included).
     pub async fn pending(&self, address: &Address, device: DeviceId) -> usize {
+        let injected = self
+            .state()
+            .injected
+            .get(&mailbox_key(address, device))
+            .map_or(0, BTreeMap::len);
+        self.stored(address, device).await.len() + injected
+    }
+
+    /// The envelopes the relay's store holds for `address`'s device.
+    async fn stored(&self, address: &Address, device: DeviceId) -> Vec<Envelope> {
         let Some(relay) = self.existing(&address.relay) else {
-            return 0;
+            return Vec::new();
         };
-        let who = AuthedDevice {
-            user: address.user.clone(),
-            device,
-            session: String::new(),
-            prekeys_low: None,
-        };
-        let mut count = 0;
+        let who = device_of(address, device);
+        let mut out = Vec::new();
         let mut after = 0;
         loop {
             let Ok(page) = relay.fetch(&who, after, DRAIN_BATCH_MAX).await else {
-                return count;
+                return out;
             };
-            count += page.envelopes.len();
-            match page.envelopes.last() {
-                Some(last) if page.more => after = last.seq,
-                _ => return count,
+            let more = page.more;
+            out.extend(page.envelopes);
+            match out.last() {
+                Some(last) if more => after = last.seq,
+                _ => return out,
             }
         }
+    }
+
+    /// Serves `envelope` (under a new sequence number) to `address`'s device
+    /// exactly as given, origin and kind included, after what its relay
+    /// stores: what a hostile or broken home relay could hand a client.
+    /// Acks of it are taken as a relay would. Returns false if the relay is
+    /// unknown.
+    pub fn inject(&self, address: &Address, device: DeviceId, mut envelope: Envelope) -> bool {
+        let mut state = self.state();
+        if !state.relays.contains_key(&address.relay) {
+            return false;
+        }
+        envelope.seq = INJECTED_SEQ_MIN + state.next_injected;
+        state.next_injected += 1;
+        state
+            .injected
+            .entry(mailbox_key(address, device))
+            .or_default()
+            .insert(envelope.seq, envelope);
+        drop(state);
+        self.inner.notify.notify_waiters();
+        true
+    }
+
+    /// Delivers the newest envelope of `address`'s device again, under a
+    /// new sequence number: a duplicate delivery. False if there is none.
+    pub async fn duplicate_last(&self, address: &Address, device: DeviceId) -> bool {
+        let last = {
+            let state = self.state();
+            state
+                .injected
+                .get(&mailbox_key(address, device))
+                .and_then(|m| m.values().next_back().cloned())
+        };
+        let last = match last {
+            Some(e) => Some(e),
+            None => self.stored(address, device).await.pop(),
+        };
+        match last {
+            Some(envelope) => self.inject(address, device, envelope),
+            None => false,
+        }
+    }
+
+    /// Hands `address`'s device its stored envelopes newest first (taken
+    /// off the relay and served again in reverse order): reordering.
+    pub async fn reverse_mailbox(&self, address: &Address, device: DeviceId) {
+        let Some(relay) = self.existing(&address.relay) else {
+            return;
+        };
+        let stored = self.stored(address, device).await;
+        let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
+        if relay.ack(&device_of(address, device), &seqs).await.is_err() {
+            return;
+        }
+        for envelope in stored.into_iter().rev() {
+            self.inject(address, device, envelope);
+        }
+    }
+
+    /// Injected envelopes of a mailbox with a seq above `after`, at most `limit`.
+    pub(crate) fn injected_after(
+        &self,
+        key: &MailboxKey,
+        after: u64,
+        limit: usize,
+    ) -> (Vec<Envelope>, bool) {
+        let state = self.state();
+        let Some(mailbox) = state.injected.get(key) else {
+            return (Vec::new(), false);
+        };
+        let mut rest = mailbox
+            .range(after.saturating_add(1)..)
+            .map(|(_, e)| e.clone());
+        let page: Vec<Envelope> = rest.by_ref().take(limit).collect();
+        (page, rest.next().is_some())
+    }
+
+    /// Takes acks of injected envelopes; returns how many it removed.
+    pub(crate) fn ack_injected(&self, key: &MailboxKey, seqs: &[u64]) -> u32 {
+        let mut state = self.state();
+        let Some(mailbox) = state.injected.get_mut(key) else {
+            return 0;
+        };
+        seqs.iter().filter(|s| mailbox.remove(s).is_some()).count() as u32
     }
 
     /// Runs the outbox of every reachable relay towards every other until
@@ -240,5 +366,20 @@ impl Network {
             }
             self.inner.notify.notify_waiters();
         }
+    }
+}
+
+fn mailbox_key(address: &Address, device: DeviceId) -> MailboxKey {
+    (address.relay.clone(), address.user.clone(), device)
+}
+
+/// The relay-side identity of a device, for reading its mailbox as the
+/// test's observer (no token: the kit is the relay's operator here).
+fn device_of(address: &Address, device: DeviceId) -> AuthedDevice {
+    AuthedDevice {
+        user: address.user.clone(),
+        device,
+        session: String::new(),
+        prekeys_low: None,
     }
 }

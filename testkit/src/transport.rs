@@ -23,6 +23,7 @@ use courier_relay::{AuthedDevice, Registration, Relay, RelayError, Requester};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::network::{INJECTED_SEQ_MIN, MailboxKey};
 use crate::{InProcessFederation, Network};
 
 /// Envelopes per fetch when the client names no limit (the gateway's
@@ -77,6 +78,10 @@ impl RelayTransport {
         self.net
             .existing(&self.name)
             .ok_or_else(|| TransportError::Unreachable(format!("no relay {}", self.name)))
+    }
+
+    fn key(&self, device: &AuthedDevice) -> MailboxKey {
+        (self.name.clone(), device.user.clone(), device.device)
     }
 
     /// The relay and the device `token` authenticates (the gateway's
@@ -243,17 +248,31 @@ impl Transport for RelayTransport {
     ) -> Result<FetchResponse, TransportError> {
         let (relay, device) = self.authed(token).await?;
         let limit = limit.unwrap_or(FETCH_LIMIT_DEFAULT);
-        answer(
-            relay
-                .fetch(&device, after.unwrap_or(0), limit)
-                .await
-                .map_err(api)?,
-        )
+        let after = after.unwrap_or(0);
+        let mut page = if after < INJECTED_SEQ_MIN {
+            relay.fetch(&device, after, limit).await.map_err(api)?
+        } else {
+            FetchResponse {
+                envelopes: Vec::new(),
+                more: false,
+            }
+        };
+        if !page.more {
+            let room = (limit as usize).saturating_sub(page.envelopes.len());
+            let (injected, more) = self.net.injected_after(&self.key(&device), after, room);
+            page.more = more;
+            page.envelopes.extend(injected);
+        }
+        answer(page)
     }
 
     async fn ack(&self, token: &str, seqs: &[u64]) -> Result<AckResponse, TransportError> {
         let (relay, device) = self.authed(token).await?;
-        answer(relay.ack(&device, seqs).await.map_err(api)?)
+        let (injected, stored): (Vec<u64>, Vec<u64>) =
+            seqs.iter().partition(|&&s| s >= INJECTED_SEQ_MIN);
+        let mut response = relay.ack(&device, &stored).await.map_err(api)?;
+        response.acked += self.net.ack_injected(&self.key(&device), &injected);
+        answer(response)
     }
 
     async fn subscribe(&self, token: &str) -> Result<Box<dyn Subscription>, TransportError> {
@@ -264,6 +283,7 @@ impl Transport for RelayTransport {
             low: device.prekeys_low,
             device,
             cursor: 0,
+            injected_cursor: 0,
         }))
     }
 }
@@ -275,7 +295,9 @@ struct RelaySubscription {
     token: String,
     device: AuthedDevice,
     low: Option<u32>,
+    /// Last seq pushed from the relay's store, and from injected envelopes.
     cursor: u64,
+    injected_cursor: u64,
 }
 
 #[async_trait]
@@ -294,8 +316,18 @@ impl Subscription for RelaySubscription {
                 .fetch(&self.device, self.cursor, 1)
                 .await
                 .map_err(api)?;
-            if let Some(envelope) = page.envelopes.into_iter().next() {
-                self.cursor = envelope.seq;
+            let next = match page.envelopes.into_iter().next() {
+                Some(envelope) => {
+                    self.cursor = envelope.seq;
+                    Some(envelope)
+                }
+                None => {
+                    let key = self.transport.key(&self.device);
+                    let (mut injected, _) = net.injected_after(&key, self.injected_cursor, 1);
+                    injected.pop().inspect(|e| self.injected_cursor = e.seq)
+                }
+            };
+            if let Some(envelope) = next {
                 return Ok(Some(answer(ServerFrame::Envelope { envelope })?));
             }
             notified.await;
