@@ -19,15 +19,13 @@ use async_trait::async_trait;
 use courier_client::content::{self, TAG_DIRECT, TAG_GROUP};
 use courier_client::store::Table;
 use courier_client::transport::Subscription;
+use courier_client::wire;
 use courier_client::{
     Client, ClientConfig, ClientParts, ClientStore, Error, HttpTransport, MemoryStore, SystemClock,
     Transport, TransportError,
 };
 use courier_crypto::sealed::{self, SenderAddress};
-use courier_crypto::{
-    Identity, IdentityPickle, OneTimePreKeyPublic, PreKeyBundle, PublicIdentity, Session,
-    SignedPreKeyPublic,
-};
+use courier_crypto::{Identity, IdentityPickle, PreKeyBundle, PublicIdentity, Session};
 use courier_protocol::api::{
     AckResponse, ApproveLinkRequest, ApproveLinkResponse, ChallengeRequest, ChallengeResponse,
     DeliveryFailureNotice, DeviceBundle, Envelope, EnvelopeKind, FailedRecipient, FetchResponse,
@@ -327,28 +325,11 @@ fn rng() -> StdRng {
 }
 
 fn public_identity(bundle: &DeviceBundle) -> PublicIdentity {
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(bundle.keys.identity_key.as_slice());
-    bytes.extend_from_slice(bundle.keys.dh_key.as_slice());
-    bytes.extend_from_slice(bundle.keys.dh_key_signature.as_slice());
-    PublicIdentity::from_bytes(&bytes).unwrap()
+    wire::public_identity(&bundle.keys).unwrap()
 }
 
 fn prekey_bundle(bundle: &DeviceBundle) -> PreKeyBundle {
-    let spk = &bundle.signed_prekey;
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(&spk.id.to_be_bytes());
-    bytes.extend_from_slice(&spk.created_ms.to_be_bytes());
-    bytes.extend_from_slice(spk.public.as_slice());
-    bytes.extend_from_slice(spk.signature.as_slice());
-    let spk = SignedPreKeyPublic::from_bytes(&bytes).unwrap();
-    let otk = bundle.one_time_prekey.as_ref().map(|k| {
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&k.id.to_be_bytes());
-        bytes.extend_from_slice(k.public.as_slice());
-        OneTimePreKeyPublic::from_bytes(&bytes).unwrap()
-    });
-    PreKeyBundle::new(public_identity(bundle), spk, otk).unwrap()
+    wire::prekey_bundle(bundle).unwrap()
 }
 
 /// Item 1 (client side): envelopes the victim can never open (group
