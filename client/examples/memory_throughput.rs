@@ -1,5 +1,5 @@
-//! SDK messages/s with no sockets: two clients over the in-memory relay
-//! network, with in-memory stores and then SQLite files. Shows what the
+//! SDK messages/s with no sockets: two clients over an in-process relay
+//! (`courier-testkit`: the real relay logic on a memory store), with in-memory stores and then SQLite files. Shows what the
 //! client itself costs (crypto, encoding, local commits).
 //!
 //! ```text
@@ -10,17 +10,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use courier_client::{
-    Client, ClientConfig, ClientParts, ClientStore, MemoryNetwork, MemoryStore, SqliteStore,
-    SystemClock,
+    Client, ClientConfig, ClientParts, ClientStore, MemoryStore, SqliteStore, SystemClock,
 };
+use courier_testkit::Network;
 
-async fn open(
-    net: &MemoryNetwork,
-    store: Arc<dyn ClientStore>,
-    seed: u8,
-) -> anyhow::Result<Client> {
+async fn open(net: &Network, store: Arc<dyn ClientStore>, seed: u8) -> anyhow::Result<Client> {
     Ok(Client::open(ClientParts {
-        transport: Arc::new(net.relay("relay.example")?),
+        transport: Arc::new(net.transport("relay.example")?),
         store,
         clock: Arc::new(SystemClock),
         rng_seed: Some([seed; 32]),
@@ -49,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::Ok(s)
             }
         };
-        let net = MemoryNetwork::new();
+        let net = Network::new();
         let alice = open(&net, store("a.db").await?, 1).await?;
         let bob = open(&net, store("b.db").await?, 2).await?;
         alice.register("alice", None, "", &[]).await?;

@@ -3,11 +3,17 @@
 //! linking. The `courier-client` command line is a thin layer over it.
 //!
 //! The logic is plain Rust over two traits so it runs anywhere:
-//! [`Transport`] (the relay's client API: [`HttpTransport`] for real relays,
-//! [`MemoryNetwork`] in memory) and [`ClientStore`] (local state:
-//! [`SqliteStore`] in a file, [`MemoryStore`] in memory). Time comes from a
-//! [`Clock`] and randomness from a seedable generator, so simulations are
-//! reproducible.
+//! [`Transport`] (the relay's client API: [`HttpTransport`] for real relays;
+//! `courier-testkit` provides one over in-process relays) and
+//! [`ClientStore`] (local state: [`SqliteStore`] in a file, [`MemoryStore`]
+//! in memory). Time, waits included, comes from a [`Clock`] and randomness
+//! from a seedable generator, so simulations are reproducible. The request
+//! layout shared with the simulator and test kits is in [`wire`] and
+//! [`content`].
+//!
+//! Features (all default): `http` ([`HttpTransport`]), `sqlite`
+//! ([`SqliteStore`]) and `cli` (the binary). Without them the crate is the
+//! logic alone, for simulators.
 //!
 //! What it deliberately does not do: cryptography itself (that is
 //! `courier-crypto`), or any relay-side logic. Message layout and usage are
@@ -15,14 +21,15 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use courier_client::{Client, ClientParts, MemoryNetwork, MemoryStore, SystemClock};
+//! use courier_client::{Client, ClientParts, MemoryStore, SystemClock};
+//! use courier_testkit::Network;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let net = MemoryNetwork::new();
-//! let parts = |relay: &str, seed: u8| -> Result<ClientParts, courier_client::TransportError> {
+//! let net = Network::new();
+//! let parts = |relay: &str, seed: u8| -> Result<ClientParts, Box<dyn std::error::Error>> {
 //!     Ok(ClientParts {
-//!         transport: Arc::new(net.relay(relay)?),
+//!         transport: Arc::new(net.transport(relay)?),
 //!         store: Arc::new(MemoryStore::new()),
 //!         clock: Arc::new(SystemClock),
 //!         rng_seed: Some([seed; 32]),
@@ -40,43 +47,31 @@
 //! ```
 
 mod client;
+pub mod clock;
 pub mod content;
 mod error;
 pub mod store;
 pub mod transport;
+pub mod wire;
 
 pub use client::{
     Account, BASE_KEYS_PER_SIGNED_PREKEY_MAX, Client, ClientConfig, ClientParts, DeviceInfo,
     Message, PendingLink, RECEIVERS_PER_DEVICE_MAX, SEND_ATTEMPTS_MAX, SESSIONS_PER_DEVICE_MAX,
     SendReceipt,
 };
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
-pub use store::{ClientStore, MemoryStore, SqliteStore};
-pub use transport::{HttpTransport, MemoryNetwork, MemoryTransport, Transport, TransportError};
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
+pub use store::{ClientStore, MemoryStore};
+#[cfg(feature = "http")]
+pub use transport::HttpTransport;
+pub use transport::{Transport, TransportError};
 
 use std::collections::BTreeMap;
 
 use courier_protocol::Address;
 use sha2::{Digest, Sha256};
-
-/// Where the time comes from: the system clock, or a simulation's.
-pub trait Clock: Send + Sync + 'static {
-    /// Now, in Unix milliseconds.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    }
-}
 
 /// A safety number for two accounts: 12 groups of 5 digits from SHA-256 over
 /// both addresses and their pinned device identity keys, in a fixed order so

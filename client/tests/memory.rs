@@ -1,41 +1,57 @@
 //! SDK behaviour between real client instances (real crypto, real SQLite or
-//! memory stores) over the in-memory relay network.
+//! memory stores) over real relays in one process (`courier-testkit`):
+//! every signature, limit and error is the relay's own.
 
 // Helpers outside #[test] functions are test code too.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use courier_client::clock::Sleep;
 use courier_client::store::Table;
 use courier_client::{
-    Client, ClientConfig, ClientParts, ClientStore, Clock, Error, MemoryNetwork, MemoryStore,
-    SqliteStore,
+    Client, ClientConfig, ClientParts, ClientStore, Clock, Error, ManualClock, MemoryStore,
+    SqliteStore, SystemClock,
 };
 use courier_protocol::{Address, DeviceId};
+use courier_testkit::Network;
 
-struct TestClock(AtomicU64);
+/// Time that moves only when a test says (timestamps, refresh intervals,
+/// prekey rotation), with real waits: these tests also sleep on tokio's
+/// timer while a listener or a retry runs. `tests/clock.rs` runs the
+/// waits themselves on virtual time.
+struct TestClock(ManualClock);
+
+impl TestClock {
+    fn advance(&self, by: Duration) {
+        self.0.advance(by);
+    }
+}
 
 impl Clock for TestClock {
     fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+        self.0.now_ms()
+    }
+    fn sleep(&self, duration: Duration) -> Sleep {
+        Box::pin(tokio::time::sleep(duration))
     }
 }
 
 fn clock() -> Arc<TestClock> {
-    Arc::new(TestClock(AtomicU64::new(1_700_000_000_000)))
+    Arc::new(TestClock(ManualClock::new(1_700_000_000_000)))
 }
 
 async fn client_with(
-    net: &MemoryNetwork,
+    net: &Network,
     relay: &str,
     seed: u8,
     store: Arc<dyn ClientStore>,
-    clock: Arc<TestClock>,
+    clock: Arc<dyn Clock>,
     config: ClientConfig,
 ) -> Client {
     Client::open(ClientParts {
-        transport: Arc::new(net.relay(relay).unwrap()),
+        transport: Arc::new(net.transport(relay).unwrap()),
         store,
         clock,
         rng_seed: Some([seed; 32]),
@@ -45,13 +61,23 @@ async fn client_with(
     .unwrap()
 }
 
-async fn user(net: &MemoryNetwork, name: &str, relay: &str, seed: u8) -> (Client, Address) {
+async fn user(net: &Network, name: &str, relay: &str, seed: u8) -> (Client, Address) {
+    user_with_clock(net, name, relay, seed, clock()).await
+}
+
+async fn user_with_clock(
+    net: &Network,
+    name: &str,
+    relay: &str,
+    seed: u8,
+    clock: Arc<dyn Clock>,
+) -> (Client, Address) {
     let c = client_with(
         net,
         relay,
         seed,
         Arc::new(MemoryStore::new()),
-        clock(),
+        clock,
         ClientConfig::default(),
     )
     .await;
@@ -65,7 +91,7 @@ fn texts(messages: &[courier_client::Message]) -> Vec<String> {
 
 #[tokio::test]
 async fn two_users_on_one_relay_talk_both_ways() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let (alice, a) = user(&net, "alice", "relay-a.example", 1).await;
     let (bob, b) = user(&net, "bob", "relay-a.example", 2).await;
     alice.send(&b, "hi bob").await.unwrap();
@@ -81,12 +107,12 @@ async fn two_users_on_one_relay_talk_both_ways() {
     // Nothing is shown twice.
     assert!(bob.recv().await.unwrap().is_empty());
     assert!(alice.recv().await.unwrap().is_empty());
-    assert_eq!(net.pending(&b, DeviceId(1)), 0);
+    assert_eq!(net.pending(&b, DeviceId(1)).await, 0);
 }
 
 #[tokio::test]
 async fn two_users_on_two_relays_talk_both_ways() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let (alice, a) = user(&net, "alice", "relay-a.example", 1).await;
     let (bob, b) = user(&net, "bob", "relay-b.example", 2).await;
     alice.send(&b, "across").await.unwrap();
@@ -97,7 +123,7 @@ async fn two_users_on_two_relays_talk_both_ways() {
 
 #[tokio::test]
 async fn sending_to_an_unknown_user_is_a_clear_error() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
     let nobody: Address = "nobody@relay-a.example".parse().unwrap();
     let err = alice.send(&nobody, "x").await.unwrap_err();
@@ -107,7 +133,7 @@ async fn sending_to_an_unknown_user_is_a_clear_error() {
 
 #[tokio::test]
 async fn an_unregistered_client_says_so() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let c = client_with(
         &net,
         "relay-a.example",
@@ -124,19 +150,19 @@ async fn an_unregistered_client_says_so() {
 
 #[tokio::test]
 async fn an_unreachable_relay_is_reported_and_nothing_is_recorded() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
     let (_bob, b) = user(&net, "bob", "relay-a.example", 2).await;
-    net.set_down(true);
+    net.set_down(true).await;
     let err = alice.send(&b, "lost?").await.unwrap_err();
     assert!(matches!(err, Error::RelayUnreachable(_)), "{err}");
-    net.set_down(false);
+    net.set_down(false).await;
     assert!(alice.history().await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn out_of_order_and_duplicate_deliveries_show_each_message_once() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let (alice, a) = user(&net, "alice", "relay-a.example", 1).await;
     let (bob, b) = user(&net, "bob", "relay-b.example", 2).await;
     // Establish the session both ways first, then reorder a burst.
@@ -147,19 +173,19 @@ async fn out_of_order_and_duplicate_deliveries_show_each_message_once() {
     for i in 0..5 {
         alice.send(&b, &format!("m{i}")).await.unwrap();
     }
-    net.reverse_mailbox(&b, DeviceId(1));
-    assert!(net.duplicate_last(&b, DeviceId(1)));
-    assert!(net.duplicate_last(&b, DeviceId(1)));
+    net.reverse_mailbox(&b, DeviceId(1)).await;
+    assert!(net.duplicate_last(&b, DeviceId(1)).await);
+    assert!(net.duplicate_last(&b, DeviceId(1)).await);
     let mut got = texts(&bob.recv().await.unwrap());
     assert_eq!(got.len(), 5, "{got:?}");
     got.sort();
     assert_eq!(got, ["m0", "m1", "m2", "m3", "m4"]);
-    assert_eq!(net.pending(&b, DeviceId(1)), 0);
+    assert_eq!(net.pending(&b, DeviceId(1)).await, 0);
 }
 
 #[tokio::test]
 async fn both_sides_starting_a_session_at_once_still_converge() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let (alice, a) = user(&net, "alice", "relay-a.example", 1).await;
     let (bob, b) = user(&net, "bob", "relay-a.example", 2).await;
     alice.send(&b, "from alice").await.unwrap();
@@ -176,7 +202,7 @@ async fn both_sides_starting_a_session_at_once_still_converge() {
 
 #[tokio::test]
 async fn a_crash_between_storing_and_acking_shows_the_message_once_after_restart() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("client.db");
     let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
@@ -207,7 +233,7 @@ async fn a_crash_between_storing_and_acking_shows_the_message_once_after_restart
     ));
     drop(bob);
     store.close().await;
-    assert_eq!(net.pending(&b, DeviceId(1)), 1, "not acked");
+    assert_eq!(net.pending(&b, DeviceId(1)).await, 1, "not acked");
 
     let store = Arc::new(SqliteStore::open(&path).await.unwrap());
     let bob = client_with(
@@ -221,12 +247,12 @@ async fn a_crash_between_storing_and_acking_shows_the_message_once_after_restart
     .await;
     assert_eq!(texts(&bob.recv().await.unwrap()), ["exactly once"]);
     assert!(bob.recv().await.unwrap().is_empty());
-    assert_eq!(net.pending(&b, DeviceId(1)), 0);
+    assert_eq!(net.pending(&b, DeviceId(1)).await, 0);
 }
 
 #[tokio::test]
 async fn a_contact_with_a_new_identity_is_refused_until_trusted() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let clk = clock();
     let alice = client_with(
         &net,
@@ -244,14 +270,13 @@ async fn a_contact_with_a_new_identity_is_refused_until_trusted() {
     let before = alice.safety_number(&b).await.unwrap();
 
     // Bob's relay forgets him; someone registers "bob" again with new keys.
-    net.forget_account(&b);
+    net.reset_relay(&b.relay);
     let (bob2, _) = user(&net, "bob", "relay-b.example", 9).await;
     // Within the refresh interval alice still encrypts to the pinned keys only;
     // once she re-reads bob's device list she sees the change.
-    clk.0.fetch_add(
+    clk.advance(Duration::from_millis(
         ClientConfig::default().device_list_refresh_ms + 1,
-        Ordering::SeqCst,
-    );
+    ));
     let err = alice.send(&b, "after").await.unwrap_err();
     assert!(matches!(err, Error::IdentityChanged { .. }), "{err}");
     assert_eq!(err.exit_code(), 6);
@@ -270,7 +295,7 @@ async fn a_contact_with_a_new_identity_is_refused_until_trusted() {
 
 #[tokio::test]
 async fn a_linked_device_gets_new_messages_and_its_accounts_sent_ones() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let (alice, a) = user(&net, "alice", "relay-a.example", 1).await;
     let (bob, b) = user(&net, "bob", "relay-b.example", 2).await;
     alice.send(&b, "old").await.unwrap();
@@ -316,7 +341,7 @@ async fn a_linked_device_gets_new_messages_and_its_accounts_sent_ones() {
 
 #[tokio::test]
 async fn new_device_of_a_contact_is_picked_up_from_its_device_list() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let clk = clock();
     let alice = client_with(
         &net,
@@ -351,10 +376,9 @@ async fn new_device_of_a_contact_is_picked_up_from_its_device_list() {
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     bob.approve(&code).await.unwrap();
     let phone = finish.await.unwrap();
-    clk.0.fetch_add(
+    clk.advance(Duration::from_millis(
         ClientConfig::default().device_list_refresh_ms + 1,
-        Ordering::SeqCst,
-    );
+    ));
     alice.send(&b, "two").await.unwrap();
     assert_eq!(texts(&bob.recv().await.unwrap()), ["one", "two"]);
     assert_eq!(texts(&phone.recv().await.unwrap()), ["two"]);
@@ -364,7 +388,7 @@ async fn new_device_of_a_contact_is_picked_up_from_its_device_list() {
 
 #[tokio::test]
 async fn a_group_across_three_relays_and_a_removed_member_stops_reading() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let (alice, a) = user(&net, "alice", "relay-a.example", 1).await;
     let (bob, b) = user(&net, "bob", "relay-b.example", 2).await;
     let carol_store = Arc::new(MemoryStore::new());
@@ -439,7 +463,7 @@ async fn a_group_across_three_relays_and_a_removed_member_stops_reading() {
 
 #[tokio::test]
 async fn relays_hold_neither_plaintext_nor_sender_address() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let (alice, a) = user(&net, "alice", "relay-a.example", 1).await;
     let (bob, b) = user(&net, "bob", "relay-b.example", 2).await;
     let (_carol, c) = user(&net, "carol", "relay-b.example", 3).await;
@@ -472,7 +496,7 @@ async fn relays_hold_neither_plaintext_nor_sender_address() {
 
 #[tokio::test]
 async fn one_time_prekeys_are_refilled_under_the_low_water_mark() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let bob_store = Arc::new(MemoryStore::new());
     let bob = client_with(
         &net,
@@ -502,7 +526,7 @@ async fn one_time_prekeys_are_refilled_under_the_low_water_mark() {
 
 #[tokio::test]
 async fn the_signed_prekey_rotates_on_schedule_and_old_sessions_still_start() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let clk = clock();
     let store: Arc<dyn ClientStore> = Arc::new(MemoryStore::new());
     let bob = client_with(
@@ -517,10 +541,9 @@ async fn the_signed_prekey_rotates_on_schedule_and_old_sessions_still_start() {
     let b = bob.register("bob", None, "", &[]).await.unwrap();
     let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
     alice.send(&b, "under key 1").await.unwrap();
-    clk.0.fetch_add(
+    clk.advance(Duration::from_millis(
         ClientConfig::default().signed_prekey_rotation_ms,
-        Ordering::SeqCst,
-    );
+    ));
     bob.maintain_keys().await.unwrap();
     let spks = store.scan(Table::PreKeys, "s/").await.unwrap();
     let ids: Vec<&str> = spks.iter().map(|(k, _)| k.as_str()).collect();
@@ -534,9 +557,10 @@ async fn the_signed_prekey_rotates_on_schedule_and_old_sessions_still_start() {
 
 #[tokio::test]
 async fn listening_hands_over_messages_as_they_arrive() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
-    let (bob, b) = user(&net, "bob", "relay-a.example", 2).await;
+    // Listening lasts real time here: the client's clock is the system's.
+    let (bob, b) = user_with_clock(&net, "bob", "relay-a.example", 2, Arc::new(SystemClock)).await;
     let bob = Arc::new(bob);
     let listener = {
         let bob = bob.clone();
@@ -551,30 +575,35 @@ async fn listening_hands_over_messages_as_they_arrive() {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     alice.send(&b, "pushed").await.unwrap();
     assert_eq!(listener.await.unwrap(), ["pushed"]);
-    assert_eq!(net.pending(&b, DeviceId(1)), 0);
+    assert_eq!(net.pending(&b, DeviceId(1)).await, 0);
 }
 
 #[tokio::test]
 async fn expired_or_revoked_tokens_are_renewed_without_the_user_noticing() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
     let (bob, b) = user(&net, "bob", "relay-a.example", 2).await;
     alice.send(&b, "one").await.unwrap();
-    net.expire_access_tokens();
+    net.expire_access_tokens().await;
     alice.send(&b, "two (after refresh)").await.unwrap();
-    net.revoke_tokens();
+    // Bob reads before the relays' clock jumps past every token's
+    // lifetime: the undelivered messages would expire with them.
+    let mut got = texts(&bob.recv().await.unwrap());
+    net.expire_all_tokens().await;
     alice.send(&b, "three (after a new login)").await.unwrap();
+    got.extend(texts(&bob.recv().await.unwrap()));
     assert_eq!(
-        texts(&bob.recv().await.unwrap()),
+        got,
         ["one", "two (after refresh)", "three (after a new login)"]
     );
 }
 
 #[tokio::test]
 async fn listening_reconnects_after_the_relay_comes_back() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
-    let (bob, b) = user(&net, "bob", "relay-a.example", 2).await;
+    // Listening lasts real time here: the client's clock is the system's.
+    let (bob, b) = user_with_clock(&net, "bob", "relay-a.example", 2, Arc::new(SystemClock)).await;
     let bob = Arc::new(bob);
     let listener = {
         let bob = bob.clone();
@@ -589,26 +618,30 @@ async fn listening_reconnects_after_the_relay_comes_back() {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     alice.send(&b, "before").await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    net.set_down(true);
+    net.set_down(true).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    net.set_down(false);
+    net.set_down(false).await;
     alice.send(&b, "after").await.unwrap();
     assert_eq!(listener.await.unwrap(), ["before", "after"]);
 }
 
 #[tokio::test]
 async fn a_first_message_from_an_unreachable_relay_waits_without_blocking_others() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let (alice, _) = user(&net, "alice", "relay-a.example", 1).await;
     let (carol, _) = user(&net, "carol", "relay-b.example", 3).await;
     let (bob, b) = user(&net, "bob", "relay-b.example", 2).await;
     alice.send(&b, "from afar").await.unwrap();
     carol.send(&b, "from nearby").await.unwrap();
     // Bob cannot read alice's device list while relay-a is gone.
-    net.set_relay_down("relay-a.example", true);
+    net.set_relay_down("relay-a.example", true).await;
     assert_eq!(texts(&bob.recv().await.unwrap()), ["from nearby"]);
-    assert_eq!(net.pending(&b, DeviceId(1)), 1, "alice's message waits");
-    net.set_relay_down("relay-a.example", false);
+    assert_eq!(
+        net.pending(&b, DeviceId(1)).await,
+        1,
+        "alice's message waits"
+    );
+    net.set_relay_down("relay-a.example", false).await;
     assert_eq!(texts(&bob.recv().await.unwrap()), ["from afar"]);
-    assert_eq!(net.pending(&b, DeviceId(1)), 0);
+    assert_eq!(net.pending(&b, DeviceId(1)).await, 0);
 }

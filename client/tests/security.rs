@@ -1,7 +1,8 @@
 //! Security regression tests of the client SDK (issue #13, client items):
 //! each attack performed against a real `courier serve` on 127.0.0.1 over
 //! real HTTP (or, where the attacker is the relay itself, a hostile server
-//! or the in-memory network), and the client's defence asserted.
+//! or in-process relays from `courier-testkit` that inject what a hostile
+//! relay would), and the client's defence asserted.
 //!
 //! Attackers forge with the same public crypto API a real client uses and
 //! submit over the relay's HTTP API with their own account's token.
@@ -18,15 +19,13 @@ use async_trait::async_trait;
 use courier_client::content::{self, TAG_DIRECT, TAG_GROUP};
 use courier_client::store::Table;
 use courier_client::transport::Subscription;
+use courier_client::wire;
 use courier_client::{
-    Client, ClientConfig, ClientParts, ClientStore, Error, HttpTransport, MemoryNetwork,
-    MemoryStore, SystemClock, Transport, TransportError,
+    Client, ClientConfig, ClientParts, ClientStore, Error, HttpTransport, MemoryStore, SystemClock,
+    Transport, TransportError,
 };
 use courier_crypto::sealed::{self, SenderAddress};
-use courier_crypto::{
-    Identity, IdentityPickle, OneTimePreKeyPublic, PreKeyBundle, PublicIdentity, Session,
-    SignedPreKeyPublic,
-};
+use courier_crypto::{Identity, IdentityPickle, PreKeyBundle, PublicIdentity, Session};
 use courier_protocol::api::{
     AckResponse, ApproveLinkRequest, ApproveLinkResponse, ChallengeRequest, ChallengeResponse,
     DeliveryFailureNotice, DeviceBundle, Envelope, EnvelopeKind, FailedRecipient, FetchResponse,
@@ -38,6 +37,7 @@ use courier_protocol::{
     Address, Bytes, DeviceId, EnvelopeId, ErrorCode, OutgoingMessage, RecipientEntry, RelayName,
     Username,
 };
+use courier_testkit::Network;
 use rand::rngs::StdRng;
 use rand_core::Rng as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -325,28 +325,11 @@ fn rng() -> StdRng {
 }
 
 fn public_identity(bundle: &DeviceBundle) -> PublicIdentity {
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(bundle.keys.identity_key.as_slice());
-    bytes.extend_from_slice(bundle.keys.dh_key.as_slice());
-    bytes.extend_from_slice(bundle.keys.dh_key_signature.as_slice());
-    PublicIdentity::from_bytes(&bytes).unwrap()
+    wire::public_identity(&bundle.keys).unwrap()
 }
 
 fn prekey_bundle(bundle: &DeviceBundle) -> PreKeyBundle {
-    let spk = &bundle.signed_prekey;
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(&spk.id.to_be_bytes());
-    bytes.extend_from_slice(&spk.created_ms.to_be_bytes());
-    bytes.extend_from_slice(spk.public.as_slice());
-    bytes.extend_from_slice(spk.signature.as_slice());
-    let spk = SignedPreKeyPublic::from_bytes(&bytes).unwrap();
-    let otk = bundle.one_time_prekey.as_ref().map(|k| {
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&k.id.to_be_bytes());
-        bytes.extend_from_slice(k.public.as_slice());
-        OneTimePreKeyPublic::from_bytes(&bytes).unwrap()
-    });
-    PreKeyBundle::new(public_identity(bundle), spk, otk).unwrap()
+    wire::prekey_bundle(bundle).unwrap()
 }
 
 /// Item 1 (client side): envelopes the victim can never open (group
@@ -559,13 +542,13 @@ async fn forged_claims_of_a_sender_cause_no_refetch_burst_and_no_identity_warnin
 /// Item 12 (client side): a delivery-failure notice whose origin is not
 /// the home relay (another relay forged it) is acked and not shown; the
 /// home relay's own notices still are. The relay that forges it is the
-/// attacker here, so the in-memory network stands in for it (real relays
+/// attacker here, so the test kit injects the notice in its name (real relays
 /// refuse such notices from peers: that is the relay's side of the item).
 #[tokio::test]
 async fn a_delivery_failure_notice_from_a_federated_origin_is_dropped() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let parts = |relay: &str| ClientParts {
-        transport: Arc::new(net.relay(relay).unwrap()),
+        transport: Arc::new(net.transport(relay).unwrap()),
         store: Arc::new(MemoryStore::new()),
         clock: Arc::new(SystemClock),
         rng_seed: None,
@@ -598,7 +581,7 @@ async fn a_delivery_failure_notice_from_a_federated_origin_is_dropped() {
         alice.recv().await.unwrap().is_empty(),
         "forged notice hidden"
     );
-    assert_eq!(net.pending(&a, DeviceId(1)), 0, "and acked");
+    assert_eq!(net.pending(&a, DeviceId(1)).await, 0, "and acked");
     assert!(net.inject(&a, DeviceId(1), notice("relay-a.example")));
     let shown = alice.recv().await.unwrap();
     assert_eq!(shown.len(), 1);
@@ -731,13 +714,9 @@ async fn an_oversized_websocket_frame_from_the_relay_is_refused() {
 }
 
 /// A client on `relay-a.example` of `net`, keeping its state in `store`.
-async fn open_parked(
-    net: &MemoryNetwork,
-    store: &Arc<MemoryStore>,
-    config: ClientConfig,
-) -> Client {
+async fn open_parked(net: &Network, store: &Arc<MemoryStore>, config: ClientConfig) -> Client {
     Client::open(ClientParts {
-        transport: Arc::new(net.relay("relay-a.example").unwrap()),
+        transport: Arc::new(net.transport("relay-a.example").unwrap()),
         store: store.clone(),
         clock: Arc::new(SystemClock),
         rng_seed: None,
@@ -751,7 +730,7 @@ async fn open_parked(
 /// first) and dropped at its expiry.
 #[tokio::test]
 async fn parked_envelopes_are_bounded_and_expire() {
-    let net = MemoryNetwork::new();
+    let net = Network::new();
     let store = Arc::new(MemoryStore::new());
     let bob = open_parked(
         &net,
@@ -806,7 +785,7 @@ async fn parked_envelopes_are_bounded_and_expire() {
         assert!(net.inject(&b, DeviceId(1), junk(now + 3_600_000)));
         bob.recv().await.unwrap();
     }
-    assert_eq!(net.pending(&b, DeviceId(1)), 0, "all acked");
+    assert_eq!(net.pending(&b, DeviceId(1)).await, 0, "all acked");
     let parked = store.scan(Table::Deferred, "p/").await.unwrap();
     assert_eq!(parked.len(), 3, "bounded in number");
 

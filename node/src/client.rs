@@ -1,21 +1,21 @@
 //! A minimal client of the relay's HTTP/WebSocket API, for `courier-load`
-//! and the end-to-end tests. It signs with raw Ed25519 keys and sends
-//! opaque bytes; real clients use `courier-client`, which encrypts.
+//! and the end-to-end tests. Its requests are built with the SDK's wire
+//! module (`courier_client::wire`: device keys, device lists, login answers,
+//! prekey uploads, outgoing messages) and it sends opaque bytes; real
+//! clients use `courier-client`'s `Client`, which encrypts.
 
 use std::time::Duration;
 
+use courier_client::wire;
+use courier_crypto::{Identity, OneTimePreKey, SignedPreKey};
 use courier_protocol::api::{
-    AckRequest, AckResponse, ChallengeRequest, ChallengeResponse, DeviceKeys, DeviceList,
-    DeviceListEntry, FetchResponse, KeyBundleResponse, LoginRequest, OneTimePreKey, PreKeyCount,
-    RegisterRequest, RegisterResponse, SendResponse, SignedDeviceList, SignedPreKey, TokenResponse,
-    UploadOneTimePreKeys,
+    AckRequest, AckResponse, ChallengeRequest, ChallengeResponse, FetchResponse, KeyBundleResponse,
+    LoginRequest, PreKeyCount, RegisterRequest, RegisterResponse, SendResponse, TokenResponse,
 };
 use courier_protocol::ws::{ClientFrame, ServerFrame};
 use courier_protocol::{
-    Address, ApiError, Bytes, DeviceId, EnvelopeId, ErrorBody, OutgoingMessage, RecipientEntry,
-    RelayName, Username, signing,
+    Address, ApiError, Bytes, DeviceId, EnvelopeId, ErrorBody, OutgoingMessage, RelayName, Username,
 };
-use ed25519_dalek::{Signer as _, SigningKey};
 use futures::{SinkExt as _, StreamExt as _};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -53,8 +53,8 @@ pub struct Device {
     pub address: Address,
     /// This device's id.
     pub device: DeviceId,
-    /// Its identity key.
-    pub key: SigningKey,
+    /// Its identity.
+    pub key: Identity,
     /// Current tokens, after login.
     pub tokens: Option<TokenResponse>,
 }
@@ -68,31 +68,13 @@ impl std::fmt::Debug for Device {
     }
 }
 
-/// Random Ed25519 identity key.
-pub fn new_key() -> SigningKey {
-    SigningKey::from_bytes(&rand::random::<[u8; 32]>())
+/// A fresh device identity (Ed25519 + X25519) from the OS's randomness.
+pub fn new_key() -> Identity {
+    Identity::generate(&mut os_rng())
 }
 
-/// Device keys signed by `key` (the DH key is random bytes: relays only
-/// check its length and signature).
-pub fn device_keys(key: &SigningKey) -> DeviceKeys {
-    let dh_key = rand::random::<[u8; 32]>().to_vec();
-    let signature = key.sign(&signing::dh_key_signing_bytes(&dh_key));
-    DeviceKeys {
-        identity_key: Bytes(key.verifying_key().to_bytes().to_vec()),
-        dh_key: Bytes(dh_key),
-        dh_key_signature: Bytes(signature.to_bytes().to_vec()),
-    }
-}
-
-/// `list` signed by `signer`'s `key`.
-pub fn sign_list(list: DeviceList, signer: DeviceId, key: &SigningKey) -> SignedDeviceList {
-    let signature = key.sign(&list.signing_bytes());
-    SignedDeviceList {
-        list,
-        signer,
-        signature: Bytes(signature.to_bytes().to_vec()),
-    }
+fn os_rng() -> rand::rngs::StdRng {
+    rand::make_rng::<rand::rngs::StdRng>()
 }
 
 /// A shared HTTP client (connection pool) for many devices.
@@ -155,7 +137,7 @@ impl Device {
         base: &str,
         address: Address,
         device: DeviceId,
-        key: SigningKey,
+        key: Identity,
     ) -> Device {
         Device {
             http,
@@ -179,20 +161,12 @@ impl Device {
         let key = new_key();
         let user = Username::parse(username).map_err(ClientError::transport)?;
         let address = Address::new(user.clone(), relay.clone());
-        let keys = device_keys(&key);
-        let list = DeviceList {
-            address: address.clone(),
-            version: 1,
-            devices: vec![DeviceListEntry {
-                device: DeviceId(1),
-                identity_key: keys.identity_key.clone(),
-            }],
-        };
+        let keys = wire::device_keys(&key);
         let request = RegisterRequest {
             username: user,
             invite,
-            device: keys,
-            device_list: sign_list(list, DeviceId(1), &key),
+            device: keys.clone(),
+            device_list: wire::first_device_list(&key, address, &keys),
         };
         let response: RegisterResponse = decode(
             http.post(format!("{base}/v1/accounts"))
@@ -226,16 +200,7 @@ impl Device {
 
     /// The login request answering `challenge`.
     pub fn answer(&self, challenge: &ChallengeResponse) -> LoginRequest {
-        let bytes = signing::login_signing_bytes(
-            &self.address.relay,
-            &self.address.user,
-            self.device,
-            challenge.nonce.as_slice(),
-        );
-        LoginRequest {
-            challenge_id: challenge.challenge_id.clone(),
-            signature: Bytes(self.key.sign(&bytes).to_bytes().to_vec()),
-        }
+        wire::login_answer(&self.key, &self.address, self.device, challenge)
     }
 
     /// Challenge, sign, login; keeps the tokens.
@@ -255,17 +220,10 @@ impl Device {
 
     /// Uploads a signed prekey and `one_time` one-time prekeys.
     pub async fn upload_keys(&self, one_time: u32) -> Result<PreKeyCount, ClientError> {
-        let public = rand::random::<[u8; 32]>().to_vec();
+        let mut rng = os_rng();
         let created_ms = 1_700_000_000_000;
-        let signature = self.key.sign(&signing::signed_prekey_signing_bytes(
-            1, &public, created_ms,
-        ));
-        let prekey = SignedPreKey {
-            id: 1,
-            public: Bytes(public),
-            signature: Bytes(signature.to_bytes().to_vec()),
-            created_ms,
-        };
+        let secret = SignedPreKey::generate(&self.key, 1, created_ms, &mut rng);
+        let prekey = wire::signed_prekey_upload(&self.key, &secret);
         let response = self
             .http
             .put(format!("{}/v1/keys/signed-prekey", self.base))
@@ -280,14 +238,12 @@ impl Device {
                 low_water: 0,
             });
         }
-        let prekeys = (0..one_time)
-            .map(|id| OneTimePreKey {
-                id,
-                public: Bytes(rand::random::<[u8; 32]>().to_vec()),
-            })
-            .collect();
-        self.post("/v1/keys/one-time", &UploadOneTimePreKeys { prekeys })
-            .await
+        let prekeys = OneTimePreKey::generate_batch(0, one_time, &mut rng);
+        self.post(
+            "/v1/keys/one-time",
+            &wire::one_time_prekeys_upload(&prekeys),
+        )
+        .await
     }
 
     /// The key bundle of `address`.
@@ -361,19 +317,10 @@ impl Device {
 /// A message with a dummy 16-byte header per recipient device, kept for an
 /// hour: what the tests and the load tool send.
 pub fn message(id: EnvelopeId, body: Vec<u8>, to: &[(Address, DeviceId)]) -> OutgoingMessage {
-    OutgoingMessage {
-        id,
-        body: Bytes(body),
-        recipients: to
-            .iter()
-            .map(|(address, device)| RecipientEntry {
-                to: address.clone(),
-                device: *device,
-                header: Bytes(vec![0xaa; 16]),
-            })
-            .collect(),
-        ttl_secs: 3600,
-    }
+    let recipients = to
+        .iter()
+        .map(|(address, device)| (address.clone(), *device, Bytes(vec![0xaa; 16])));
+    wire::outgoing(id, body, recipients, 3600)
 }
 
 /// The client end of `/v1/ws`.

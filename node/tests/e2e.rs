@@ -371,7 +371,7 @@ async fn bad_input_gets_its_documented_error_and_changes_nothing() {
     let link: LinkResponse = client::decode(
         relay
             .req(Method::POST, "/v1/links")
-            .json(&json!({"username": "bob", "device": client::device_keys(&key)}))
+            .json(&json!({"username": "bob", "device": courier_client::wire::device_keys(&key)}))
             .send()
             .await
             .unwrap(),

@@ -2,6 +2,7 @@
 //! renewal, prekey upload, refill and rotation, approving a linked device.
 
 use super::*;
+use crate::wire;
 
 impl Inner {
     pub(super) async fn register(
@@ -28,15 +29,8 @@ impl Inner {
             let Ok(relay) = RelayName::parse(&name) else {
                 continue;
             };
-            let list = DeviceList {
-                address: Address::new(user.clone(), relay),
-                version: 1,
-                devices: vec![DeviceListEntry {
-                    device: DeviceId(1),
-                    identity_key: keys.identity_key.clone(),
-                }],
-            };
-            let device_list = sign_list(&identity, list, DeviceId(1));
+            let device_list =
+                wire::first_device_list(&identity, Address::new(user.clone(), relay), &keys);
             let req = RegisterRequest {
                 username: user.clone(),
                 invite: invite.map(str::to_owned),
@@ -122,15 +116,9 @@ impl Inner {
             }
             Err(e) => return Err(e.into()),
         };
-        let bytes = signing::login_signing_bytes(&relay, &user, device, challenge.nonce.as_slice());
-        let signature = Bytes(self.me()?.identity.sign(&bytes).to_vec());
-        let tokens = self
-            .transport
-            .login(&LoginRequest {
-                challenge_id: challenge.challenge_id,
-                signature,
-            })
-            .await?;
+        let address = Address::new(user, relay);
+        let answer = wire::login_answer(&self.me()?.identity, &address, device, &challenge);
+        let tokens = self.transport.login(&answer).await?;
         self.save_tokens(tokens).await
     }
 
@@ -190,16 +178,7 @@ impl Inner {
         let (spk, upload) = {
             let me = self.me.as_ref().ok_or(Error::NotRegistered)?;
             let spk = SignedPreKey::generate(&me.identity, id, now, &mut self.rng);
-            let public = spk.public().key();
-            let signature = me
-                .identity
-                .sign(&signing::signed_prekey_signing_bytes(id, &public, now));
-            let upload = courier_protocol::api::SignedPreKey {
-                id,
-                public: Bytes(public.to_vec()),
-                signature: Bytes(signature.to_vec()),
-                created_ms: now,
-            };
+            let upload = wire::signed_prekey_upload(&me.identity, &spk);
             (spk, upload)
         };
         let previous = state.signed_prekey_id;
@@ -253,15 +232,7 @@ impl Inner {
             }
             batch.put(Table::Meta, "keys", json(&*state)?);
             self.store.apply(batch).await?;
-            let req = UploadOneTimePreKeys {
-                prekeys: keys
-                    .iter()
-                    .map(|k| courier_protocol::api::OneTimePreKey {
-                        id: k.id(),
-                        public: Bytes(k.public().key().to_vec()),
-                    })
-                    .collect(),
-            };
+            let req = wire::one_time_prekeys_upload(&keys);
             let tr = self.transport.clone();
             authed!(self, |t| tr.upload_one_time_prekeys(&t, &req))?;
             remaining -= n;

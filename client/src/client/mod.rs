@@ -11,17 +11,15 @@ use std::time::Duration;
 
 use courier_crypto::sealed::{self, SenderAddress};
 use courier_crypto::{
-    Identity, IdentityPickle, MessageKind, OneTimePreKey, OneTimePreKeyPublic, PreKeyBundle,
-    PreKeyMessage, PreKeyPickle, PublicIdentity, SenderKey, SenderKeyPickle, SenderKeyReceiver,
-    Session, SessionPickle, SignedPreKey, SignedPreKeyPublic,
+    Identity, IdentityPickle, MessageKind, OneTimePreKey, PreKeyMessage, PreKeyPickle,
+    PublicIdentity, SenderKey, SenderKeyPickle, SenderKeyReceiver, Session, SessionPickle,
+    SignedPreKey,
 };
 use courier_protocol::api::{
-    ApproveLinkRequest, ChallengeRequest, DeviceBundle, DeviceKeys, DeviceList, DeviceListEntry,
-    Envelope, EnvelopeKind, LinkRequest, LoginRequest, RefreshRequest, RegisterRequest,
-    SignedDeviceList, TokenResponse, UploadOneTimePreKeys,
+    ApproveLinkRequest, ChallengeRequest, DeviceBundle, DeviceList, DeviceListEntry, Envelope,
+    EnvelopeKind, LinkRequest, RefreshRequest, RegisterRequest, SignedDeviceList, TokenResponse,
 };
 use courier_protocol::limits::{DEVICES_PER_ACCOUNT_MAX, ONE_TIME_PREKEYS_PER_UPLOAD_MAX};
-use courier_protocol::signing;
 use courier_protocol::ws::ServerFrame;
 use courier_protocol::{
     Address, Bytes, DeviceId, EnvelopeId, ErrorCode, OutgoingMessage, RecipientEntry, RelayName,
@@ -40,6 +38,7 @@ use crate::content::{
 };
 use crate::store::{Batch, ClientStore, Table};
 use crate::transport::{Subscription, Transport, TransportError};
+use crate::wire::{device_keys, prekey_bundle, sign_list, verify_list};
 use crate::{Clock, Error};
 
 /// Previous sessions kept per remote device, so simultaneous session starts
@@ -252,6 +251,8 @@ pub struct ClientParts {
 pub struct Client {
     inner: tokio::sync::Mutex<Inner>,
     transport: Arc<dyn Transport>,
+    /// The same clock as `Inner`'s, so waits need not hold the lock.
+    clock: Arc<dyn Clock>,
 }
 
 struct Inner {
@@ -294,79 +295,6 @@ fn message_key(received_ms: u64, order: u64, id: &str) -> String {
 
 fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(value).map_err(|e| Error::Corrupt(e.to_string()))
-}
-
-/// The device keys a relay publishes for `identity`.
-fn device_keys(identity: &Identity) -> DeviceKeys {
-    let public = identity.public();
-    let dh = public.dh_key();
-    DeviceKeys {
-        identity_key: Bytes(public.signing_key().to_vec()),
-        dh_key: Bytes(dh.to_vec()),
-        dh_key_signature: Bytes(identity.sign(&signing::dh_key_signing_bytes(&dh)).to_vec()),
-    }
-}
-
-/// The verified public identity described by published device keys.
-fn public_identity(keys: &DeviceKeys) -> Result<PublicIdentity, Error> {
-    let mut bytes = Vec::with_capacity(128);
-    bytes.extend_from_slice(keys.identity_key.as_slice());
-    bytes.extend_from_slice(keys.dh_key.as_slice());
-    bytes.extend_from_slice(keys.dh_key_signature.as_slice());
-    Ok(PublicIdentity::from_bytes(&bytes)?)
-}
-
-/// The verified prekey bundle of a device.
-fn prekey_bundle(bundle: &DeviceBundle) -> Result<PreKeyBundle, Error> {
-    let identity = public_identity(&bundle.keys)?;
-    let spk = &bundle.signed_prekey;
-    let mut bytes = Vec::with_capacity(108);
-    bytes.extend_from_slice(&spk.id.to_be_bytes());
-    bytes.extend_from_slice(&spk.created_ms.to_be_bytes());
-    bytes.extend_from_slice(spk.public.as_slice());
-    bytes.extend_from_slice(spk.signature.as_slice());
-    let spk = SignedPreKeyPublic::from_bytes(&bytes)?;
-    let otk = match &bundle.one_time_prekey {
-        Some(k) => {
-            let mut bytes = Vec::with_capacity(36);
-            bytes.extend_from_slice(&k.id.to_be_bytes());
-            bytes.extend_from_slice(k.public.as_slice());
-            Some(OneTimePreKeyPublic::from_bytes(&bytes)?)
-        }
-        None => None,
-    };
-    Ok(PreKeyBundle::new(identity, spk, otk)?)
-}
-
-fn verify_list(list: &SignedDeviceList) -> Result<(), Error> {
-    let key = list
-        .signer_key()
-        .ok_or_else(|| Error::BadResponse("device list signer is not listed".into()))?;
-    let key: [u8; 32] = key
-        .as_slice()
-        .try_into()
-        .map_err(|_| Error::BadResponse("device list key length".into()))?;
-    let sig: [u8; 64] = list
-        .signature
-        .as_slice()
-        .try_into()
-        .map_err(|_| Error::BadResponse("device list signature length".into()))?;
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(&key)
-        .map_err(|_| Error::BadResponse("device list key".into()))?;
-    vk.verify_strict(
-        &list.list.signing_bytes(),
-        &ed25519_dalek::Signature::from_bytes(&sig),
-    )
-    .map_err(|_| Error::BadResponse("device list signature does not verify".into()))
-}
-
-fn sign_list(identity: &Identity, list: DeviceList, signer: DeviceId) -> SignedDeviceList {
-    let signature = Bytes(identity.sign(&list.signing_bytes()).to_vec());
-    SignedDeviceList {
-        list,
-        signer,
-        signature,
-    }
 }
 
 /// Sessions with one remote device, newest first.
@@ -423,7 +351,7 @@ impl Client {
         let mut inner = Inner {
             transport: parts.transport.clone(),
             store: parts.store,
-            clock: parts.clock,
+            clock: parts.clock.clone(),
             rng,
             config: parts.config,
             me: None,
@@ -435,6 +363,7 @@ impl Client {
         Ok(Self {
             inner: tokio::sync::Mutex::new(inner),
             transport: parts.transport,
+            clock: parts.clock,
         })
     }
 
@@ -532,7 +461,7 @@ impl Client {
                 Err(TransportError::Unreachable(_)) => {}
                 Err(e) => return Err(e.into()),
             }
-            tokio::time::sleep(poll).await;
+            self.clock.sleep(poll).await;
         };
         let mut inner = self.inner.lock().await;
         let account = Account {
@@ -673,14 +602,17 @@ impl Client {
         duration: Duration,
         mut on_message: impl FnMut(Message) + Send,
     ) -> Result<(), Error> {
-        let deadline = tokio::time::Instant::now() + duration;
+        let deadline = self
+            .clock
+            .now_ms()
+            .saturating_add(duration.as_millis() as u64);
         // Anything stored by an earlier run that crashed before showing it.
         for m in self.take_inbox().await? {
             on_message(m);
         }
         let mut backoff = Duration::from_millis(100);
         let mut last_error: Option<Error> = None;
-        while tokio::time::Instant::now() < deadline {
+        while self.clock.now_ms() < deadline {
             let token = {
                 let mut inner = self.inner.lock().await;
                 inner.maintain_keys(false).await.and(inner.token().await)
@@ -724,7 +656,7 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             }
-            let now = tokio::time::Instant::now();
+            let now = self.clock.now_ms();
             if now >= deadline {
                 break;
             }
@@ -732,7 +664,8 @@ impl Client {
                 let mut inner = self.inner.lock().await;
                 Duration::from_millis(inner.rng.next_u64() % 100)
             };
-            tokio::time::sleep((backoff + jitter).min(deadline - now)).await;
+            let left = Duration::from_millis(deadline - now);
+            self.clock.sleep((backoff + jitter).min(left)).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         match last_error {
@@ -745,13 +678,19 @@ impl Client {
     async fn pump(
         &self,
         sub: &mut dyn Subscription,
-        deadline: tokio::time::Instant,
+        deadline_ms: u64,
         on_message: &mut (impl FnMut(Message) + Send),
     ) -> Result<(), Error> {
         loop {
-            let frame = match tokio::time::timeout_at(deadline, sub.next()).await {
-                Err(_) => return Ok(()),
-                Ok(frame) => frame?,
+            let left = Duration::from_millis(deadline_ms.saturating_sub(self.clock.now_ms()));
+            let frame = {
+                let next = sub.next();
+                let end = self.clock.sleep(left);
+                futures::pin_mut!(next);
+                match futures::future::select(next, end).await {
+                    futures::future::Either::Left((frame, _)) => frame?,
+                    futures::future::Either::Right(_) => return Ok(()),
+                }
             };
             match frame {
                 None => return Err(Error::RelayUnreachable("WebSocket closed".into())),

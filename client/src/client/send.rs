@@ -92,14 +92,14 @@ impl Inner {
                 Ok(resp) => return Ok(resp.accepted_ms),
                 // Same id on retry: the relay stores it at most once.
                 Err(TransportError::Unreachable(_)) if attempt < SEND_ATTEMPTS_MAX => {
-                    tokio::time::sleep(delay).await;
+                    self.clock.sleep(delay).await;
                     delay *= 2;
                 }
                 // The relay asked to slow down: wait and send the same id again.
                 Err(TransportError::Api(e))
                     if e.code == ErrorCode::RateLimited && attempt < SEND_ATTEMPTS_MAX =>
                 {
-                    tokio::time::sleep(delay.max(Duration::from_secs(1))).await;
+                    self.clock.sleep(delay.max(Duration::from_secs(1))).await;
                     delay *= 2;
                 }
                 Err(TransportError::Api(e)) => {

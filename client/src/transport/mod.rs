@@ -1,16 +1,17 @@
 //! How the SDK talks to its home relay, as a trait: the HTTP + WebSocket
-//! implementation ([`HttpTransport`]) for real relays, and an in-memory one
-//! ([`MemoryNetwork`]) so simulations and tests drive real client crypto
+//! implementation (`HttpTransport`, feature `http`) for real relays.
+//! Tests and simulations bring their own over in-process relays
+//! (`courier-testkit`), so real client crypto meets the real relay logic
 //! without sockets.
 //!
 //! Authenticated calls take the access token; getting and refreshing it is
 //! the SDK's job (see `Client`), not the transport's.
 
+#[cfg(feature = "http")]
 mod http;
-mod memory;
 
+#[cfg(feature = "http")]
 pub use http::HttpTransport;
-pub use memory::{MemoryNetwork, MemoryTransport};
 
 use async_trait::async_trait;
 use courier_protocol::api::{

@@ -289,7 +289,7 @@ pub async fn link_second_device(relay: &Relay, first: &Device) -> Device {
     use serde_json::json;
 
     let key = client::new_key();
-    let keys = client::device_keys(&key);
+    let keys = courier_client::wire::device_keys(&key);
     let link: LinkResponse = client::decode(
         relay
             .req(reqwest::Method::POST, "/v1/links")
@@ -322,7 +322,7 @@ pub async fn link_second_device(relay: &Relay, first: &Device) -> Device {
     let approved: ApproveLinkResponse = first
         .post(
             &format!("/v1/links/{}/approve", link.code),
-            &json!({"device_list": client::sign_list(list, first.device, &first.key)}),
+            &json!({"device_list": courier_client::wire::sign_list(&first.key, list, first.device)}),
         )
         .await
         .unwrap();

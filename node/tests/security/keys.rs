@@ -12,7 +12,6 @@ use courier_protocol::api::{
     SignedPreKey, UploadOneTimePreKeys,
 };
 use courier_protocol::{Address, Bytes, DeviceId, Username, signing};
-use ed25519_dalek::Signer as _;
 use futures::StreamExt as _;
 use reqwest::Method;
 use serde_json::json;
@@ -188,13 +187,9 @@ async fn low_order_x25519_keys_are_refused_at_every_upload() {
         // As the identity DH key, at registration and when linking.
         let key = client::new_key();
         let keys = DeviceKeys {
-            identity_key: Bytes(key.verifying_key().to_bytes().to_vec()),
+            identity_key: Bytes(key.public().signing_key().to_vec()),
             dh_key: Bytes(weak.to_vec()),
-            dh_key_signature: Bytes(
-                key.sign(&signing::dh_key_signing_bytes(&weak))
-                    .to_bytes()
-                    .to_vec(),
-            ),
+            dh_key_signature: Bytes(key.sign(&signing::dh_key_signing_bytes(&weak)).to_vec()),
         };
         let user = Username::parse(&format!("weak{i}")).unwrap();
         let address = Address::new(user.clone(), relay.name.clone());
@@ -210,7 +205,7 @@ async fn low_order_x25519_keys_are_refused_at_every_upload() {
             username: user,
             invite: None,
             device: keys.clone(),
-            device_list: client::sign_list(list, DeviceId(1), &key),
+            device_list: courier_client::wire::sign_list(&key, list, DeviceId(1)),
         };
         refused_as_weak(relay.req(Method::POST, "/v1/accounts").json(&register)).await;
         refused_as_weak(
@@ -228,7 +223,7 @@ async fn low_order_x25519_keys_are_refused_at_every_upload() {
         let prekey = SignedPreKey {
             id: 7,
             public: Bytes(weak.to_vec()),
-            signature: Bytes(signature.to_bytes().to_vec()),
+            signature: Bytes(signature.to_vec()),
             created_ms,
         };
         refused_as_weak(

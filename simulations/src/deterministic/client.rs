@@ -1,6 +1,6 @@
 //! The simulated clients' cryptography: real `courier-crypto` (X3DH, Double
 //! Ratchet, sender keys, sealed sender) in the message layout of the client
-//! SDK (`courier-client`'s `content` module, `docs/client.md`):
+//! SDK, built with the SDK's own `content` module (`docs/client.md`):
 //! - direct: body = `0x01 || nonce || AES-256-GCM(random key)`; each
 //!   recipient device's header = sealed-sender(ratchet(`0x01 || key || body hash`));
 //! - group: body = sender-key message; header = sealed-sender(ratchet(
@@ -14,22 +14,14 @@
 
 use std::collections::BTreeMap;
 
-use aes_gcm::Aes256Gcm;
-use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
+use courier_client::content::{self, TAG_DIRECT, TAG_GROUP, TAG_GROUP_WITH_KEY};
 use courier_crypto::prekey::{OneTimePreKey, PreKeyBundle, SignedPreKey};
 use courier_crypto::sealed::{self, SenderAddress};
 use courier_crypto::session::{PreKeyMessage, Session};
 use courier_crypto::{Identity, SenderKey, SenderKeyReceiver};
-use sha2::{Digest, Sha256};
 
 use crate::checker::DeviceIx;
 use crate::rng::SimRng;
-
-const BODY_VERSION: u8 = 1;
-const BODY_AAD: &[u8] = b"courier-client-body-v1";
-const TAG_DIRECT: u8 = 1;
-const TAG_GROUP: u8 = 2;
-const TAG_GROUP_WITH_KEY: u8 = 3;
 
 /// Why a simulated client could not encrypt or decrypt.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +29,10 @@ pub enum ClientError {
     /// The crypto library refused.
     #[error("crypto: {0}")]
     Crypto(#[from] courier_crypto::Error),
+    /// The SDK's message layout refused (a body that does not match its
+    /// header, a short key).
+    #[error("layout: {0}")]
+    Layout(#[from] courier_client::Error),
     /// A layout check failed.
     #[error("malformed {0}")]
     Malformed(&'static str),
@@ -144,30 +140,10 @@ impl DeviceCrypto {
         plaintext: &[u8],
         rng: &mut SimRng,
     ) -> Result<(Vec<u8>, Vec<Vec<u8>>), ClientError> {
-        let mut key = [0u8; 32];
-        rng.fill(&mut key);
-        let mut nonce = [0u8; 12];
-        rng.fill(&mut nonce);
-        let cipher =
-            Aes256Gcm::new_from_slice(&key).map_err(|_| ClientError::Malformed("body key"))?;
-        let ciphertext = cipher
-            .encrypt(
-                &Nonce::<Aes256Gcm>::from(nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: BODY_AAD,
-                },
-            )
-            .map_err(|_| ClientError::Malformed("body encryption"))?;
-        let mut body = Vec::with_capacity(13 + ciphertext.len());
-        body.push(BODY_VERSION);
-        body.extend_from_slice(&nonce);
-        body.extend_from_slice(&ciphertext);
-        let hash: [u8; 32] = Sha256::digest(&body).into();
+        let (body, key) = content::seal_body(plaintext, rng)?;
         let mut content = Vec::with_capacity(65);
         content.push(TAG_DIRECT);
-        content.extend_from_slice(&key);
-        content.extend_from_slice(&hash);
+        content.extend_from_slice(&key.encode());
         let mut headers = Vec::with_capacity(recipients.len());
         for &r in recipients {
             headers.push(self.seal_for(me, r, &content, rng)?);
@@ -192,7 +168,7 @@ impl DeviceCrypto {
             .or_insert_with(|| SenderKey::generate(rng));
         let distribution = sk.distribution_message();
         let body = sk.encrypt(plaintext)?;
-        let hash: [u8; 32] = Sha256::digest(&body).into();
+        let hash = content::body_hash(&body);
         let mut headers = Vec::with_capacity(recipients.len());
         for &r in recipients {
             let first = self.distributed.insert((group, r));
@@ -246,28 +222,11 @@ impl DeviceCrypto {
             .get_mut(&sender)
             .ok_or(ClientError::NoKey("pairwise session"))?;
         let content = unsealed.decrypt(session)?;
-        let hash: [u8; 32] = Sha256::digest(body).into();
+        let hash = content::body_hash(body);
         match content.first() {
-            Some(&TAG_DIRECT) if content.len() == 65 => {
-                if content[33..65] != hash {
-                    return Err(ClientError::Malformed("body does not match its header"));
-                }
-                let cipher = Aes256Gcm::new_from_slice(&content[1..33])
-                    .map_err(|_| ClientError::Malformed("body key"))?;
-                if body.len() < 29 || body[0] != BODY_VERSION {
-                    return Err(ClientError::Malformed("body"));
-                }
-                let mut nonce = [0u8; 12];
-                nonce.copy_from_slice(&body[1..13]);
-                let plaintext = cipher
-                    .decrypt(
-                        &Nonce::<Aes256Gcm>::from(nonce),
-                        Payload {
-                            msg: &body[13..],
-                            aad: BODY_AAD,
-                        },
-                    )
-                    .map_err(|_| ClientError::Crypto(courier_crypto::Error::DecryptionFailed))?;
+            Some(&TAG_DIRECT) => {
+                let key = content::DirectKey::decode(&content[1..])?;
+                let plaintext = content::open_body(body, &key)?.to_vec();
                 Ok(OpenedMessage::Plaintext { sender, plaintext })
             }
             Some(&tag @ (TAG_GROUP | TAG_GROUP_WITH_KEY)) if content.len() >= 49 => {

@@ -18,6 +18,7 @@ pub mod store;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use courier_client::wire;
 use courier_protocol::limits::{BATCH_ENVELOPES_MAX, FETCH_LIMIT_MAX};
 use courier_protocol::{
     Address, DeliveryAcks, DeliveryBatch, DeviceId, EnvelopeAck, EnvelopeId, OutgoingMessage,
@@ -25,8 +26,8 @@ use courier_protocol::{
 };
 use courier_relay::federation::{FederationError, accept_batch, drain_once};
 use courier_relay::types::{
-    AckStatus, ApproveLinkRequest, DeviceKeys, DeviceList, DeviceListEntry, Envelope, EnvelopeKind,
-    LinkRequest, RegisterRequest, SignedDeviceList,
+    AckStatus, ApproveLinkRequest, DeviceList, DeviceListEntry, Envelope, EnvelopeKind,
+    LinkRequest, RegisterRequest,
 };
 use courier_relay::{AuthedDevice, Config, ManualClock, Notifier, Relay, RelayError, Store};
 
@@ -528,7 +529,7 @@ impl<'s> World<'s> {
                 let mut list: Vec<DeviceListEntry> = Vec::new();
                 for k in 1..=count {
                     let crypto = DeviceCrypto::generate(&mut self.crypto_rng, EPOCH_MS);
-                    let keys = device_keys(&crypto);
+                    let keys = wire::device_keys(crypto.identity());
                     let id = DeviceId(k);
                     list.push(DeviceListEntry {
                         device: id,
@@ -540,7 +541,7 @@ impl<'s> World<'s> {
                         devices: list.clone(),
                     };
                     if k == 1 {
-                        let signed = sign_list(&crypto, device_list, id);
+                        let signed = wire::sign_list(crypto.identity(), device_list, id);
                         run_now(relay.register(RegisterRequest {
                             username: username.clone(),
                             invite: None,
@@ -556,7 +557,8 @@ impl<'s> World<'s> {
                             device: keys,
                         }))?
                         .map_err(|e| setup_err("link", e))?;
-                        let signed = sign_list(&approver.crypto, device_list, DeviceId(1));
+                        let signed =
+                            wire::sign_list(approver.crypto.identity(), device_list, DeviceId(1));
                         run_now(relay.approve_link(
                             &approver.authed,
                             &link.code,
@@ -1824,28 +1826,6 @@ async fn drain(
 
 fn is_transient(e: &RelayError) -> bool {
     courier_relay::federation::is_transient(e.code())
-}
-
-fn device_keys(crypto: &DeviceCrypto) -> DeviceKeys {
-    let public = crypto.identity().public();
-    let dh = public.dh_key();
-    let signature = crypto
-        .identity()
-        .sign(&courier_protocol::signing::dh_key_signing_bytes(&dh));
-    DeviceKeys {
-        identity_key: public.signing_key().to_vec().into(),
-        dh_key: dh.to_vec().into(),
-        dh_key_signature: signature.to_vec().into(),
-    }
-}
-
-fn sign_list(signer: &DeviceCrypto, list: DeviceList, signer_id: DeviceId) -> SignedDeviceList {
-    let signature = signer.identity().sign(&list.signing_bytes());
-    SignedDeviceList {
-        list,
-        signer: signer_id,
-        signature: signature.to_vec().into(),
-    }
 }
 
 /// The initial peering graph.
