@@ -15,6 +15,7 @@ pub mod loopback;
 pub mod net;
 pub mod plot;
 pub mod queue;
+pub mod replay;
 pub mod report;
 pub mod rng;
 pub mod scenario;

@@ -36,7 +36,10 @@ use std::time::{Duration, Instant};
 use crate::checker::{Checker, Conversation, DeviceIx, Opened, ReceiptFacts, digest};
 use crate::deterministic::store::{PLAINTEXT_MARKER, contains};
 use crate::net::NetStats;
-use crate::report::{FaultMark, LatencySummary, Population, RelaySummary, Report, Series};
+use crate::report::{
+    Build, FaultMark, LatencySummary, LoopbackFacts, Population, RelaySummary, Report,
+    SCHEMA_VERSION, ScenarioSource, Series,
+};
 use crate::rng::SimRng;
 use crate::scenario::{FaultAction, Scenario, Topology};
 
@@ -605,10 +608,13 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
         s.name = r.name.clone();
     }
     Ok(Report {
-        format: 1,
+        schema_version: SCHEMA_VERSION,
+        courier: Build::current(),
         mode: "loopback".into(),
         scenario: scenario.name.clone(),
+        scenario_source: ScenarioSource::of(scenario),
         seed,
+        sabotage: None,
         population: Population {
             relays: scenario.relays.count,
             users: total as u64,
@@ -629,6 +635,7 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
             deliveries,
             outbox_depth: outbox_samples,
         },
+        loopback: Some(LoopbackFacts::default()),
     })
 }
 
