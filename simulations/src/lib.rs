@@ -13,6 +13,7 @@ pub mod checker;
 pub mod deterministic;
 pub mod loopback;
 pub mod net;
+pub mod netns;
 pub mod plot;
 pub mod queue;
 pub mod replay;
