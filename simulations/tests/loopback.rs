@@ -193,3 +193,30 @@ kind = "heal"
         String::from_utf8_lossy(&list.stdout)
     );
 }
+
+#[test]
+fn stale_namespaces_of_dead_runs_are_swept_and_live_ones_kept() {
+    if let Err(why) = courier_simulations::netns::available() {
+        eprintln!("SKIPPED: needs network namespaces: {why}");
+        return;
+    }
+    let ip = |args: &[&str]| {
+        let o = Command::new("ip").args(args).output().unwrap();
+        assert!(o.status.success(), "ip {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // Above the kernel's largest pid_max (2^22), so no such process exists.
+    let dead = "csim4194399x0-r0";
+    let live = format!("csim{}x9999-r0", std::process::id());
+    ip(&["netns", "add", dead]);
+    ip(&["netns", "add", &live]);
+    let swept = courier_simulations::netns::sweep_stale();
+    let list = ip(&["netns", "list"]);
+    let _ = Command::new("ip").args(["netns", "del", &live]).status();
+    assert!(swept.iter().any(|s| s == dead), "{swept:?}");
+    assert!(!list.contains(dead), "{list}");
+    assert!(
+        list.contains(&live),
+        "a live run's namespace was swept: {list}"
+    );
+}
