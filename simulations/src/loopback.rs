@@ -56,6 +56,8 @@ const DRAIN_MAX: Duration = Duration::from_secs(120);
 const NETNS_HTTP_PORT: u16 = 8080;
 /// A relay's QUIC port inside its own namespace.
 const NETNS_P2P_PORT: u16 = 4001;
+/// A fault applied more than this after its time is marked late.
+const LATE_FAULT_MS: u64 = 1000;
 /// Longest a `/metrics` scrape may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest loopback scenario (processes are real; keep it small).
@@ -471,14 +473,17 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
     let mut outbox_samples: Vec<Vec<u64>> = vec![Vec::new(); n];
     loop {
         let now_ms = start.elapsed().as_millis() as u64;
-        if now_ms >= scenario.duration_ms {
-            break;
-        }
+        // Faults first, so one that fell due while a blocked
+        // `courier-client` call held the loop is still applied (late, and
+        // said so) rather than skipped because the period ended.
         while faults.peek().is_some_and(|f| f.0 <= now_ms) {
             let Some((at, action)) = faults.next() else {
                 break;
             };
             let mut label = action.label();
+            if now_ms > at + LATE_FAULT_MS {
+                label.push_str(&format!(" (applied {} ms late)", now_ms - at));
+            }
             match action {
                 FaultAction::Crash { relay } => {
                     // Counters up to the crash; SIGKILL leaves no chance later.
@@ -516,6 +521,9 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
                 },
             }
             marks.push(FaultMark { at_ms: at, label });
+        }
+        if now_ms >= scenario.duration_ms {
+            break;
         }
         // Sends due now.
         let rate = scenario.workload.rate_per_sec;
