@@ -18,9 +18,13 @@
 //! - workload: real time, one `courier-client send` per message, in order;
 //! - `crash` = SIGKILL, `restart` = the same command on the same data dir and
 //!   ports; `client_offline/online` = the driver stops/starts sending and
-//!   receiving for that user; `partition`/`heal` are recorded but not applied
-//!   (they need packet filtering), and links have loopback latency — the
-//!   `*_link` sections are ignored;
+//!   receiving for that user; `partition`/`heal` are applied between relays
+//!   in network namespaces (`netns`) when the run is root and `ip netns`
+//!   works, else recorded only; `federation_link` is applied with netem when
+//!   the kernel has it, else reported as not applied (in the report and on
+//!   stderr); `client_link` and `link_overrides` are never applied;
+//! - federation counters come from each relay's own `/metrics`, summed over
+//!   its restarts;
 //! - `no_plaintext_at_rest` scans every file in each relay's data directory
 //!   (the SQLite database and its WAL) for the plaintext marker;
 //! - latency is measured at the receiving poll, so it is rounded up to the
@@ -28,7 +32,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,7 +40,11 @@ use std::time::{Duration, Instant};
 use crate::checker::{Checker, Conversation, DeviceIx, Opened, ReceiptFacts, digest};
 use crate::deterministic::store::{PLAINTEXT_MARKER, contains};
 use crate::net::NetStats;
-use crate::report::{FaultMark, LatencySummary, Population, RelaySummary, Report, Series};
+use crate::netns::{self, NetnsError, Network};
+use crate::report::{
+    Build, FaultMark, FederationMetrics, LatencySummary, LoopbackFacts, Population, RelaySummary,
+    Report, SCHEMA_VERSION, ScenarioSource, Series,
+};
 use crate::rng::SimRng;
 use crate::scenario::{FaultAction, Scenario, Topology};
 
@@ -44,6 +52,14 @@ use crate::scenario::{FaultAction, Scenario, Topology};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest the drain after the workload may last in loopback mode.
 const DRAIN_MAX: Duration = Duration::from_secs(120);
+/// A relay's HTTP port inside its own namespace (nothing else listens there).
+const NETNS_HTTP_PORT: u16 = 8080;
+/// A relay's QUIC port inside its own namespace.
+const NETNS_P2P_PORT: u16 = 4001;
+/// A fault applied more than this after its time is marked late.
+const LATE_FAULT_MS: u64 = 1000;
+/// Longest a `/metrics` scrape may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest loopback scenario (processes are real; keep it small).
 pub const USERS_MAX: u64 = 100;
 
@@ -69,6 +85,9 @@ pub enum LoopbackError {
     /// Local IO (work directory, ports).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The network namespaces could not be set up or changed.
+    #[error("network namespaces: {0}")]
+    Network(#[from] NetnsError),
 }
 
 fn process_err(what: impl Into<String>, detail: impl Into<String>) -> LoopbackError {
@@ -142,15 +161,40 @@ fn free_udp_port() -> Result<u16, LoopbackError> {
 struct RelayProc {
     name: String,
     data_dir: PathBuf,
+    /// Where it listens: 127.0.0.1, or its address in its namespace.
+    host: Ipv4Addr,
+    /// The network namespace it runs in, if any.
+    netns: Option<String>,
     http_port: u16,
     p2p_port: u16,
     child: Option<Child>,
     multiaddr: Option<String>,
+    /// Federation counters of its earlier lives (before crashes).
+    metrics_past: FederationMetrics,
+    /// Federation counters of the running process, as last scraped.
+    metrics_now: FederationMetrics,
 }
 
 impl RelayProc {
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("http://{}:{}", self.host, self.http_port)
+    }
+
+    /// Reads the running process's counters (kept as they were when the
+    /// relay does not answer).
+    fn scrape(&mut self) {
+        if self.child.is_some()
+            && let Some(m) = scrape_metrics(self.host, self.http_port)
+        {
+            self.metrics_now = m;
+        }
+    }
+
+    /// Counters over every life of the relay.
+    fn metrics_total(&self) -> FederationMetrics {
+        let mut m = self.metrics_past;
+        m += self.metrics_now;
+        m
     }
 
     fn start(&mut self, courier: &Path, log: &Path) -> Result<(), LoopbackError> {
@@ -158,15 +202,24 @@ impl RelayProc {
             .create(true)
             .append(true)
             .open(log)?;
-        let mut child = Command::new(courier)
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                // `ip netns exec` execs courier in place: the child is courier.
+                c.args(["netns", "exec", ns]).arg(courier);
+                c
+            }
+            None => Command::new(courier),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--name", &self.name])
-            .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
+            .args(["--http", &format!("{}:{}", self.host, self.http_port)])
             .args([
                 "--p2p",
-                &format!("/ip4/127.0.0.1/udp/{}/quic-v1", self.p2p_port),
+                &format!("/ip4/{}/udp/{}/quic-v1", self.host, self.p2p_port),
             ])
             .args(["--registration", "open"])
             .env("RUST_LOG", "warn")
@@ -203,6 +256,8 @@ impl RelayProc {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            // A new process counts from zero.
+            self.metrics_past += std::mem::take(&mut self.metrics_now);
         }
     }
 }
@@ -256,16 +311,39 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
     let mut rng = SimRng::fork(seed, "loopback");
     let n = scenario.relays.count as usize;
 
+    // The network goes first so that it drops last, after every relay
+    // process in it has been killed.
+    let mut facts = LoopbackFacts::default();
+    let mut network = isolate(scenario, n, &mut facts)?;
+
     // Relays.
     let mut relays = Vec::with_capacity(n);
     for i in 0..n {
+        let (host, netns, http_port, p2p_port) = match &network {
+            Some(net) => (
+                net.relay_ip(i),
+                Some(net.namespace(i)),
+                NETNS_HTTP_PORT,
+                NETNS_P2P_PORT,
+            ),
+            None => (
+                Ipv4Addr::LOCALHOST,
+                None,
+                free_tcp_port()?,
+                free_udp_port()?,
+            ),
+        };
         let mut r = RelayProc {
             name: format!("r{i}.loopback"),
             data_dir: work.join(format!("relay-{i}")),
-            http_port: free_tcp_port()?,
-            p2p_port: free_udp_port()?,
+            host,
+            netns,
+            http_port,
+            p2p_port,
             child: None,
             multiaddr: None,
+            metrics_past: FederationMetrics::default(),
+            metrics_now: FederationMetrics::default(),
         };
         r.start(&binaries.courier, &work.join(format!("relay-{i}.log")))?;
         let id = output(
@@ -275,10 +353,11 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
                 .arg(&r.data_dir),
             "courier id",
         )?;
+        let ip4 = format!("/ip4/{}/", r.host);
         r.multiaddr = id
             .lines()
-            .find(|l| l.contains("/ip4/127.0.0.1/") && l.contains("/p2p/"))
-            .map(str::to_string);
+            .find(|l| l.contains(&ip4) && l.contains("/p2p/"))
+            .map(|l| l.trim().to_string());
         relays.push(r);
     }
     // Peering along the scenario's topology (full mesh or chain; random
@@ -287,7 +366,7 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
         let Some(addr) = relays[b].multiaddr.clone() else {
             return Err(process_err(
                 "courier id",
-                format!("relay {b} printed no 127.0.0.1 multiaddr"),
+                format!("relay {b} printed no multiaddr on {}", relays[b].host),
             ));
         };
         output(
@@ -394,16 +473,21 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
     let mut outbox_samples: Vec<Vec<u64>> = vec![Vec::new(); n];
     loop {
         let now_ms = start.elapsed().as_millis() as u64;
-        if now_ms >= scenario.duration_ms {
-            break;
-        }
+        // Faults first, so one that fell due while a blocked
+        // `courier-client` call held the loop is still applied (late, and
+        // said so) rather than skipped because the period ended.
         while faults.peek().is_some_and(|f| f.0 <= now_ms) {
             let Some((at, action)) = faults.next() else {
                 break;
             };
             let mut label = action.label();
+            if now_ms > at + LATE_FAULT_MS {
+                label.push_str(&format!(" (applied {} ms late)", now_ms - at));
+            }
             match action {
                 FaultAction::Crash { relay } => {
+                    // Counters up to the crash; SIGKILL leaves no chance later.
+                    relays[relay as usize].scrape();
                     relays[relay as usize].kill();
                     summaries[relay as usize].crashes += 1;
                 }
@@ -427,9 +511,14 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
                         u.online = true;
                     }
                 }
-                FaultAction::Partition { .. } | FaultAction::Heal => {
-                    label.push_str(" (not applied in loopback)");
-                }
+                FaultAction::Partition { sets } => match network.as_mut() {
+                    Some(net) => net.partition(&sets)?,
+                    None => label.push_str(" (recorded only)"),
+                },
+                FaultAction::Heal => match network.as_mut() {
+                    Some(net) => net.heal()?,
+                    None => label.push_str(" (recorded only)"),
+                },
                 // The adversaries live in the deterministic mode, where a
                 // relay's outgoing batches pass through the harness.
                 FaultAction::ReplayBatches { .. }
@@ -439,6 +528,9 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
                 }
             }
             marks.push(FaultMark { at_ms: at, label });
+        }
+        if now_ms >= scenario.duration_ms {
+            break;
         }
         // Sends due now.
         let rate = scenario.workload.rate_per_sec;
@@ -534,6 +626,7 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
         if Instant::now() >= next_poll {
             receive_all(binaries, &mut users, &mut checker, &mut latencies, start);
             sample_outboxes(binaries, &relays, &mut outbox_samples, &mut summaries);
+            relays.iter_mut().for_each(RelayProc::scrape);
             next_poll = Instant::now() + poll;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -544,6 +637,9 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
         at_ms: start.elapsed().as_millis() as u64,
         label: "drain: repair all".into(),
     });
+    if let Some(net) = network.as_mut() {
+        net.heal()?;
+    }
     for (i, r) in relays.iter_mut().enumerate() {
         if r.child.is_none() {
             r.start(&binaries.courier, &work.join(format!("relay-{i}.log")))?;
@@ -576,6 +672,7 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
         }
         receive_all(binaries, &mut users, &mut checker, &mut latencies, start);
         sample_outboxes(binaries, &relays, &mut outbox_samples, &mut summaries);
+        relays.iter_mut().for_each(RelayProc::scrape);
         let owed: u64 = (0..checker.message_count())
             .filter_map(|i| checker.message(i))
             .filter(|m| m.accepted_ms.is_some())
@@ -589,6 +686,7 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
     }
     let end_ms = start.elapsed().as_millis() as u64;
     for r in relays.iter_mut() {
+        r.scrape();
         r.kill();
     }
     for (i, r) in relays.iter().enumerate() {
@@ -610,12 +708,18 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
     }
     for (s, r) in summaries.iter_mut().zip(&relays) {
         s.name = r.name.clone();
+        s.federation_metrics = Some(r.metrics_total());
     }
+    drop(relays);
+    drop(network);
     Ok(Report {
-        format: 1,
+        schema_version: SCHEMA_VERSION,
+        courier: Build::current(),
         mode: "loopback".into(),
         scenario: scenario.name.clone(),
+        scenario_source: ScenarioSource::of(scenario),
         seed,
+        sabotage: None,
         population: Population {
             relays: scenario.relays.count,
             users: total as u64,
@@ -636,7 +740,128 @@ pub fn run(scenario: &Scenario, binaries: &Binaries, out: &Path) -> Result<Repor
             deliveries,
             outbox_depth: outbox_samples,
         },
+        loopback: Some(facts),
     })
+}
+
+/// Sets up network namespaces when this process can, applies the link
+/// model, and records in `facts` (and on stderr) what is and is not applied.
+fn isolate(
+    scenario: &Scenario,
+    relays: usize,
+    facts: &mut LoopbackFacts,
+) -> Result<Option<Network>, LoopbackError> {
+    let has_partitions = scenario
+        .faults
+        .iter()
+        .any(|f| matches!(f.action, FaultAction::Partition { .. }));
+    let not_applied = |facts: &mut LoopbackFacts, what: String| {
+        eprintln!("courier-sim loopback: NOT applied: {what}");
+        facts.not_applied.push(what);
+    };
+    let network = match netns::available() {
+        Ok(()) => {
+            let swept = netns::sweep_stale();
+            if !swept.is_empty() {
+                eprintln!(
+                    "courier-sim loopback: removed what earlier runs left: {}",
+                    swept.join(", ")
+                );
+            }
+            let net = Network::create(relays)?;
+            facts.isolation = "network_namespaces".into();
+            if has_partitions {
+                facts
+                    .applied
+                    .push("partition/heal: blackhole routes between relay namespaces".into());
+            }
+            Some(net)
+        }
+        Err(why) => {
+            eprintln!(
+                "courier-sim loopback: no network isolation ({why}); faults between relays are recorded only"
+            );
+            facts.isolation = "none".into();
+            facts.isolation_unavailable = Some(why);
+            if has_partitions {
+                not_applied(facts, "partition/heal: no network isolation".into());
+            }
+            None
+        }
+    };
+    let link = &scenario.federation_link;
+    let describe = format!("federation_link ({})", netns::netem_args(link).join(" "));
+    match &network {
+        Some(net) if net.netem_available() => {
+            let applied = net.apply_link(link)?;
+            facts.applied.push(format!(
+                "federation_link: {applied} on each relay's interface (its answers to clients included)"
+            ));
+        }
+        Some(_) => not_applied(facts, format!("{describe}: this kernel has no netem qdisc")),
+        None => not_applied(facts, format!("{describe}: no network isolation")),
+    }
+    not_applied(
+        facts,
+        "client_link: clients run on the host and are not shaped".into(),
+    );
+    if !scenario.link_overrides.is_empty() {
+        not_applied(
+            facts,
+            format!(
+                "link_overrides ({}): per-pair link models are not supported",
+                scenario.link_overrides.len()
+            ),
+        );
+    }
+    Ok(network)
+}
+
+/// A relay's federation counters from its `GET /metrics` (Prometheus text),
+/// summed over peers; `None` when it does not answer.
+fn scrape_metrics(host: Ipv4Addr, port: u16) -> Option<FederationMetrics> {
+    use std::io::Write as _;
+    let addr = std::net::SocketAddr::from((host, port));
+    let mut stream = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT).ok()?;
+    stream.set_read_timeout(Some(SCRAPE_TIMEOUT)).ok()?;
+    // HTTP/1.0: the answer is the body up to the close, never chunked.
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1) == Some("200")).then(|| parse_metrics(body))
+}
+
+/// Sums the federation counters in Prometheus text.
+fn parse_metrics(text: &str) -> FederationMetrics {
+    use crate::report::FederationMetrics as M;
+    const SENT: &str = "courier_federation_envelopes_sent_total";
+    const RECEIVED: &str = "courier_federation_envelopes_received_total";
+    let mut m = M::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let value = value as u64;
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        if name == RECEIVED {
+            m.envelopes_received += value;
+        } else if name == SENT {
+            if labels.contains("result=\"delivered\"") {
+                m.envelopes_delivered += value;
+            } else if labels.contains("result=\"retried\"") {
+                m.envelopes_retried += value;
+            } else if labels.contains("result=\"failed\"") {
+                m.envelopes_failed += value;
+            }
+        }
+    }
+    m
 }
 
 /// One `courier-client recv --json` per online user; each printed line is a
@@ -785,4 +1010,30 @@ fn edges(scenario: &Scenario, n: usize, rng: &mut SimRng) -> Vec<(usize, usize)>
 /// True when something answers HTTP on `port` (a relay that came up).
 pub fn http_answers(port: u16) -> bool {
     TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn federation_counters_are_summed_over_peers_and_results() {
+        let text = "# TYPE courier_federation_envelopes_sent_total counter\n\
+            courier_federation_envelopes_sent_total{peer=\"r1\",result=\"delivered\"} 7\n\
+            courier_federation_envelopes_sent_total{peer=\"r2\",result=\"delivered\"} 3\n\
+            courier_federation_envelopes_sent_total{peer=\"r1\",result=\"retried\"} 2\n\
+            courier_federation_envelopes_sent_total{peer=\"r1\",result=\"failed\"} 1\n\
+            courier_federation_envelopes_received_total{peer=\"r1\"} 9\n\
+            courier_federation_envelopes_received_totally_else 100\n\
+            courier_http_requests_total{route=\"/metrics\"} 5\n";
+        assert_eq!(
+            parse_metrics(text),
+            FederationMetrics {
+                envelopes_delivered: 10,
+                envelopes_retried: 2,
+                envelopes_failed: 1,
+                envelopes_received: 9,
+            }
+        );
+    }
 }

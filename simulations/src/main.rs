@@ -1,6 +1,7 @@
 //! `courier-sim`: run Courier network simulations from scenario files.
 //!
-//! Exit status: 0 when every invariant held, 1 when one was violated, 2 when
+//! Exit status: 0 when every invariant held (`replay`: the rerun was
+//! identical), 1 when one was violated (`replay`: the rerun differed), 2 when
 //! the run could not be carried out (bad scenario, IO error).
 
 use std::io::IsTerminal;
@@ -57,6 +58,16 @@ enum Command {
         #[arg(long)]
         courier_client: Option<PathBuf>,
     },
+    /// Rerun a deterministic report from the scenario text and seed it
+    /// embeds, and check the new report is identical (exit 0) or list what
+    /// differs (exit 1).
+    Replay {
+        /// A `report.json` written by `courier-sim run`.
+        report: PathBuf,
+        /// Also write the rerun's report, summary and plots here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Parse and validate a scenario without running it.
     Check {
         /// Scenario file (TOML).
@@ -98,7 +109,7 @@ fn real_main() -> anyhow::Result<bool> {
             let s = Scenario::load(&scenario)?;
             let seed = seed.unwrap_or_else(pick_seed);
             eprintln!(
-                "courier-sim: scenario {:?}, seed {seed} (replay: courier-sim run {} --seed {seed})",
+                "courier-sim: scenario {:?}, seed {seed} (rerun: courier-sim run {} --seed {seed}, or courier-sim replay REPORT)",
                 s.name,
                 scenario.display()
             );
@@ -121,6 +132,38 @@ fn real_main() -> anyhow::Result<bool> {
                 ratio
             );
             Ok(report.passed())
+        }
+        Command::Replay { report, out } => {
+            let json = std::fs::read_to_string(&report)
+                .with_context(|| format!("reading {}", report.display()))?;
+            let replay = courier_simulations::replay::replay(&json)
+                .with_context(|| format!("replaying {}", report.display()))?;
+            if let Some(out) = out {
+                finish(&replay.report, &out)?;
+            }
+            let here = &replay.report.courier;
+            let there = &replay.original_build;
+            if here != there {
+                println!(
+                    "  note: report written by courier {} ({}), replayed by {} ({})",
+                    there.version, there.commit, here.version, here.commit
+                );
+            }
+            if replay.identical() {
+                println!(
+                    "replay of {}: identical (scenario {:?} sha256 {}, seed {})",
+                    report.display(),
+                    replay.report.scenario,
+                    replay.report.scenario_source.sha256,
+                    replay.report.seed
+                );
+            } else {
+                println!("replay of {}: DIFFERENT", report.display());
+                for d in &replay.differences {
+                    println!("  {d}");
+                }
+            }
+            Ok(replay.identical())
         }
         Command::Loopback {
             scenario,

@@ -6,21 +6,37 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::checker::{DeliveryStats, Verdict};
+use crate::deterministic::Sabotage;
 use crate::net::NetStats;
+use crate::scenario::Scenario;
+
+/// Version of the `report.json` schema (documented in docs/simulations.md).
+/// Bump it when a field changes meaning or disappears.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything a run reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
-    /// Report format version.
-    pub format: u32,
+    /// Version of this schema ([`SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    /// The Courier build that produced the report.
+    pub courier: Build,
     /// `deterministic` or `loopback`.
     pub mode: String,
     /// Scenario name.
     pub scenario: String,
+    /// The scenario's full text and digest, so the report reruns itself
+    /// (`courier-sim replay report.json`).
+    pub scenario_source: ScenarioSource,
     /// The seed (replay with `courier-sim run SCENARIO --seed N`).
     pub seed: u64,
+    /// The deliberate relay bug the run was made with, if any (part of what
+    /// a replay must reproduce).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sabotage: Option<Sabotage>,
     /// Relays, users, devices, groups.
     pub population: Population,
     /// Simulated time at the end of the run, in milliseconds.
@@ -44,6 +60,76 @@ pub struct Report {
     pub invariants: Vec<Verdict>,
     /// Time series behind the plots.
     pub series: Series,
+    /// Loopback only: how the fault schedule and link models were applied to
+    /// the real processes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loopback: Option<LoopbackFacts>,
+}
+
+/// The Courier build a report came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Build {
+    /// Courier's version (the workspace version).
+    pub version: String,
+    /// The git commit the simulator was built from (`unknown` when built
+    /// outside a git checkout without `COURIER_GIT_COMMIT`).
+    pub commit: String,
+}
+
+impl Build {
+    /// The build of this binary (recorded at compile time).
+    pub fn current() -> Self {
+        Build {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            commit: env!("COURIER_GIT_COMMIT").to_string(),
+        }
+    }
+}
+
+/// A scenario as it was run: its verbatim text and that text's SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScenarioSource {
+    /// SHA-256 of `text`, lowercase hex.
+    pub sha256: String,
+    /// The scenario file, verbatim.
+    pub text: String,
+}
+
+impl ScenarioSource {
+    /// The source of `scenario` (the text it was parsed from).
+    pub fn of(scenario: &Scenario) -> Self {
+        ScenarioSource {
+            sha256: sha256_hex(&scenario.source),
+            text: scenario.source.clone(),
+        }
+    }
+}
+
+/// SHA-256 of `text`, lowercase hex.
+pub fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// How a loopback run applied its faults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LoopbackFacts {
+    /// `network_namespaces` (each relay in its own namespace, partitions
+    /// applied) or `none` (all relays on 127.0.0.1, partitions recorded
+    /// only).
+    pub isolation: String,
+    /// Why isolation is `none`, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation_unavailable: Option<String>,
+    /// Parts of the scenario that were applied to the real network
+    /// (e.g. `partition`, `federation_link latency 25 ms via netem`).
+    pub applied: Vec<String>,
+    /// Parts of the scenario that were not applied, each with the reason.
+    pub not_applied: Vec<String>,
 }
 
 /// Population of the run.
@@ -134,6 +220,35 @@ pub struct RelaySummary {
     /// Its clients' send attempts it refused, by error code (transient
     /// refusals, retried by the client, count once per attempt).
     pub sends_refused: std::collections::BTreeMap<String, u64>,
+    /// Loopback only: the relay's own federation counters, scraped from
+    /// its `GET /metrics` and summed over its restarts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub federation_metrics: Option<FederationMetrics>,
+}
+
+/// A real relay's federation counters (Prometheus
+/// `courier_federation_envelopes_{sent,received}_total`, summed over
+/// peers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FederationMetrics {
+    /// Envelopes sent that the peer accepted (`result="delivered"`).
+    pub envelopes_delivered: u64,
+    /// Envelopes sent that will be retried (`result="retried"`: the peer
+    /// asked for a retry or the request failed).
+    pub envelopes_retried: u64,
+    /// Envelopes sent that the peer refused for good (`result="failed"`).
+    pub envelopes_failed: u64,
+    /// Envelopes received from peers.
+    pub envelopes_received: u64,
+}
+
+impl std::ops::AddAssign for FederationMetrics {
+    fn add_assign(&mut self, o: Self) {
+        self.envelopes_delivered += o.envelopes_delivered;
+        self.envelopes_retried += o.envelopes_retried;
+        self.envelopes_failed += o.envelopes_failed;
+        self.envelopes_received += o.envelopes_received;
+    }
 }
 
 /// A fault as applied, for the report and the plots.
@@ -160,6 +275,16 @@ impl Report {
     /// True when every invariant held.
     pub fn passed(&self) -> bool {
         self.invariants.iter().all(|v| v.passed)
+    }
+
+    /// The relays' federation counters summed, when the run measured them
+    /// (loopback).
+    pub fn federation_metrics_total(&self) -> Option<FederationMetrics> {
+        let mut total: Option<FederationMetrics> = None;
+        for m in self.relays.iter().filter_map(|r| r.federation_metrics) {
+            *total.get_or_insert_with(FederationMetrics::default) += m;
+        }
+        total
     }
 
     /// The summary table for the terminal.
@@ -209,18 +334,48 @@ impl Report {
             "latency p50/p90/p99/max ms",
             format!("{}/{}/{}/{}", l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms),
         );
-        let f = &self.federation_network;
-        row(
-            &mut s,
-            "federation sent/lost/dup",
-            format!("{}/{}/{}", f.sent, f.lost + f.partitioned, f.duplicated),
-        );
-        let c = &self.client_network;
-        row(
-            &mut s,
-            "client link sent/lost/dup",
-            format!("{}/{}/{}", c.sent, c.lost + c.partitioned, c.duplicated),
-        );
+        if let Some(m) = self.federation_metrics_total() {
+            // Real relays: their own counters; the links are the kernel's,
+            // so there is nothing to count per packet.
+            row(
+                &mut s,
+                "federation deliv/retry/fail",
+                format!(
+                    "{}/{}/{}",
+                    m.envelopes_delivered, m.envelopes_retried, m.envelopes_failed
+                ),
+            );
+            row(
+                &mut s,
+                "federation received",
+                m.envelopes_received.to_string(),
+            );
+        } else {
+            let f = &self.federation_network;
+            row(
+                &mut s,
+                "federation sent/lost/dup",
+                format!("{}/{}/{}", f.sent, f.lost + f.partitioned, f.duplicated),
+            );
+            let c = &self.client_network;
+            row(
+                &mut s,
+                "client link sent/lost/dup",
+                format!("{}/{}/{}", c.sent, c.lost + c.partitioned, c.duplicated),
+            );
+        }
+        if let Some(l) = &self.loopback {
+            let _ = writeln!(s, "  isolation: {}", l.isolation);
+            if let Some(why) = &l.isolation_unavailable {
+                let _ = writeln!(s, "    ({why}: faults between relays recorded only)");
+            }
+            for a in &l.applied {
+                let _ = writeln!(s, "    applied: {a}");
+            }
+            for n in &l.not_applied {
+                let _ = writeln!(s, "    NOT applied: {n}");
+            }
+        }
         let _ = writeln!(s, "  invariants:");
         for v in &self.invariants {
             let _ = writeln!(

@@ -64,6 +64,10 @@ pub struct Scenario {
     /// Free text shown in the report.
     #[serde(default)]
     pub description: String,
+    /// The text this scenario was parsed from, verbatim (embedded in
+    /// reports so a report reproduces its run).
+    #[serde(skip)]
+    pub source: String,
     /// Simulated time during which the workload and the fault schedule run.
     pub duration_ms: u64,
     /// After `duration_ms` every fault is repaired (partitions healed, relays
@@ -598,11 +602,12 @@ impl Scenario {
     }
 
     fn parse_named(text: &str, path: &str) -> Result<Self, ScenarioError> {
-        let scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+        let mut scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
             path: path.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
         scenario.validate()?;
+        scenario.source = text.to_string();
         Ok(scenario)
     }
 

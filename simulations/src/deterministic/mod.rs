@@ -34,7 +34,10 @@ use courier_relay::{AuthedDevice, Config, ManualClock, Notifier, Relay, RelayErr
 use crate::checker::{Arrival, Checker, Conversation, DeviceIx, Opened, digest};
 use crate::net::{NetStats, Partitions, transmit};
 use crate::queue::EventQueue;
-use crate::report::{FaultMark, LatencySummary, Population, RelaySummary, Report, Series};
+use crate::report::{
+    Build, FaultMark, LatencySummary, Population, RelaySummary, Report, SCHEMA_VERSION,
+    ScenarioSource, Series,
+};
 use crate::rng::SimRng;
 use crate::scenario::{FaultAction, Scenario, Topology};
 use client::{DeviceCrypto, OpenedMessage, establish};
@@ -69,7 +72,8 @@ pub struct Options {
 
 /// A deliberately introduced relay bug (used by tests and by
 /// `courier-sim run --sabotage`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Sabotage {
     /// Relay `relay` loses the first outbox entry it hands to the
     /// federation: deleted, never delivered.
@@ -1723,10 +1727,13 @@ impl<'s> World<'s> {
         let mut faults = self.marks.clone();
         faults.sort_by_key(|m| m.at_ms);
         Report {
-            format: 1,
+            schema_version: SCHEMA_VERSION,
+            courier: Build::current(),
             mode: "deterministic".into(),
             scenario: self.sc.name.clone(),
+            scenario_source: ScenarioSource::of(self.sc),
             seed: self.seed,
+            sabotage: self.sabotage,
             population: Population {
                 relays: self.sc.relays.count,
                 users: self.users.len() as u64,
@@ -1747,6 +1754,7 @@ impl<'s> World<'s> {
                 deliveries,
                 outbox_depth,
             },
+            loopback: None,
         }
     }
 }
