@@ -17,6 +17,7 @@ pub mod federation;
 pub mod mailbox;
 pub mod outbox;
 pub mod outbox_budget;
+pub mod peering;
 pub mod prekey_budget;
 pub mod relay;
 pub mod routes;
