@@ -28,7 +28,9 @@ use std::collections::{BTreeMap, VecDeque};
 use courier_protocol::limits::HELLO_KNOWN_MAX;
 use courier_protocol::{DeliveryBatch, ErrorCode, Hello, RelayName, SignedDescriptor};
 
-use crate::federation::{FederationError, PeerLimiter, PeerLimits, retry_delay_ms};
+use crate::federation::{
+    FederationError, PeerLimiter, PeerLimits, check_batch_origin, retry_delay_ms,
+};
 
 pub use book::{Admitted, PeerBook, Policy, PolicyMode, Refusal, Source};
 pub use key::{PeerAddr, PeerKey};
@@ -228,14 +230,17 @@ impl<R> Peering<R> {
 
     // --- operator inputs ---
 
-    /// The operator added `peer` at `addr`: it is dialled now and redialled
-    /// with backoff whenever it drops.
+    /// The operator added `peer` at `addr`: hello now (refreshing
+    /// descriptors both ways if already federating), and redialled with
+    /// backoff whenever it drops.
     pub fn add_peer(&mut self, peer: PeerKey, addr: &PeerAddr, now_ms: u64) {
         self.book.add(peer.clone(), addr, now_ms);
         let rt = self.rt(&peer);
         rt.next_dial_ms = None;
         rt.dial_attempts = 0;
+        rt.helloed = false;
         self.mark_dirty();
+        self.send_hello(&peer);
     }
 
     /// The operator removed `peer`: no longer dialled, its hellos refused
@@ -262,8 +267,15 @@ impl<R> Peering<R> {
     /// Blocks or unblocks `peer` for this run: a blocked peer is
     /// disconnected, not dialled, and requests to it fail.
     pub fn set_blocked(&mut self, peer: &PeerKey, blocked: bool) {
-        self.rt(peer).blocked = blocked;
-        if blocked {
+        let rt = self.rt(peer);
+        rt.blocked = blocked;
+        if !blocked {
+            rt.next_dial_ms = None;
+            rt.dial_attempts = 0;
+            return;
+        }
+        rt.helloed = false;
+        {
             self.actions
                 .push_back(Action::Disconnect { peer: peer.clone() });
             self.fail_queued(peer, |name| FederationError::Unreachable {
@@ -372,24 +384,46 @@ impl<R> Peering<R> {
         }
     }
 
-    /// Admits a batch from `peer` against its rate and size limits (the
-    /// limiter is made on the peer's first batch).
+    /// The relay name of an admitted, allowed, unblocked peer: one that may
+    /// send us requests.
+    pub fn federating_name(&self, peer: &PeerKey) -> Option<RelayName> {
+        if self.peers.get(peer).is_some_and(|rt| rt.blocked) {
+            return None;
+        }
+        self.book
+            .name_of(peer)
+            .filter(|name| self.book.allowed(name, peer))
+    }
+
+    /// Admits a batch from `peer`: it must be federating
+    /// ([`ErrorCode::FederationRefused`]), claim its own origin
+    /// ([`ErrorCode::OriginMismatch`]) and fit its size and rate limits
+    /// (the limiter is made on the peer's first batch). Returns the peer's
+    /// relay name, the origin to store the batch under.
     pub fn admit_batch(
         &mut self,
         peer: &PeerKey,
         batch: &DeliveryBatch,
         now_ms: u64,
-    ) -> Result<(), ErrorCode> {
+    ) -> Result<RelayName, ErrorCode> {
         let limits = self.config.limits;
+        let name = self.federating_name(peer);
         let rt = self.rt(peer);
-        rt.counters.batches_received += 1;
-        let limiter = rt
-            .limiter
-            .get_or_insert_with(|| PeerLimiter::new(limits, now_ms));
-        match limiter.admit_batch(batch, now_ms) {
-            Ok(()) => {
+        rt.last_seen_ms = Some(now_ms);
+        let admitted = name
+            .ok_or(ErrorCode::FederationRefused)
+            .and_then(|name| check_batch_origin(&name, batch).map(|()| name))
+            .and_then(|name| {
+                rt.limiter
+                    .get_or_insert_with(|| PeerLimiter::new(limits, now_ms))
+                    .admit_batch(batch, now_ms)
+                    .map(|()| name)
+            });
+        match admitted {
+            Ok(name) => {
+                rt.counters.batches_received += 1;
                 rt.counters.envelopes_received += batch.envelopes.len() as u64;
-                Ok(())
+                Ok(name)
             }
             Err(code) => {
                 rt.counters.batches_refused += 1;

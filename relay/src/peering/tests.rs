@@ -146,9 +146,9 @@ fn federate(p: &mut Peering<u32>, peer: &str, relay: &str, now_ms: u64) -> Vec<A
     drain(p, now_ms)
 }
 
-fn batch(n: usize) -> DeliveryBatch {
+fn batch(origin: &str, n: usize) -> DeliveryBatch {
     DeliveryBatch {
-        origin: name("relay-b.example"),
+        origin: name(origin),
         envelopes: (0..n)
             .map(|i| FedEnvelope {
                 id: EnvelopeId::new(1, [i as u8; 10]),
@@ -273,6 +273,9 @@ fn an_operator_peer_is_redialled_with_growing_capped_jittered_backoff() {
     let random = Arc::new(AtomicU64::new(0));
     let mut p = peering(Policy::default(), random.clone());
     p.add_peer(key("B"), &PeerAddr::new("/memory/b"), 0);
+    // Added: a hello at once; once it fails, dials with backoff.
+    assert_eq!(hellos_to(&drain(&mut p, 0)), vec![key("B")]);
+    p.handle_hello_failed(&key("B"), false, "unreachable");
     let mut now = 0;
     let mut delays = Vec::new();
     for attempt in 1..=6u32 {
@@ -309,6 +312,8 @@ fn an_operator_peer_is_redialled_with_growing_capped_jittered_backoff() {
     // Another draw, another delay: the jitter is the injected value's.
     let mut q = peering(Policy::default(), Arc::new(AtomicU64::new(1)));
     q.add_peer(key("B"), &PeerAddr::new("/memory/b"), 0);
+    drain(&mut q, 0);
+    q.handle_hello_failed(&key("B"), false, "unreachable");
     drain(&mut q, 0);
     q.handle_dial_failed(&key("B"), "refused".into(), 0);
     assert_ne!(q.poll_timeout(), Some(delays[0]));
@@ -436,28 +441,54 @@ fn requests_over_the_queue_cap_fail_at_once() {
 }
 
 #[test]
-fn a_peer_over_its_rate_or_batch_size_is_refused() {
+fn batches_from_a_stranger_a_false_origin_or_over_the_rate_are_refused() {
     let mut p = open();
     let b = key("B");
-    assert_eq!(p.admit_batch(&b, &batch(2), 0), Ok(()));
-    // Burst of 3: one left.
-    assert_eq!(p.admit_batch(&b, &batch(2), 0), Err(ErrorCode::RateLimited));
-    assert_eq!(p.admit_batch(&b, &batch(1), 0), Ok(()));
-    // One envelope a second refills.
+    let b_batch = |n| batch("relay-b.example", n);
     assert_eq!(
-        p.admit_batch(&b, &batch(1), 500),
+        p.admit_batch(&b, &b_batch(1), 0),
+        Err(ErrorCode::FederationRefused)
+    );
+    federate(&mut p, "B", "relay-b.example", 0);
+    federate(&mut p, "C", "relay-c.example", 0);
+    assert_eq!(
+        p.admit_batch(&b, &batch("relay-c.example", 1), 0),
+        Err(ErrorCode::OriginMismatch)
+    );
+    assert_eq!(
+        p.admit_batch(&b, &b_batch(2), 0),
+        Ok(name("relay-b.example"))
+    );
+    // Burst of 3: one left.
+    assert_eq!(
+        p.admit_batch(&b, &b_batch(2), 0),
         Err(ErrorCode::RateLimited)
     );
-    assert_eq!(p.admit_batch(&b, &batch(1), 1000), Ok(()));
+    assert!(p.admit_batch(&b, &b_batch(1), 0).is_ok());
+    // One envelope a second refills.
     assert_eq!(
-        p.admit_batch(&b, &batch(11), 100_000),
+        p.admit_batch(&b, &b_batch(1), 500),
+        Err(ErrorCode::RateLimited)
+    );
+    assert!(p.admit_batch(&b, &b_batch(1), 1000).is_ok());
+    assert_eq!(
+        p.admit_batch(&b, &b_batch(11), 100_000),
         Err(ErrorCode::PayloadTooLarge)
     );
     // Another peer has a bucket of its own.
-    assert_eq!(p.admit_batch(&key("C"), &batch(3), 0), Ok(()));
+    assert!(
+        p.admit_batch(&key("C"), &batch("relay-c.example", 3), 0)
+            .is_ok()
+    );
     let c = p.runtime(&b).unwrap().counters;
     assert_eq!(
         (c.batches_received, c.batches_refused, c.envelopes_received),
-        (6, 3, 4)
+        (3, 5, 4)
+    );
+    // Blocked: refused whatever its rate.
+    p.set_blocked(&b, true);
+    assert_eq!(
+        p.admit_batch(&b, &b_batch(1), 200_000),
+        Err(ErrorCode::FederationRefused)
     );
 }
