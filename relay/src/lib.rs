@@ -12,6 +12,7 @@ pub mod auth;
 pub mod clock;
 pub mod device;
 pub mod directory;
+pub mod drain_scheduler;
 pub mod error;
 pub mod federation;
 pub mod mailbox;
