@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use super::peers::{PEERS_FILE, PeerBook, PeerFile};
+use super::peers::{self, PEERS_FILE, PeerFile};
 use super::{Handle, PeerCounters, PeerInfo, PeerState, peer_of};
 
 /// Name of the control socket inside the data directory.
@@ -253,16 +253,16 @@ fn answer_error(response: Response) -> anyhow::Error {
 
 fn edit_offline(data_dir: &Path, edit: impl FnOnce(&mut PeerFile)) -> anyhow::Result<()> {
     let path = data_dir.join(PEERS_FILE);
-    let mut file = PeerBook::load(&path)?;
+    let mut file = peers::load(&path)?;
     edit(&mut file);
     // The book's own name and key do not matter for saving.
-    let book = PeerBook::new(
+    let book = peers::new_book(
         RelayName::parse("localhost")?,
         PeerId::random(),
         Default::default(),
         file,
     );
-    book.save(&path)?;
+    peers::save(book.file(), &path)?;
     Ok(())
 }
 
@@ -335,7 +335,7 @@ pub async fn peer_pin(data_dir: &Path, name: &str, peer_id: &str) -> anyhow::Res
         Some(Response::Pinned) => Ok(Outcome::Live(format!("{name} pinned to {peer}"))),
         Some(other) => Err(answer_error(other)),
         None => {
-            edit_offline(data_dir, |file| file.pin(name.clone(), peer))?;
+            edit_offline(data_dir, |file| file.pin(name.clone(), peers::key(&peer)))?;
             Ok(Outcome::Saved(format!("{name} pinned to {peer}")))
         }
     }
@@ -349,7 +349,7 @@ pub async fn peers(data_dir: &Path) -> anyhow::Result<Vec<PeerInfo>> {
         Some(Response::Peers { peers }) => Ok(peers),
         Some(other) => Err(answer_error(other)),
         None => {
-            let file = PeerBook::load(&data_dir.join(PEERS_FILE))?;
+            let file = peers::load(&data_dir.join(PEERS_FILE))?;
             let mut out: Vec<PeerInfo> = Vec::new();
             for (peer, added) in &file.added {
                 out.push(offline_info(&file, peer, Some(added.address.clone()), true));

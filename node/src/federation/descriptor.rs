@@ -8,30 +8,7 @@ use courier_protocol::{Bytes, RelayDescriptor, SignedDescriptor, Validate};
 use libp2p::PeerId;
 use libp2p::identity::{Keypair, PublicKey};
 
-/// Why a descriptor was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DescriptorError {
-    /// A field breaks a protocol limit.
-    #[error("descriptor breaks a limit: {0}")]
-    Invalid(courier_protocol::ErrorCode),
-    /// The `peer_id` text is not a PeerId.
-    #[error("descriptor peer id {0:?} is not a PeerId")]
-    BadPeerId(String),
-    /// The PeerId does not embed an Ed25519 public key.
-    #[error("descriptor peer id {0} does not embed an Ed25519 key")]
-    NotEd25519(String),
-    /// The signature does not verify under the key of `peer_id`.
-    #[error("descriptor signature does not verify for {0}")]
-    BadSignature(String),
-    /// The descriptor came from a connection authenticated as another peer.
-    #[error("descriptor names {named} but came from {actual}")]
-    WrongPeer {
-        /// The PeerId in the descriptor (base58).
-        named: String,
-        /// The authenticated connection's PeerId (base58).
-        actual: String,
-    },
-}
+pub use courier_relay::peering::DescriptorError;
 
 /// Signs `descriptor` with the relay key.
 pub fn sign(keypair: &Keypair, descriptor: RelayDescriptor) -> SignedDescriptor {

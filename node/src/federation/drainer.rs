@@ -2,12 +2,16 @@
 //! new outbox entries and on due retries, runs a few workers per
 //! destination relay, and expires entries past their deadline (each with a
 //! delivery-failure notice to the sender).
+//!
+//! When to do which is [`DrainScheduler`]'s (relay, sans-IO); this module
+//! carries its actions out and tells it what happened.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use courier_protocol::{DeviceId, RelayName, Username};
+use courier_relay::drain_scheduler::{DrainAction, DrainSchedule, DrainScheduler};
 use courier_relay::federation::{Federation, drain_once};
 use courier_relay::{Notifier, Relay};
 use tokio::sync::{Notify, watch};
@@ -57,6 +61,23 @@ impl Default for DrainerConfig {
             // Bounds looks to ~100/s under load (docs/performance.md,
             // "The security hardening, before and after").
             scan_gap: Duration::from_millis(10),
+        }
+    }
+}
+
+impl DrainerConfig {
+    /// The scheduler's settings, in milliseconds.
+    pub fn schedule(&self) -> DrainSchedule {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        DrainSchedule {
+            batch_max: self.batch_max,
+            workers_per_destination: self.workers_per_destination,
+            idle_poll_ms: ms(self.idle_poll),
+            expire_every_ms: ms(self.expire_every),
+            budget_sync_every_ms: ms(self.budget_sync_every),
+            scan_gap_ms: ms(self.scan_gap),
+            due_entries_max: self.due_entries_max,
+            due_destinations_max: self.due_destinations_max,
         }
     }
 }
@@ -172,69 +193,31 @@ async fn run(
     config: DrainerConfig,
     mut stopped: watch::Receiver<bool>,
 ) {
-    use tokio::time::Instant;
     let mut workers: JoinSet<RelayName> = JoinSet::new();
-    let mut active: HashMap<RelayName, usize> = HashMap::new();
-    let mut last_expire = Instant::now();
-    // Due at once: the first pass counts what is already in the outbox.
-    let mut last_sync: Option<Instant> = None;
-    // A look at the outbox is made at once when something may need a new
-    // worker (start, a destination without one, a worker's end, retries
-    // falling due); a wake-up for destinations whose workers are running
-    // only owes one, made `scan_gap` after the previous look.
-    let mut scan_now = true;
-    let mut owed = false;
-    let mut last_scan = Instant::now();
-    let mut wake_at = Instant::now();
+    let mut schedule = DrainScheduler::new(config.schedule(), relay.now_ms());
     loop {
         if *stopped.borrow() {
             break;
         }
-        if last_sync.is_none_or(|t| t.elapsed() >= config.budget_sync_every) {
-            last_sync = Some(Instant::now());
-            if let Err(e) = relay.outbox_budget_sync().await {
-                tracing::warn!(error = %e, "cannot count the outbox");
-            }
+        schedule.woken(&wake.take());
+        while let Some(action) = schedule.poll_action(relay.now_ms()) {
+            act(
+                &relay,
+                &federation,
+                &config,
+                &mut workers,
+                &mut schedule,
+                action,
+            )
+            .await;
         }
-        if last_expire.elapsed() >= config.expire_every {
-            last_expire = Instant::now();
-            match relay.outbox_expire().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "outbox entries expired; senders notified"),
-                Err(e) => tracing::warn!(error = %e, "outbox expiry failed"),
-            }
-        }
-        let woken = wake.take();
-        scan_now |= woken.iter().any(|r| !active.contains_key(r));
-        owed |= !woken.is_empty();
-        let scan_at = if scan_now {
-            Some(Instant::now())
-        } else if owed {
-            Some(last_scan + config.scan_gap)
-        } else {
-            None
-        };
-        if scan_at.is_some_and(|at| at <= Instant::now()) {
-            (scan_now, owed) = (false, false);
-            last_scan = Instant::now();
-            wake_at =
-                last_scan + scan(&relay, &federation, &config, &mut workers, &mut active).await;
-        }
-        let until = match scan_at {
-            Some(at) if at > Instant::now() => at.min(wake_at),
-            _ => wake_at,
-        };
+        let now = relay.now_ms();
+        let sleep = Duration::from_millis(schedule.poll_timeout(now).saturating_sub(now).max(1));
         tokio::select! {
             _ = wake.notify.notified() => {}
-            _ = tokio::time::sleep_until(until.max(Instant::now() + Duration::from_millis(1))) => {
-                // Retries may have fallen due: nothing but time wakes us
-                // for those.
-                if Instant::now() >= wake_at {
-                    scan_now = true;
-                }
-            }
+            _ = tokio::time::sleep(sleep) => schedule.timer_fired(relay.now_ms()),
             Some(done) = workers.join_next(), if !workers.is_empty() => {
-                scan_now |= finished(&mut active, done);
+                schedule.worker_finished(done.ok().as_ref());
             }
             _ = stopped.changed() => {}
         }
@@ -242,67 +225,55 @@ async fn run(
     while workers.join_next().await.is_some() {}
 }
 
-/// One bounded, due-ordered look at the outbox (not every destination
-/// every round: a backlog for thousands of unreachable relays costs
-/// nothing until its entries fall due), starting the workers it calls for.
-/// Returns how long to sleep until the next entry falls due.
-async fn scan(
+/// Carries out one of the scheduler's actions. A look at the outbox is
+/// bounded and due-ordered (not every destination every round: a backlog
+/// for thousands of unreachable relays costs nothing until its entries
+/// fall due); it starts the workers the scheduler calls for.
+async fn act(
     relay: &Arc<Relay>,
     federation: &Arc<dyn Federation>,
     config: &DrainerConfig,
     workers: &mut JoinSet<RelayName>,
-    active: &mut HashMap<RelayName, usize>,
-) -> Duration {
-    let mut sleep = config.idle_poll;
-    let now = relay.now_ms();
-    match relay
-        .store()
-        .outbox_due(now, config.due_entries_max, config.due_destinations_max)
-        .await
-    {
-        Ok(due) => {
-            if let Some(next) = due.next_due_ms {
-                sleep = sleep.min(Duration::from_millis(next.saturating_sub(now)));
-            }
-            for d in due.destinations {
-                let running = active.get(&d.relay).copied().unwrap_or(0);
-                let wanted = (d.pending.div_ceil(u64::from(config.batch_max.max(1))) as usize)
-                    .clamp(1, config.workers_per_destination.max(1));
-                for _ in running..wanted {
-                    *active.entry(d.relay.clone()).or_default() += 1;
-                    workers.spawn(worker(
-                        relay.clone(),
-                        federation.clone(),
-                        d.relay.clone(),
-                        config.batch_max,
-                    ));
-                }
+    schedule: &mut DrainScheduler,
+    action: DrainAction,
+) {
+    match action {
+        DrainAction::SyncBudget => {
+            if let Err(e) = relay.outbox_budget_sync().await {
+                tracing::warn!(error = %e, "cannot count the outbox");
             }
         }
-        Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
+        DrainAction::Expire => match relay.outbox_expire().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "outbox entries expired; senders notified"),
+            Err(e) => tracing::warn!(error = %e, "outbox expiry failed"),
+        },
+        DrainAction::Scan {
+            entries_max,
+            destinations_max,
+        } => {
+            let now = relay.now_ms();
+            let due = match relay
+                .store()
+                .outbox_due(now, entries_max, destinations_max)
+                .await
+            {
+                Ok(due) => Some(due),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the outbox");
+                    None
+                }
+            };
+            for dest in schedule.scanned(now, due.as_ref()) {
+                workers.spawn(worker(
+                    relay.clone(),
+                    federation.clone(),
+                    dest,
+                    config.batch_max,
+                ));
+            }
+        }
     }
-    sleep
-}
-
-/// Counts a finished worker off; true if its destination has none left,
-/// so the outbox must be looked at again at once (entries may have come
-/// in after its last round, and their wake-up found it still running).
-fn finished(
-    active: &mut HashMap<RelayName, usize>,
-    done: Result<RelayName, tokio::task::JoinError>,
-) -> bool {
-    let Ok(dest) = done else {
-        return true;
-    };
-    let Some(n) = active.get_mut(&dest) else {
-        return true;
-    };
-    *n = n.saturating_sub(1);
-    if *n == 0 {
-        active.remove(&dest);
-        return true;
-    }
-    false
 }
 
 /// Drains `dest` round after round while rounds come back full and answered.

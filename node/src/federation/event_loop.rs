@@ -1,22 +1,25 @@
 //! The task that owns the libp2p `Swarm`: it serves [`Command`]s from
 //! handles, swarm events and finished inbound work in one `select!`, so no
 //! state is shared behind locks.
+//!
+//! It is an adapter: policy (the peer book, hellos, redial backoff, request
+//! queues, rate limits) is [`Peering`]'s, which it feeds with what the swarm
+//! reports and whose actions it carries out on the swarm. What stays here is
+//! libp2p, tokio, the metrics and the logs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use courier_protocol::Validate;
-use courier_protocol::limits::HELLO_KNOWN_MAX;
 use courier_protocol::{
     BundleRequest, BundleResponse, DeliveryAcks, DeliveryBatch, ErrorCode, Hello, RelayDescriptor,
     RelayName, SignedDescriptor,
     federation::{features, protocols},
 };
-use courier_relay::federation::{
-    AckDisposition, FederationError, PeerLimiter, check_batch_origin, reject_all, retry_delay_ms,
-};
+use courier_relay::federation::{AckDisposition, FederationError, reject_all};
+use courier_relay::peering::{self, Action, Peering, QUEUED_PER_PEER_MAX};
 use futures::StreamExt;
 use libp2p::core::transport::TransportError;
 use libp2p::identity::Keypair;
@@ -31,10 +34,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::codec::{FrameCodec, Gate, Gated};
-use super::peers::{Admitted, PeerBook, Refusal, Source};
-use super::{
-    Command, Config, Error, Inbound, PeerCounters, PeerInfo, PeerState, descriptor, peer_of,
-};
+use super::peers::{self, Refusal, key};
+use super::{Command, Config, Error, Inbound, PeerInfo, PeerState, descriptor, peer_of};
 
 type HelloBehaviour = Gated<request_response::Behaviour<FrameCodec<Hello, Hello>>>;
 type BundleBehaviour =
@@ -67,46 +68,33 @@ pub mod metrics_names {
 
 type DeliverReply = oneshot::Sender<Result<DeliveryAcks, FederationError>>;
 
-/// Requests for a peer waiting until its hello completes.
+/// A request for a peer: sent now or queued by [`Peering`] until its hello
+/// completes.
 enum Queued {
-    Deliver(
-        DeliveryBatch,
-        oneshot::Sender<Result<DeliveryAcks, FederationError>>,
-    ),
+    Deliver(DeliveryBatch, DeliverReply),
     Bundle(
         BundleRequest,
         oneshot::Sender<Result<BundleResponse, FederationError>>,
     ),
 }
 
-/// Most requests queued for one peer while its connection comes up.
-const QUEUED_PER_PEER_MAX: usize = 4096;
+impl Queued {
+    fn fail(self, error: FederationError) {
+        match self {
+            Queued::Deliver(_, r) => {
+                let _ = r.send(Err(error));
+            }
+            Queued::Bundle(_, r) => {
+                let _ = r.send(Err(error));
+            }
+        }
+    }
+}
 
 /// Inbound work finished by a spawned task, waiting to be answered.
 enum Done {
     Deliver(ResponseChannel<DeliveryAcks>, DeliveryAcks),
     Bundle(ResponseChannel<BundleResponse>, BundleResponse),
-}
-
-/// What the loop knows about one peer in this run (not persisted).
-#[derive(Default)]
-struct Runtime {
-    connections: u32,
-    helloed: bool,
-    hello_inflight: bool,
-    /// A hello was re-sent after its connection closed under it.
-    hello_retried: bool,
-    dialing: bool,
-    dial_attempts: u32,
-    /// Dials failed in a row (reset by a connection).
-    dial_failures: u32,
-    /// Why the last dial failed (cleared by a connection).
-    last_error: Option<String>,
-    next_dial: Option<Instant>,
-    last_seen_ms: Option<u64>,
-    rtt: Option<Duration>,
-    counters: PeerCounters,
-    limiter: Option<PeerLimiter>,
 }
 
 pub(super) struct EventLoop {
@@ -115,14 +103,16 @@ pub(super) struct EventLoop {
     done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
     config: Config,
-    book: PeerBook,
+    /// The federation's policy and per-peer state.
+    peering: Peering<Queued>,
     own: SignedDescriptor,
     listen: Vec<Multiaddr>,
-    runtime: HashMap<PeerId, Runtime>,
-    blocked: HashSet<PeerId>,
+    /// Last ping round-trip time per peer (the transport's, not policy).
+    rtt: HashMap<PeerId, Duration>,
     hello_out: HashMap<OutboundRequestId, PeerId>,
+    /// Hellos from peers waiting for [`Action::AnswerHello`].
+    hello_in: HashMap<PeerId, ResponseChannel<Hello>>,
     add_waiters: HashMap<PeerId, Vec<oneshot::Sender<Result<RelayName, Error>>>>,
-    queued: HashMap<PeerId, Vec<Queued>>,
     /// In-flight batches: the peer, its envelope count and who waits.
     deliver_out: HashMap<OutboundRequestId, (PeerId, usize, DeliverReply)>,
     bundle_out:
@@ -131,7 +121,6 @@ pub(super) struct EventLoop {
     inbound_permits: Arc<Semaphore>,
     /// Which peers may send more than a hello (see [`Gate`]).
     gate: Arc<Gate>,
-    book_dirty: bool,
     /// The control socket server and its path, stopped with the loop.
     control: Option<(tokio::task::JoinHandle<()>, PathBuf)>,
 }
@@ -346,23 +335,15 @@ impl EventLoop {
         }
 
         let file = match &config.peers_file {
-            Some(path) => PeerBook::load(path)?,
+            Some(path) => peers::load(path)?,
             None => Default::default(),
         };
-        let mut book = PeerBook::new(
+        let book = peers::new_book(
             config.name.clone(),
             *swarm.local_peer_id(),
             config.policy.clone(),
             file,
         );
-        let trimmed = book.set_max(config.peers_max);
-        if !trimmed.is_empty() {
-            tracing::warn!(
-                evicted = trimmed.len(),
-                peers_max = config.peers_max,
-                "peer book was over federation.peers_max; evicted relays learned through gossip first"
-            );
-        }
         for removed in &book.file().removed {
             if let Ok(peer) = removed.parse() {
                 swarm.behaviour_mut().blocked.block_peer(peer);
@@ -370,6 +351,26 @@ impl EventLoop {
         }
         let (done_tx, done_rx) = mpsc::channel(config.inbound_concurrent_max.max(1) * 2);
         let own = sign_own(&config, &listen);
+        let mut peering = Peering::new(
+            peering::Config {
+                name: config.name.clone(),
+                redial_base_ms: config.redial_base_ms,
+                redial_max_ms: config.redial_max_ms,
+                queued_per_peer_max: QUEUED_PER_PEER_MAX,
+                limits: config.limits,
+            },
+            book,
+            own.clone(),
+            Box::new(rand::random),
+        );
+        let trimmed = peering.set_peers_max(config.peers_max);
+        if !trimmed.is_empty() {
+            tracing::warn!(
+                evicted = trimmed.len(),
+                peers_max = config.peers_max,
+                "peer book was over federation.peers_max; evicted relays learned through gossip first"
+            );
+        }
         tracing::info!(
             name = %config.name,
             peer_id = %swarm.local_peer_id(),
@@ -383,20 +384,18 @@ impl EventLoop {
             done_tx,
             done_rx,
             config,
-            book,
+            peering,
             own,
             listen,
-            runtime: HashMap::new(),
-            blocked: HashSet::new(),
+            rtt: HashMap::new(),
             hello_out: HashMap::new(),
+            hello_in: HashMap::new(),
             add_waiters: HashMap::new(),
-            queued: HashMap::new(),
             deliver_out: HashMap::new(),
             bundle_out: HashMap::new(),
             inbound,
             inbound_permits: permits,
             gate,
-            book_dirty: !trimmed.is_empty(),
             control: None,
         })
     }
@@ -407,9 +406,13 @@ impl EventLoop {
 
     pub(super) async fn run(mut self) {
         self.publish_routes();
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.drive();
         loop {
+            // Peering says when it next needs time to have passed (a redial).
+            let wake_ms = self
+                .peering
+                .poll_timeout()
+                .map_or(3_600_000, |t| t.saturating_sub(now_ms()));
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
@@ -417,11 +420,11 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                 },
                 Some(done) = self.done_rx.recv() => self.on_done(done),
-                _ = tick.tick() => self.redial_due(),
+                _ = tokio::time::sleep(Duration::from_millis(wake_ms)) => {}
             }
-            self.persist();
+            self.drive();
         }
-        self.persist();
+        self.drive();
         if let Some((task, path)) = self.control.take() {
             task.abort();
             let _ = std::fs::remove_file(path);
@@ -429,98 +432,110 @@ impl EventLoop {
         tracing::info!("federation stopped");
     }
 
-    fn persist(&mut self) {
-        if !self.book_dirty {
-            return;
+    /// Carries out everything [`Peering`] asks for now.
+    fn drive(&mut self) {
+        let now = now_ms();
+        while let Some(action) = self.peering.poll_action(now) {
+            self.act(action, now);
         }
-        self.book_dirty = false;
-        self.publish_routes();
-        if let Some(path) = &self.config.peers_file
-            && let Err(e) = self.book.save(path)
-        {
-            tracing::error!(error = %e, "cannot write the peer book");
+    }
+
+    fn act(&mut self, action: Action<Queued>, now: u64) {
+        match action {
+            Action::Dial { peer, addrs } => {
+                let Some(id) = peers::peer_id(&peer) else {
+                    return;
+                };
+                let addrs: Vec<Multiaddr> = addrs
+                    .iter()
+                    .filter_map(|a| a.as_str().parse().ok())
+                    .collect();
+                tracing::debug!(peer = %id, "dialling peer");
+                if let Err(e) = self
+                    .swarm
+                    .dial(DialOpts::peer_id(id).addresses(addrs).build())
+                {
+                    tracing::debug!(peer = %id, error = %e, "dial failed");
+                    self.peering.handle_dial_failed(&peer, e.to_string(), now);
+                }
+            }
+            Action::SendHello { peer, hello, addrs } => {
+                let Some(id) = peers::peer_id(&peer) else {
+                    return;
+                };
+                let addrs = addrs
+                    .iter()
+                    .filter_map(|a| a.as_str().parse().ok())
+                    .collect();
+                let request = self
+                    .swarm
+                    .behaviour_mut()
+                    .hello
+                    .send_request_with_addresses(&id, hello, addrs);
+                self.hello_out.insert(request, id);
+            }
+            Action::AnswerHello { peer, hello } => {
+                if let Some(id) = peers::peer_id(&peer)
+                    && let Some(channel) = self.hello_in.remove(&id)
+                {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .hello
+                        .send_response(channel, hello);
+                }
+            }
+            Action::Send { peer, request } => match peers::peer_id(&peer) {
+                Some(id) => self.send_now(id, request),
+                None => request.fail(FederationError::Unreachable {
+                    relay: self.config.name.clone(),
+                    reason: format!("{peer} is not a PeerId"),
+                }),
+            },
+            Action::Fail { request, error } => request.fail(error),
+            Action::Disconnect { peer } => {
+                if let Some(id) = peers::peer_id(&peer) {
+                    self.gate.forget(&id);
+                    let _ = self.swarm.disconnect_peer_id(id);
+                }
+            }
+            Action::PeerUp { peer, name } => {
+                let Some(id) = peers::peer_id(&peer) else {
+                    return;
+                };
+                self.gate.admit(id);
+                metrics::gauge!(metrics_names::CONNECTED, "peer" => name.to_string()).set(1.0);
+                self.peer_up(name.clone());
+                for w in self.add_waiters.remove(&id).unwrap_or_default() {
+                    let _ = w.send(Ok(name.clone()));
+                }
+            }
+            Action::SavePeerFile => {
+                self.publish_routes();
+                if let Some(path) = &self.config.peers_file
+                    && let Err(e) = peers::save(self.peering.book().file(), path)
+                {
+                    tracing::error!(error = %e, "cannot write the peer book");
+                }
+            }
         }
     }
 
     /// Tells the send path which relays the book can reach now.
     fn publish_routes(&self) {
         if let Some(routes) = &self.config.routes {
-            routes.replace(self.book.routable_names().cloned().collect());
+            routes.replace(self.peering.book().routable_names().cloned().collect());
         }
-    }
-
-    fn rt(&mut self, peer: PeerId) -> &mut Runtime {
-        self.runtime.entry(peer).or_default()
     }
 
     /// The metrics label of a peer: its relay name. A peer without one in
     /// the book gets no series of its own (anyone can make up PeerIds, and
     /// every label is a series kept for good).
     fn label(&self, peer: &PeerId) -> Option<String> {
-        self.book.name_of(peer).map(|n| n.to_string())
-    }
-
-    /// Forgets what this run knew about a gone peer the book does not hold
-    /// (refused, never admitted, evicted): per-PeerId state stays bounded
-    /// by the book, not by how many keys came and went.
-    fn prune(&mut self, peer: PeerId) {
-        let keep = self.book.name_of(&peer).is_some()
-            || self.book.descriptor_of(&peer).is_some()
-            || self.book.is_added(&peer)
-            || self.blocked.contains(&peer)
-            || self.swarm.is_connected(&peer)
-            || self.add_waiters.contains_key(&peer)
-            || self.queued.contains_key(&peer)
-            || self
-                .runtime
-                .get(&peer)
-                .is_some_and(|rt| rt.dialing || rt.hello_inflight)
-            || self.hello_out.values().any(|p| *p == peer)
-            || self.deliver_out.values().any(|(p, _, _)| *p == peer);
-        if !keep {
-            self.runtime.remove(&peer);
-        }
-    }
-
-    fn seen(&mut self, peer: PeerId) {
-        self.rt(peer).last_seen_ms = Some(now_ms());
-    }
-
-    fn hello_for(&self, peer: &PeerId) -> Hello {
-        let except = self.book.name_of(peer);
-        Hello {
-            descriptor: self.own.clone(),
-            known: self.book.shareable(except.as_ref(), HELLO_KNOWN_MAX),
-        }
-    }
-
-    fn addresses_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
-        let mut out = Vec::new();
-        let text = peer.to_base58();
-        if let Some(added) = self.book.file().added.get(&text)
-            && let Ok(a) = added.address.parse()
-        {
-            out.push(a);
-        }
-        if let Some(d) = self.book.descriptor_of(peer) {
-            out.extend(d.descriptor.addresses.iter().filter_map(|a| a.parse().ok()));
-        }
-        out
-    }
-
-    fn send_hello(&mut self, peer: PeerId) {
-        if self.blocked.contains(&peer) || self.rt(peer).hello_inflight {
-            return;
-        }
-        let hello = self.hello_for(&peer);
-        let addrs = self.addresses_of(&peer);
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .hello
-            .send_request_with_addresses(&peer, hello, addrs);
-        self.rt(peer).hello_inflight = true;
-        self.hello_out.insert(id, peer);
+        self.peering
+            .book()
+            .name_of(&key(peer))
+            .map(|n| n.to_string())
     }
 
     // --- commands ---
@@ -532,33 +547,20 @@ impl EventLoop {
                 peer,
                 reply,
             } => {
-                self.book.add(peer, &address, now_ms());
-                self.book_dirty = true;
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);
                 self.add_waiters.entry(peer).or_default().push(reply);
-                let rt = self.rt(peer);
-                rt.dial_attempts = 0;
-                rt.next_dial = None;
-                if rt.helloed && rt.connections > 0 {
-                    // Already federating: refresh descriptors both ways.
-                    self.rt(peer).helloed = false;
-                }
-                self.send_hello(peer);
+                self.peering
+                    .add_peer(key(&peer), &peers::addr(&address), now_ms());
             }
             Command::RemovePeer { peer, reply } => {
-                let known = self.book.remove(&peer);
-                self.book_dirty = true;
+                let known = self.peering.remove_peer(&key(&peer));
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
-                let rt = self.rt(peer);
-                rt.helloed = false;
-                self.fail_queued(peer, |name| FederationError::Refused(name.clone()));
                 tracing::info!(%peer, "peer removed: federation stopped");
                 let _ = reply.send(Ok(known));
             }
             Command::Pin { name, peer, reply } => {
                 tracing::warn!(%name, %peer, "operator re-pinned relay key");
-                self.book.pin(name, peer);
-                self.book_dirty = true;
+                self.peering.pin(name, key(&peer));
                 let _ = reply.send(Ok(()));
             }
             Command::Peers { reply } => {
@@ -568,8 +570,11 @@ impl EventLoop {
                 let me = *self.swarm.local_peer_id();
                 let _ = reply.send(self.listen.iter().map(|a| with_p2p(a, me)).collect());
             }
-            Command::Deliver { dest, batch, reply } => match self.route(&dest) {
-                Ok(peer) => self.send_or_queue(peer, Queued::Deliver(batch, reply)),
+            Command::Deliver { dest, batch, reply } => match self.peering.route(&dest) {
+                Ok(peer) => {
+                    let n = batch.envelopes.len();
+                    self.peering.send(&peer, Queued::Deliver(batch, reply), n);
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
@@ -578,86 +583,28 @@ impl EventLoop {
                 dest,
                 request,
                 reply,
-            } => match self.route(&dest) {
-                Ok(peer) => self.send_or_queue(peer, Queued::Bundle(request, reply)),
+            } => match self.peering.route(&dest) {
+                Ok(peer) => self.peering.send(&peer, Queued::Bundle(request, reply), 0),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Command::Block { peer, blocked } => {
+                self.peering.set_blocked(&key(&peer), blocked);
                 if blocked {
-                    self.blocked.insert(peer);
                     self.swarm.behaviour_mut().blocked.block_peer(peer);
-                    self.rt(peer).helloed = false;
-                    self.fail_queued(peer, |name| FederationError::Unreachable {
-                        relay: name.clone(),
-                        reason: "blocked".into(),
-                    });
-                } else {
-                    self.blocked.remove(&peer);
-                    if !self.book.file().removed.contains(&peer.to_base58()) {
-                        self.swarm.behaviour_mut().blocked.unblock_peer(peer);
-                    }
-                    let rt = self.rt(peer);
-                    rt.next_dial = None;
-                    rt.dial_attempts = 0;
+                } else if !self
+                    .peering
+                    .book()
+                    .file()
+                    .removed
+                    .contains(&peer.to_base58())
+                {
+                    self.swarm.behaviour_mut().blocked.unblock_peer(peer);
                 }
             }
             Command::Shutdown => {}
         }
-    }
-
-    /// The peer to send to for relay `dest`.
-    fn route(&self, dest: &RelayName) -> Result<PeerId, FederationError> {
-        let d = self
-            .book
-            .descriptor(dest)
-            .ok_or_else(|| FederationError::UnknownRelay(dest.clone()))?;
-        let peer: PeerId = d
-            .descriptor
-            .peer_id
-            .parse()
-            .map_err(|_| FederationError::UnknownRelay(dest.clone()))?;
-        if !self.book.allowed(dest, &peer) {
-            return Err(FederationError::Refused(dest.clone()));
-        }
-        if self.blocked.contains(&peer) {
-            return Err(FederationError::Unreachable {
-                relay: dest.clone(),
-                reason: "blocked".into(),
-            });
-        }
-        Ok(peer)
-    }
-
-    fn send_or_queue(&mut self, peer: PeerId, item: Queued) {
-        let ready = {
-            let rt = self.rt(peer);
-            rt.helloed && rt.connections > 0
-        };
-        if ready {
-            self.send_now(peer, item);
-            return;
-        }
-        let queue = self.queued.entry(peer).or_default();
-        if queue.len() >= QUEUED_PER_PEER_MAX {
-            let relay = self.book.name_of(&peer);
-            let e = FederationError::Unreachable {
-                relay: relay.unwrap_or_else(|| self.config.name.clone()),
-                reason: "too many requests waiting for the connection".into(),
-            };
-            match item {
-                Queued::Deliver(_, r) => {
-                    let _ = r.send(Err(e));
-                }
-                Queued::Bundle(_, r) => {
-                    let _ = r.send(Err(e));
-                }
-            }
-            return;
-        }
-        queue.push(item);
-        self.send_hello(peer);
     }
 
     fn send_now(&mut self, peer: PeerId, item: Queued) {
@@ -669,7 +616,6 @@ impl EventLoop {
                     .behaviour_mut()
                     .deliver
                     .send_request(&peer, batch);
-                self.rt(peer).counters.batches_sent += 1;
                 self.deliver_out.insert(id, (peer, n, reply));
             }
             Queued::Bundle(request, reply) => {
@@ -683,82 +629,54 @@ impl EventLoop {
         }
     }
 
-    fn flush_queued(&mut self, peer: PeerId) {
-        for item in self.queued.remove(&peer).unwrap_or_default() {
-            self.send_now(peer, item);
-        }
-    }
-
-    fn fail_queued(&mut self, peer: PeerId, error: impl Fn(&RelayName) -> FederationError) {
-        let name = self
-            .book
-            .name_of(&peer)
-            .unwrap_or_else(|| self.config.name.clone());
-        let items = self.queued.remove(&peer).unwrap_or_default();
-        let retried: usize = items
-            .iter()
-            .map(|i| match i {
-                Queued::Deliver(b, _) => b.envelopes.len(),
-                Queued::Bundle(..) => 0,
-            })
-            .sum();
-        self.rt(peer).counters.retried += retried as u64;
-        for item in items {
-            match item {
-                Queued::Deliver(_, r) => {
-                    let _ = r.send(Err(error(&name)));
-                }
-                Queued::Bundle(_, r) => {
-                    let _ = r.send(Err(error(&name)));
-                }
-            }
-        }
-    }
-
     fn peer_infos(&self) -> Vec<PeerInfo> {
+        let book = self.peering.book();
         let mut peers: Vec<PeerId> = Vec::new();
         let mut push = |p: PeerId| {
             if !peers.contains(&p) {
                 peers.push(p);
             }
         };
-        for (p, _) in self.book.added() {
-            push(p);
+        for (p, _) in book.added() {
+            if let Some(p) = peers::peer_id(&p) {
+                push(p);
+            }
         }
-        let file = self.book.file();
+        let file = book.file();
         for d in file.descriptors.values().chain(file.hints.values()) {
             if let Ok(p) = d.descriptor.peer_id.parse() {
                 push(p);
             }
         }
-        for p in self.runtime.keys() {
-            if *p != *self.swarm.local_peer_id() {
-                push(*p);
+        for (p, _) in self.peering.runtimes() {
+            if let Some(p) = peers::peer_id(p)
+                && p != *self.swarm.local_peer_id()
+            {
+                push(p);
             }
         }
         peers
             .into_iter()
             .map(|peer| {
-                let rt = self.runtime.get(&peer);
-                let name = self.book.name_of(&peer);
-                let removed = self.book.file().removed.contains(&peer.to_base58());
+                let k = key(&peer);
+                let rt = self.peering.runtime(&k);
+                let name = book.name_of(&k);
+                let removed = file.removed.contains(k.as_str());
                 let refused = removed
-                    || self.blocked.contains(&peer)
-                    || name
-                        .as_ref()
-                        .is_some_and(|n| !self.book.policy().allows(n, &peer));
+                    || rt.is_some_and(|rt| rt.blocked)
+                    || name.as_ref().is_some_and(|n| !book.policy().allows(n, &k));
                 let state = match rt {
                     _ if refused => PeerState::Refused,
-                    Some(rt) if rt.connections > 0 && rt.helloed => PeerState::Connected,
+                    Some(rt) if rt.federating() => PeerState::Connected,
                     Some(rt) if rt.connections > 0 || rt.dialing || rt.hello_inflight => {
                         PeerState::Connecting
                     }
                     _ => PeerState::Disconnected,
                 };
-                let added = self.book.file().added.get(&peer.to_base58());
+                let added = file.added.get(k.as_str());
                 let address = added.map(|a| a.address.clone()).or_else(|| {
                     name.as_ref()
-                        .and_then(|n| self.book.descriptor(n))
+                        .and_then(|n| book.descriptor(n))
                         .and_then(|d| d.descriptor.addresses.first().cloned())
                 });
                 PeerInfo {
@@ -770,7 +688,7 @@ impl EventLoop {
                     last_seen_ms: rt.and_then(|r| r.last_seen_ms),
                     dial_failures: rt.map_or(0, |r| r.dial_failures),
                     last_error: rt.and_then(|r| r.last_error.clone()),
-                    rtt_ms: rt.and_then(|r| r.rtt).map(|d| d.as_secs_f64() * 1000.0),
+                    rtt_ms: self.rtt.get(&peer).map(|d| d.as_secs_f64() * 1000.0),
                     counters: rt.map(|r| r.counters).unwrap_or_default(),
                     outbox_depth: 0,
                 }
@@ -778,65 +696,17 @@ impl EventLoop {
             .collect()
     }
 
-    // --- redial ---
-
-    fn redial_due(&mut self) {
-        let now = Instant::now();
-        for (peer, addr) in self.book.added() {
-            if self.blocked.contains(&peer) {
-                continue;
-            }
-            let connected = self.swarm.is_connected(&peer);
-            let mut addrs = vec![addr];
-            addrs.extend(self.addresses_of(&peer));
-            let rt = self.runtime.entry(peer).or_default();
-            if connected || rt.dialing || rt.hello_inflight {
-                continue;
-            }
-            if rt.next_dial.is_some_and(|t| now < t) {
-                continue;
-            }
-            rt.dial_attempts += 1;
-            let delay = retry_delay_ms(
-                rt.dial_attempts,
-                self.config.redial_base_ms,
-                self.config.redial_max_ms,
-                rand::random(),
-            );
-            rt.next_dial = Some(now + Duration::from_millis(delay));
-            rt.dialing = true;
-            tracing::debug!(%peer, attempt = rt.dial_attempts, "dialling peer");
-            if let Err(e) = self
-                .swarm
-                .dial(DialOpts::peer_id(peer).addresses(addrs).build())
-            {
-                tracing::debug!(%peer, error = %e, "dial failed");
-                self.rt(peer).dialing = false;
-            }
-        }
-    }
-
     // --- swarm events ---
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let now = now_ms();
         match event {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
-                self.seen(peer_id);
-                let rt = self.rt(peer_id);
-                rt.connections += 1;
-                rt.dialing = false;
-                rt.dial_attempts = 0;
-                rt.dial_failures = 0;
-                rt.last_error = None;
-                rt.next_dial = None;
-                let needs_hello = !rt.helloed;
                 tracing::debug!(peer = %peer_id, dialer = endpoint.is_dialer(), "connected");
-                // The dialer introduces itself; the listener answers.
-                if endpoint.is_dialer() && needs_hello {
-                    self.send_hello(peer_id);
-                }
+                self.peering
+                    .handle_connected(&key(&peer_id), endpoint.is_dialer(), now);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -844,17 +714,17 @@ impl EventLoop {
                 cause,
                 ..
             } => {
-                let rt = self.rt(peer_id);
-                rt.connections = num_established;
+                self.peering
+                    .handle_disconnected(&key(&peer_id), num_established, now);
                 if num_established == 0 {
-                    rt.helloed = false;
                     self.gate.forget(&peer_id);
-                    self.book.set_live(peer_id, false);
                     tracing::info!(peer = %peer_id, cause = ?cause, "peer disconnected");
                     if let Some(label) = self.label(&peer_id) {
                         metrics::gauge!(metrics_names::CONNECTED, "peer" => label).set(0.0);
                     }
-                    self.prune(peer_id);
+                    if self.peering.runtime(&key(&peer_id)).is_none() {
+                        self.rtt.remove(&peer_id);
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -864,14 +734,12 @@ impl EventLoop {
             } => {
                 let why = describe_dial_error(&error);
                 tracing::debug!(%peer, error = %why, "dial error");
-                let rt = self.rt(peer);
-                rt.dialing = false;
-                rt.dial_failures += 1;
-                rt.last_error = Some(why);
+                self.peering.handle_dial_failed(&key(&peer), why, now);
             }
             SwarmEvent::NewListenAddr { address, .. } if !self.listen.contains(&address) => {
                 self.listen.push(address);
                 self.own = sign_own(&self.config, &self.listen);
+                self.peering.set_own(self.own.clone());
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
@@ -885,8 +753,8 @@ impl EventLoop {
                 result: Ok(rtt),
                 ..
             }) => {
-                self.seen(peer);
-                self.rt(peer).rtt = Some(rtt);
+                self.peering.handle_seen(&key(&peer), now_ms());
+                self.rtt.insert(peer, rtt);
                 if let Some(label) = self.label(&peer) {
                     metrics::gauge!(metrics_names::RTT, "peer" => label).set(rtt.as_secs_f64());
                 }
@@ -898,86 +766,22 @@ impl EventLoop {
         }
     }
 
-    /// Checks a peer's own descriptor (authenticated PeerId must match),
-    /// then the descriptors it shares. Returns the peer's name if admitted.
-    fn take_hello(&mut self, peer: PeerId, hello: &Hello) -> Result<RelayName, Refusal> {
-        let named = descriptor::verify(&hello.descriptor)?;
-        if named != peer {
-            return Err(descriptor::DescriptorError::WrongPeer {
-                named: named.to_base58(),
-                actual: peer.to_base58(),
-            }
-            .into());
-        }
-        let now = now_ms();
-        let (_, admitted) = self.book.admit(&hello.descriptor, Source::Direct, now)?;
-        self.book.set_live(peer, true);
-        // Even a known descriptor updates when the peer was last seen and
-        // that it connected, which the cap's eviction order needs on disk.
-        self.book_dirty = true;
-        let mut news = admitted == Admitted::New;
-        let mut full = 0usize;
-        for known in &hello.known {
-            match self.book.admit(known, Source::Gossip(peer), now) {
-                Ok((_, Admitted::New)) => news = true,
-                Ok((_, Admitted::Known)) | Err(Refusal::Ourselves) => {}
-                Err(Refusal::BookFull { .. }) => full += 1,
-                Err(refusal @ Refusal::PinnedKeyMismatch { .. }) => {
-                    tracing::warn!(from = %peer, %refusal, "shared descriptor refused");
-                }
-                Err(refusal) => {
-                    tracing::debug!(from = %peer, %refusal, "shared descriptor ignored")
-                }
-            }
-        }
-        if full > 0 {
-            tracing::info!(from = %peer, refused = full, peers_max = self.config.peers_max,
-                "peer book full: shared descriptors refused");
-        }
-        if news {
-            self.gossip(peer);
-        }
-        self.seen(peer);
-        let name = hello.descriptor.descriptor.name.clone();
-        metrics::gauge!(metrics_names::CONNECTED, "peer" => name.to_string()).set(1.0);
-        Ok(name)
-    }
-
-    /// Pushes our hello (with what we now know) to every other federating
-    /// peer, so a new relay's descriptor spreads through the federation.
-    fn gossip(&mut self, except: PeerId) {
-        let targets: Vec<PeerId> = self
-            .runtime
-            .iter()
-            .filter(|(p, rt)| **p != except && rt.helloed && rt.connections > 0)
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in targets {
-            let hello = self.hello_for(&peer);
-            let id = self.swarm.behaviour_mut().hello.send_request(&peer, hello);
-            self.rt(peer).hello_inflight = true;
-            self.hello_out.insert(id, peer);
-        }
-    }
-
-    fn refuse_peer(&mut self, peer: PeerId, refusal: &Refusal) {
+    /// A hello was refused: the operator's `peer add` of it fails (and it
+    /// is no longer dialled); peering has already disconnected it.
+    fn refused(&mut self, peer: PeerId, refusal: &Refusal) {
         tracing::warn!(%peer, %refusal, "peer refused");
-        self.gate.forget(&peer);
-        let _ = self.swarm.disconnect_peer_id(peer);
         let reason = refusal.to_string();
         let waiters = self.add_waiters.remove(&peer).unwrap_or_default();
         if !waiters.is_empty() {
-            // The operator's `peer add` failed: do not keep redialling it.
-            self.book.forget_added(&peer);
-            self.book_dirty = true;
+            self.peering.forget_added(&key(&peer));
         }
         for w in waiters {
             let _ = w.send(Err(Error::Refused(reason.clone())));
         }
-        self.fail_queued(peer, |name| FederationError::Refused(name.clone()));
     }
 
     fn on_hello(&mut self, event: request_response::Event<Hello, Hello>) {
+        let now = now_ms();
         match event {
             request_response::Event::Message {
                 peer,
@@ -986,27 +790,18 @@ impl EventLoop {
                         request, channel, ..
                     },
                 ..
-            } => match self.take_hello(peer, &request) {
-                Ok(name) => {
-                    tracing::info!(%peer, %name, "hello from peer");
-                    self.gate.admit(peer);
-                    let reply = self.hello_for(&peer);
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .hello
-                        .send_response(channel, reply);
-                    self.rt(peer).helloed = true;
-                    self.flush_queued(peer);
-                    self.peer_up(name.clone());
-                    for w in self.add_waiters.remove(&peer).unwrap_or_default() {
-                        let _ = w.send(Ok(name.clone()));
+            } => {
+                self.hello_in.insert(peer, channel);
+                match self.peering.handle_hello(&key(&peer), &request, now) {
+                    Ok(name) => tracing::info!(%peer, %name, "hello from peer"),
+                    // Dropping the channel tells the peer nothing about why:
+                    // a refused relay learns no more than that it was refused.
+                    Err(refusal) => {
+                        self.hello_in.remove(&peer);
+                        self.refused(peer, &refusal);
                     }
                 }
-                // Dropping the channel tells the peer nothing about why:
-                // a refused relay learns no more than that it was refused.
-                Err(refusal) => self.refuse_peer(peer, &refusal),
-            },
+            }
             request_response::Event::Message {
                 peer,
                 message:
@@ -1017,21 +812,12 @@ impl EventLoop {
                 ..
             } => {
                 self.hello_out.remove(&request_id);
-                self.rt(peer).hello_inflight = false;
-                match self.take_hello(peer, &response) {
-                    Ok(name) => {
-                        tracing::info!(%peer, %name, "peer federating");
-                        self.gate.admit(peer);
-                        let rt = self.rt(peer);
-                        rt.helloed = true;
-                        rt.hello_retried = false;
-                        self.flush_queued(peer);
-                        self.peer_up(name.clone());
-                        for w in self.add_waiters.remove(&peer).unwrap_or_default() {
-                            let _ = w.send(Ok(name.clone()));
-                        }
-                    }
-                    Err(refusal) => self.refuse_peer(peer, &refusal),
+                match self
+                    .peering
+                    .handle_hello_response(&key(&peer), &response, now)
+                {
+                    Ok(name) => tracing::info!(%peer, %name, "peer federating"),
+                    Err(refusal) => self.refused(peer, &refusal),
                 }
             }
             request_response::Event::OutboundFailure {
@@ -1041,35 +827,22 @@ impl EventLoop {
                 ..
             } => {
                 self.hello_out.remove(&request_id);
-                let rt = self.rt(peer);
-                rt.hello_inflight = false;
-                rt.dialing = false;
-                if rt.helloed {
-                    // A gossip push failed; the connection state says the rest.
-                    return;
-                }
                 // The request went out on a connection that was closing (we
-                // just refused or dropped the peer): dial afresh, once.
-                if matches!(error, request_response::OutboundFailure::ConnectionClosed)
-                    && !rt.hello_retried
-                {
-                    rt.hello_retried = true;
-                    self.send_hello(peer);
-                    return;
-                }
-                rt.hello_retried = false;
+                // just refused or dropped the peer): peering dials afresh, once.
+                let closed = matches!(error, request_response::OutboundFailure::ConnectionClosed);
                 let reason = self.failure_reason(peer, &error);
-                tracing::debug!(%peer, %reason, "hello failed");
-                for w in self.add_waiters.remove(&peer).unwrap_or_default() {
-                    let _ = w.send(Err(Error::Unreachable {
-                        peer,
-                        reason: reason.clone(),
-                    }));
+                if self
+                    .peering
+                    .handle_hello_failed(&key(&peer), closed, &reason)
+                {
+                    tracing::debug!(%peer, %reason, "hello failed");
+                    for w in self.add_waiters.remove(&peer).unwrap_or_default() {
+                        let _ = w.send(Err(Error::Unreachable {
+                            peer,
+                            reason: reason.clone(),
+                        }));
+                    }
                 }
-                self.fail_queued(peer, |name| FederationError::Unreachable {
-                    relay: name.clone(),
-                    reason: reason.clone(),
-                });
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound hello failed");
@@ -1107,8 +880,8 @@ impl EventLoop {
     fn failure_reason(&self, peer: PeerId, error: &request_response::OutboundFailure) -> String {
         match (
             error,
-            self.runtime
-                .get(&peer)
+            self.peering
+                .runtime(&key(&peer))
                 .and_then(|rt| rt.last_error.as_ref()),
         ) {
             (request_response::OutboundFailure::DialFailure, Some(why)) => {
@@ -1124,16 +897,6 @@ impl EventLoop {
         tokio::spawn(async move { inbound.peer_up(name).await });
     }
 
-    /// The relay name of an admitted, allowed, unblocked peer.
-    fn federating_name(&self, peer: &PeerId) -> Option<RelayName> {
-        if self.blocked.contains(peer) {
-            return None;
-        }
-        self.book
-            .name_of(peer)
-            .filter(|name| self.book.allowed(name, peer))
-    }
-
     fn on_deliver(&mut self, event: request_response::Event<DeliveryBatch, DeliveryAcks>) {
         match event {
             request_response::Event::Message {
@@ -1144,19 +907,7 @@ impl EventLoop {
                     },
                 ..
             } => {
-                self.seen(peer);
                 let n = request.envelopes.len() as u64;
-                let Some(name) = self.federating_name(&peer) else {
-                    tracing::warn!(%peer, "batch from a peer that is not federating with us");
-                    self.rt(peer).counters.batches_refused += 1;
-                    let acks = reject_all(&request, ErrorCode::FederationRefused);
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .deliver
-                        .send_response(channel, acks);
-                    return;
-                };
                 let Some(permit) = self.permit() else {
                     // Busy: a passing refusal the origin retries later.
                     let acks = reject_all(&request, ErrorCode::Unavailable);
@@ -1167,30 +918,25 @@ impl EventLoop {
                         .send_response(channel, acks);
                     return;
                 };
-                let limits = self.config.limits;
-                let rt = self.rt(peer);
-                let now = now_ms();
-                let admitted = check_batch_origin(&name, &request).and_then(|()| {
-                    rt.limiter
-                        .get_or_insert_with(|| PeerLimiter::new(limits, now))
-                        .admit_batch(&request, now)
-                });
-                if let Err(code) = admitted {
-                    rt.counters.batches_refused += 1;
-                    if code == ErrorCode::OriginMismatch {
-                        tracing::warn!(%peer, %name, claimed = %request.origin,
-                            "batch claims another origin: refused");
+                let name = match self.peering.admit_batch(&key(&peer), &request, now_ms()) {
+                    Ok(name) => name,
+                    Err(code) => {
+                        match code {
+                            ErrorCode::FederationRefused => tracing::warn!(%peer,
+                                "batch from a peer that is not federating with us"),
+                            ErrorCode::OriginMismatch => tracing::warn!(%peer,
+                                claimed = %request.origin, "batch claims another origin: refused"),
+                            _ => {}
+                        }
+                        let acks = reject_all(&request, code);
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .deliver
+                            .send_response(channel, acks);
+                        return;
                     }
-                    let acks = reject_all(&request, code);
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .deliver
-                        .send_response(channel, acks);
-                    return;
-                }
-                rt.counters.batches_received += 1;
-                rt.counters.envelopes_received += n;
+                };
                 metrics::counter!(metrics_names::ENVELOPES_RECEIVED, "peer" => name.to_string())
                     .increment(n);
                 self.spawn_inbound(permit, move |inbound| async move {
@@ -1206,10 +952,9 @@ impl EventLoop {
                     },
                 ..
             } => {
-                self.seen(peer);
+                self.peering.handle_seen(&key(&peer), now_ms());
                 if let Some((_, _, reply)) = self.deliver_out.remove(&request_id) {
                     let label = self.label(&peer).unwrap_or_else(|| "unknown".to_owned());
-                    let c = &mut self.rt(peer).counters;
                     let (mut done, mut retry, mut failed) = (0, 0, 0);
                     for ack in &response.acks {
                         match AckDisposition::of(ack.status) {
@@ -1218,9 +963,7 @@ impl EventLoop {
                             AckDisposition::Failed(_) => failed += 1,
                         }
                     }
-                    c.delivered += done;
-                    c.retried += retry;
-                    c.failed += failed;
+                    self.peering.handle_acks(&key(&peer), done, retry, failed);
                     for (result, n) in [("delivered", done), ("retried", retry), ("failed", failed)]
                     {
                         metrics::counter!(metrics_names::ENVELOPES_SENT, "peer" => label.clone(), "result" => result)
@@ -1237,13 +980,14 @@ impl EventLoop {
             } => {
                 if let Some((_, n, reply)) = self.deliver_out.remove(&request_id) {
                     let reason = self.failure_reason(peer, &error);
-                    self.rt(peer).counters.retried += n as u64;
+                    self.peering.handle_request_failed(&key(&peer), n);
                     let label = self.label(&peer).unwrap_or_else(|| "unknown".to_owned());
                     metrics::counter!(metrics_names::ENVELOPES_SENT, "peer" => label, "result" => "retried")
                         .increment(n as u64);
                     let relay = self
-                        .book
-                        .name_of(&peer)
+                        .peering
+                        .book()
+                        .name_of(&key(&peer))
                         .unwrap_or_else(|| self.config.name.clone());
                     let _ = reply.send(Err(FederationError::Unreachable { relay, reason }));
                 }
@@ -1265,8 +1009,9 @@ impl EventLoop {
                     },
                 ..
             } => {
-                self.seen(peer);
-                let Some(name) = self.federating_name(&peer) else {
+                let k = key(&peer);
+                self.peering.handle_seen(&k, now_ms());
+                let Some(name) = self.peering.federating_name(&k) else {
                     let refusal = Err(courier_protocol::ApiError::new(
                         ErrorCode::FederationRefused,
                     ));
@@ -1299,7 +1044,7 @@ impl EventLoop {
                     },
                 ..
             } => {
-                self.seen(peer);
+                self.peering.handle_seen(&key(&peer), now_ms());
                 if let Some(reply) = self.bundle_out.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
@@ -1312,8 +1057,9 @@ impl EventLoop {
             } => {
                 if let Some(reply) = self.bundle_out.remove(&request_id) {
                     let relay = self
-                        .book
-                        .name_of(&peer)
+                        .peering
+                        .book()
+                        .name_of(&key(&peer))
                         .unwrap_or_else(|| self.config.name.clone());
                     let reason = self.failure_reason(peer, &error);
                     let _ = reply.send(Err(FederationError::Unreachable { relay, reason }));

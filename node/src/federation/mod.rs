@@ -208,25 +208,7 @@ pub enum PeerState {
     Refused,
 }
 
-/// Counters of one peer since the relay started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerCounters {
-    /// Batches sent to it.
-    pub batches_sent: u64,
-    /// Envelopes it acknowledged as accepted or duplicate.
-    pub delivered: u64,
-    /// Envelopes it refused for now (rate, full mailbox) or that did not
-    /// get an answer (unreachable, timeout): retried later.
-    pub retried: u64,
-    /// Envelopes it refused for good.
-    pub failed: u64,
-    /// Batches received from it.
-    pub batches_received: u64,
-    /// Envelopes received from it.
-    pub envelopes_received: u64,
-    /// Batches from it refused whole (origin mismatch, rate, policy).
-    pub batches_refused: u64,
-}
+pub use courier_relay::peering::PeerCounters;
 
 /// What `courier peer list` and `courier status` show about one peer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

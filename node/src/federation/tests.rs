@@ -1055,7 +1055,7 @@ async fn a_peer_gossiping_more_relays_than_the_cap_leaves_the_book_at_the_cap_an
 
     // M dials A: its hello carries 300 descriptors, six times A's cap.
     assert_eq!(m.fed.add_peer(a.addr.clone()).await.unwrap(), a.name);
-    let book = || peers::PeerBook::load(&a_book).unwrap();
+    let book = || peers::load(&a_book).unwrap();
     eventually(10, "A has taken M's hello", || async {
         book()
             .entries
@@ -1064,7 +1064,7 @@ async fn a_peer_gossiping_more_relays_than_the_cap_leaves_the_book_at_the_cap_an
     })
     .await;
     let saved = book();
-    let mut held = peers::PeerBook::new(name("x.example"), p, Policy::default(), saved.clone());
+    let mut held = peers::new_book(name("x.example"), p, Policy::default(), saved.clone());
     assert_eq!(held.len(), 50, "the book is at its cap");
     assert!(held.set_max(50).is_empty());
     // Operator peers intact: B (added, still federating) and the pin.
