@@ -532,12 +532,14 @@ pub fn bundle_answers(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use courier_protocol::{Bytes, DeviceId, EnvelopeId, EnvelopeKind, FedEnvelope, FedRecipient};
 
     use super::*;
 
-    fn batch(origin: &str, n: usize) -> DeliveryBatch {
+    /// A batch of `n` small envelopes from `origin` (shared with the
+    /// peering tests).
+    pub(crate) fn batch(origin: &str, n: usize) -> DeliveryBatch {
         DeliveryBatch {
             origin: RelayName::parse(origin).unwrap(),
             envelopes: (0..n)

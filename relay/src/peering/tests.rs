@@ -4,10 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use courier_protocol::{
-    Bytes, DeliveryBatch, DeviceId, EnvelopeId, EnvelopeKind, ErrorCode, FedEnvelope, FedRecipient,
-    Hello, RelayDescriptor, RelayName, SignedDescriptor,
-};
+use courier_protocol::{Bytes, ErrorCode, Hello, RelayDescriptor, RelayName, SignedDescriptor};
 
 use super::book::{PeerBook, PeerFile, Policy, PolicyMode, Refusal};
 use super::*;
@@ -146,24 +143,7 @@ fn federate(p: &mut Peering<u32>, peer: &str, relay: &str, now_ms: u64) -> Vec<A
     drain(p, now_ms)
 }
 
-fn batch(origin: &str, n: usize) -> DeliveryBatch {
-    DeliveryBatch {
-        origin: name(origin),
-        envelopes: (0..n)
-            .map(|i| FedEnvelope {
-                id: EnvelopeId::new(1, [i as u8; 10]),
-                body: Bytes::from(vec![1, 2, 3]),
-                recipients: vec![FedRecipient {
-                    user: "bob".parse().unwrap(),
-                    device: DeviceId(1),
-                    header: Bytes::from(vec![9]),
-                }],
-                expires_ms: 10,
-                kind: EnvelopeKind::Message,
-            })
-            .collect(),
-    }
-}
+use crate::federation::tests::batch;
 
 #[test]
 fn queued_requests_go_out_when_the_hello_completes() {
