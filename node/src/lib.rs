@@ -7,7 +7,6 @@
 //! down in order.
 
 pub mod admin;
-pub mod client;
 pub mod config;
 pub mod config_doc;
 pub mod federation;

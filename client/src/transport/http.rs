@@ -41,21 +41,25 @@ pub struct HttpTransport {
 impl HttpTransport {
     /// A transport for the relay at `base_url` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base_url: &str) -> Result<Self, TransportError> {
-        let base = base_url.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(TransportError::Unreachable(format!(
-                "relay URL must start with http:// or https://: {base_url}"
-            )));
-        }
-        // A process-wide default is needed by rustls; a second install fails
-        // harmlessly when another part of the process already chose one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = checked_base(base_url)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(REQUEST_TIMEOUT_SECS))
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| TransportError::Unreachable(format!("cannot build HTTP client: {e}")))?;
         Ok(Self { base, http })
+    }
+
+    /// A transport for the relay at `base_url` over `http`, an HTTP client
+    /// (connection pool) the caller shares among many transports: a load
+    /// tool's thousands of devices, or a test's, each with their own
+    /// tokens, then hold a pool of connections to the relay rather than
+    /// one each. The caller chooses its timeouts.
+    pub fn with_client(base_url: &str, http: reqwest::Client) -> Result<Self, TransportError> {
+        Ok(Self {
+            base: checked_base(base_url)?,
+            http,
+        })
     }
 
     /// The relay's base URL.
@@ -98,6 +102,21 @@ impl HttpTransport {
         }
         Err(TransportError::Api(error_from(status, &bytes)))
     }
+}
+
+/// `base_url` without a trailing slash, if it is an HTTP(S) URL; also
+/// installs rustls's crypto provider, which the WebSocket's TLS needs.
+fn checked_base(base_url: &str) -> Result<String, TransportError> {
+    let base = base_url.trim_end_matches('/').to_owned();
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(TransportError::Unreachable(format!(
+            "relay URL must start with http:// or https://: {base_url}"
+        )));
+    }
+    // A process-wide default is needed by rustls; a second install fails
+    // harmlessly when another part of the process already chose one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(base)
 }
 
 /// Reads a response body of at most [`RESPONSE_BYTES_MAX`] bytes, chunk by
@@ -417,6 +436,25 @@ impl Subscription for WsSubscription {
             .await
             .map_err(|e| TransportError::Unreachable(format!("WebSocket: {e}")))
     }
+
+    async fn send(&mut self, frames: &[ClientFrame]) -> Result<(), TransportError> {
+        let closed = |e| TransportError::Unreachable(format!("WebSocket: {e}"));
+        for frame in frames {
+            let text = serde_json::to_string(frame)
+                .map_err(|e| TransportError::BadResponse(format!("encode frame: {e}")))?;
+            // Fed, not sent: the flush below writes them all at once.
+            self.stream
+                .feed(Message::Text(text.into()))
+                .await
+                .map_err(closed)?;
+        }
+        self.stream.flush().await.map_err(closed)
+    }
+
+    async fn close(&mut self) {
+        // Best effort: a relay that is already gone needs no close frame.
+        let _ = self.stream.close(None).await;
+    }
 }
 
 #[cfg(test)]
@@ -433,6 +471,10 @@ mod tests {
     fn non_http_urls_are_refused() {
         assert!(HttpTransport::new("ftp://x").is_err());
         assert!(HttpTransport::new("http://127.0.0.1:1/").is_ok());
+        let shared = reqwest::Client::new();
+        assert!(HttpTransport::with_client("ftp://x", shared.clone()).is_err());
+        let t = HttpTransport::with_client("http://127.0.0.1:1/", shared).unwrap();
+        assert_eq!(t.base_url(), "http://127.0.0.1:1");
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use courier_protocol::api::{
     LoginRequest, PreKeyCount, RefreshRequest, RegisterRequest, RegisterResponse, SendResponse,
     SignedDeviceList, SignedPreKey, TokenResponse, UploadOneTimePreKeys,
 };
-use courier_protocol::ws::ServerFrame;
+use courier_protocol::ws::{ClientFrame, ServerFrame};
 use courier_protocol::{Address, ApiError, DeviceId, OutgoingMessage, Username};
 
 /// Why a transport call failed.
@@ -44,6 +44,31 @@ pub trait Subscription: Send {
     async fn next(&mut self) -> Result<Option<ServerFrame>, TransportError>;
     /// Acknowledges envelopes by mailbox sequence number.
     async fn ack(&mut self, seqs: &[u64]) -> Result<(), TransportError>;
+    /// Sends `frames` in order with one write: acks, and `send` frames that
+    /// the relay answers with a `sent` or `refused` frame echoing their
+    /// `request`, so a sender can keep several messages in flight on one
+    /// connection (`docs/protocol.md`, WebSocket).
+    ///
+    /// The default carries acks only and refuses `send` frames with
+    /// [`TransportError::BadResponse`], for transports whose push
+    /// connection has no upstream (the in-process ones).
+    async fn send(&mut self, frames: &[ClientFrame]) -> Result<(), TransportError> {
+        for frame in frames {
+            match frame {
+                ClientFrame::Ack { seqs } => self.ack(seqs).await?,
+                ClientFrame::Send { .. } => {
+                    return Err(TransportError::BadResponse(
+                        "this transport sends messages over its requests only".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+    /// Closes the connection, telling the relay (a WebSocket close frame)
+    /// rather than dropping it. The default does nothing: dropping the
+    /// subscription is its close.
+    async fn close(&mut self) {}
 }
 
 /// The client API of a home relay (`docs/protocol.md`).
@@ -114,4 +139,48 @@ pub trait Transport: Send + Sync + 'static {
     async fn ack(&self, token: &str, seqs: &[u64]) -> Result<AckResponse, TransportError>;
     /// Opens the push connection (`/v1/ws`).
     async fn subscribe(&self, token: &str) -> Result<Box<dyn Subscription>, TransportError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A push connection that only records acks: the default `send`.
+    struct Acks(Vec<Vec<u64>>);
+
+    #[async_trait]
+    impl Subscription for Acks {
+        async fn next(&mut self) -> Result<Option<ServerFrame>, TransportError> {
+            Ok(None)
+        }
+        async fn ack(&mut self, seqs: &[u64]) -> Result<(), TransportError> {
+            self.0.push(seqs.to_vec());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn default_send_carries_acks_in_order_and_refuses_send_frames() {
+        let mut sub = Acks(Vec::new());
+        let acks = [
+            ClientFrame::Ack { seqs: vec![1, 2] },
+            ClientFrame::Ack { seqs: vec![3] },
+        ];
+        sub.send(&acks).await.unwrap();
+        assert_eq!(sub.0, [vec![1, 2], vec![3]]);
+
+        let message = crate::wire::outgoing(
+            courier_protocol::EnvelopeId::new(1, [1; 10]),
+            vec![1],
+            std::iter::empty(),
+            60,
+        );
+        let send = [ClientFrame::Send {
+            request: 1,
+            message,
+        }];
+        let err = sub.send(&send).await.unwrap_err();
+        assert!(matches!(err, TransportError::BadResponse(_)), "{err:?}");
+        assert_eq!(sub.0.len(), 2, "nothing more was acked");
+    }
 }

@@ -6,6 +6,11 @@
 //! and reports throughput and send-to-receive latency percentiles. `courier-load idle` opens N
 //! WebSockets and holds them, reporting the relay's memory per connection.
 //!
+//! Its clients are the SDK's `HttpTransport` with requests built by
+//! `courier_client::wire`, not `Client`s: they send opaque bodies under
+//! dummy headers, which a relay cannot tell from encrypted ones, so the
+//! load measures the relay rather than the client's cryptography.
+//!
 //! Benchmarks should run the relay with rate limits off
 //! (`COURIER_RATE_LIMIT_IP_PER_SECOND=0 COURIER_RATE_LIMIT_ACCOUNT_PER_SECOND=0`);
 //! otherwise 429s are counted as send errors.
@@ -16,9 +21,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use courier_node::client::{self, Device, Socket};
-use courier_protocol::ws::ServerFrame;
-use courier_protocol::{DeviceId, EnvelopeId, RelayName};
+use courier_client::transport::Subscription;
+use courier_client::{HttpTransport, Transport as _, TransportError, wire};
+use courier_crypto::Identity;
+use courier_protocol::api::{ChallengeRequest, RegisterRequest};
+use courier_protocol::ws::{ClientFrame, ServerFrame};
+use courier_protocol::{
+    Address, Bytes, DeviceId, EnvelopeId, OutgoingMessage, RelayName, Username,
+};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::Mutex;
@@ -89,6 +99,76 @@ enum Command {
     },
 }
 
+/// One registered, logged-in client: its address and access token on the
+/// SDK's HTTP transport (whose connection pool all clients share).
+struct Device {
+    transport: HttpTransport,
+    address: Address,
+    token: String,
+}
+
+impl Device {
+    /// Registers `username` as device 1 with a fresh identity and logs in,
+    /// with requests built by the SDK's wire module.
+    async fn register(
+        transport: HttpTransport,
+        relay: &RelayName,
+        username: &str,
+        invite: Option<String>,
+    ) -> anyhow::Result<Device> {
+        let key = Identity::generate(&mut rand::make_rng::<rand::rngs::StdRng>());
+        let user = Username::parse(username)?;
+        let keys = wire::device_keys(&key);
+        let request = RegisterRequest {
+            username: user.clone(),
+            invite,
+            device: keys.clone(),
+            device_list: wire::first_device_list(&key, Address::new(user, relay.clone()), &keys),
+        };
+        let registered = transport.register(&request).await?;
+        let challenge = transport
+            .challenge(&ChallengeRequest {
+                username: registered.address.user.clone(),
+                device: registered.device,
+            })
+            .await?;
+        let answer = wire::login_answer(&key, &registered.address, registered.device, &challenge);
+        let tokens = transport.login(&answer).await?;
+        Ok(Device {
+            transport,
+            address: registered.address,
+            token: tokens.access_token,
+        })
+    }
+
+    /// Opens the push WebSocket.
+    async fn connect(&self) -> Result<Box<dyn Subscription>, TransportError> {
+        self.transport.subscribe(&self.token).await
+    }
+}
+
+/// A message with a dummy 16-byte header per recipient device, kept for an
+/// hour: the relay never opens either, so the load needs no encryption.
+fn message(id: EnvelopeId, body: Vec<u8>, to: &[(Address, DeviceId)]) -> OutgoingMessage {
+    let recipients = to
+        .iter()
+        .map(|(address, device)| (address.clone(), *device, Bytes(vec![0xaa; 16])));
+    wire::outgoing(id, body, recipients, 3600)
+}
+
+/// One HTTP client for every device, so thousands of them share a pool of
+/// connections to the relay.
+fn shared_transport(url: &str) -> anyhow::Result<HttpTransport> {
+    // reqwest built with courier-client's features has rustls without a
+    // crypto provider; Err means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .build()?;
+    Ok(HttpTransport::with_client(url, http)?)
+}
+
 fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
@@ -102,7 +182,7 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 
 async fn register_all(cli: &Cli) -> anyhow::Result<Vec<Device>> {
     let relay = RelayName::parse(&cli.name).context("--name")?;
-    let http = client::http_client();
+    let transport = shared_transport(&cli.url)?;
     let invites: Vec<String> = match &cli.invites {
         Some(path) => std::fs::read_to_string(path)?
             .lines()
@@ -117,16 +197,14 @@ async fn register_all(cli: &Cli) -> anyhow::Result<Vec<Device>> {
     // Bounded concurrency: registration is a signature check and a write.
     for chunk in (0..cli.clients).collect::<Vec<_>>().chunks(32) {
         let batch = chunk.iter().map(|&i| {
-            let http = http.clone();
+            let transport = transport.clone();
             let relay = relay.clone();
             let invite = invites.get(i).cloned();
             let name = format!("load-{run}-{i}");
-            let url = cli.url.clone();
             async move {
-                let mut device = Device::register(&http, &url, &relay, &name, invite).await?;
-                device.login().await?;
+                let device = Device::register(transport, &relay, &name, invite).await?;
                 bar_ref.inc(1);
-                Ok::<_, client::ClientError>(device)
+                Ok::<_, anyhow::Error>(device)
             }
         });
         for result in futures::future::join_all(batch).await {
@@ -187,7 +265,7 @@ async fn idle(cli: &Cli, hold: f64, relay_pid: Option<u32>) -> anyhow::Result<()
             );
         }
     }
-    for socket in sockets {
+    for mut socket in sockets {
         socket.close().await;
     }
     Ok(())
@@ -229,7 +307,7 @@ fn unreachable_histogram() -> Histogram<u64> {
 /// and, with `--via ws`, sends what arrives on `outgoing` as `send` frames
 /// and counts their answers.
 async fn connection(
-    mut socket: Socket,
+    mut socket: Box<dyn Subscription>,
     epoch: Instant,
     stats: Arc<Stats>,
     stop: Arc<tokio::sync::Notify>,
@@ -246,19 +324,16 @@ async fn connection(
             Some(first) = outgoing.recv(), if pending.len() < window => {
                 // Everything already queued goes out with one write.
                 let mut next = Some(first);
-                let mut failed = false;
+                let mut frames = Vec::new();
                 while let Some((message, t0)) = next.take() {
                     next_request += 1;
                     pending.insert(next_request, t0);
-                    if socket.queue_message(next_request, message).await.is_err() {
-                        failed = true;
-                        break;
-                    }
+                    frames.push(ClientFrame::Send { request: next_request, message });
                     if pending.len() < window {
                         next = outgoing.try_recv().ok();
                     }
                 }
-                if failed || socket.flush().await.is_err() {
+                if socket.send(&frames).await.is_err() {
                     break;
                 }
                 continue;
@@ -306,7 +381,7 @@ async fn connection(
             }
         }
         drop(latency);
-        if !seqs.is_empty() && socket.ack(std::mem::take(&mut seqs)).await.is_err() {
+        if !seqs.is_empty() && socket.ack(&std::mem::take(&mut seqs)).await.is_err() {
             break;
         }
     }
@@ -389,14 +464,19 @@ async fn send_load(
                 if via == Via::Ws {
                     // Answered on the sender's connection task, which
                     // counts it as sent (or refused).
-                    let message = client::message(id, body, &target);
+                    let message = message(id, body, &target);
                     if outboxes[from].send((message, t0)).await.is_err() {
                         stats.errors.fetch_add(1, Ordering::Relaxed);
                     }
                     bar.inc(1);
                     continue;
                 }
-                match devices[from].send(id, body, &target).await {
+                let sender = &devices[from];
+                let sent = sender
+                    .transport
+                    .send(&sender.token, &message(id, body, &target))
+                    .await;
+                match sent {
                     Ok(_) => {
                         stats.sent.fetch_add(1, Ordering::Relaxed);
                         let _ = stats

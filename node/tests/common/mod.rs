@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use courier_node::client::{self, Device};
 use courier_protocol::RelayName;
+use device::{self as client, Device};
+
+pub mod device;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_courier");
 

@@ -8,7 +8,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use courier_node::client::ClientError;
 use courier_protocol::{DeviceId, EnvelopeId};
 
 use crate::common::{Relay, envelope_id, expect_error};
@@ -440,9 +439,12 @@ async fn a_full_disk_refuses_sends_with_507_keeps_every_accepted_message_and_rec
     let mut refused = 0;
     for n in 0..2000u32 {
         let id = envelope_id();
-        match alice.send(id, vec![(n % 251) as u8; 16 * 1024], &to).await {
+        match alice
+            .send_with_status(id, vec![(n % 251) as u8; 16 * 1024], &to)
+            .await
+        {
             Ok(_) => accepted.push(id),
-            Err(ClientError::Api { status, error }) => {
+            Err((status, error)) => {
                 assert_eq!(status, 507, "{error}");
                 assert_eq!(error.code.as_str(), "insufficient_storage", "{error}");
                 refused += 1;
@@ -450,7 +452,6 @@ async fn a_full_disk_refuses_sends_with_507_keeps_every_accepted_message_and_rec
                     break;
                 }
             }
-            Err(e) => panic!("send {n}: {e}"),
         }
     }
     assert_eq!(refused, 5, "the disk never filled");
@@ -503,7 +504,7 @@ async fn a_full_disk_refuses_sends_with_507_keeps_every_accepted_message_and_rec
     drop(relay);
 }
 
-async fn fetch_all(device: &courier_node::client::Device) -> Vec<EnvelopeId> {
+async fn fetch_all(device: &crate::common::device::Device) -> Vec<EnvelopeId> {
     let mut ids = Vec::new();
     let mut after = 0;
     loop {

@@ -113,7 +113,7 @@ async fn outbox_depth(relay: &Relay) -> u64 {
 /// response.
 async fn send_to(
     relay: &Relay,
-    from: &courier_node::client::Device,
+    from: &crate::common::device::Device,
     to: &[&str],
 ) -> reqwest::Response {
     let to: Vec<(courier_protocol::Address, DeviceId)> = to
@@ -123,7 +123,7 @@ async fn send_to(
     relay
         .req(reqwest::Method::POST, "/v1/messages")
         .bearer_auth(from.access_token())
-        .json(&courier_node::client::message(
+        .json(&crate::common::device::message(
             envelope_id(),
             b"x".to_vec(),
             &to,

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use courier_node::client::{self, Device};
+use crate::common::device::{self as client, Device};
 use courier_protocol::api::{
     DeviceKeys, DeviceList, DeviceListEntry, OneTimePreKey, PreKeyCount, RegisterRequest,
     SignedPreKey, UploadOneTimePreKeys,

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use courier_node::client::{ClientError, Device};
+use crate::common::device::Device;
 use courier_protocol::{DeviceId, EnvelopeId};
 
 use crate::common::{Relay, envelope_id};
@@ -20,12 +20,11 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The error code of a refused send, or `None` if it was accepted.
 async fn send_code(from: &Device, id: EnvelopeId, body: &[u8], to: &Device) -> Option<String> {
     match from
-        .send(id, body.to_vec(), &[(to.address.clone(), to.device)])
+        .send_with_status(id, body.to_vec(), &[(to.address.clone(), to.device)])
         .await
     {
         Ok(_) => None,
-        Err(ClientError::Api { status, error }) => Some(format!("{status} {}", error.code)),
-        Err(e) => panic!("send failed on the wire: {e}"),
+        Err((status, error)) => Some(format!("{status} {}", error.code)),
     }
 }
 
@@ -147,7 +146,7 @@ async fn a_co_recipient_cannot_squat_an_id_on_the_destination_relay() {
         match alice.send(id, b"real".to_vec(), &to).await {
             Ok(_) => break,
             // The route to B is published once the peer book has it.
-            Err(ClientError::Api { error, .. })
+            Err(courier_client::TransportError::Api(error))
                 if error.code == courier_protocol::ErrorCode::UnknownRelay
                     && Instant::now() < deadline =>
             {

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use courier_node::client::{self, Device};
+use crate::common::device::{self as client, Device};
 use courier_protocol::api::TokenResponse;
 use courier_protocol::ws::ServerFrame;
 use courier_protocol::{Address, DeviceId};
