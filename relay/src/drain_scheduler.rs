@@ -35,6 +35,27 @@ pub struct DrainSchedule {
     pub due_destinations_max: u32,
 }
 
+impl Default for DrainSchedule {
+    /// The shipped schedule (the node's drainer and the simulator run it).
+    fn default() -> Self {
+        DrainSchedule {
+            batch_max: 256,
+            // Each round waits for two commits here and one at the peer;
+            // 4 rounds in flight left the outbox behind the accept rate
+            // (docs/performance.md, federation), 8 keep up.
+            workers_per_destination: 8,
+            idle_poll_ms: 500,
+            expire_every_ms: 5_000,
+            budget_sync_every_ms: 60_000,
+            // Bounds looks to ~100/s under load (docs/performance.md,
+            // "The security hardening, before and after").
+            scan_gap_ms: 10,
+            due_entries_max: 4096,
+            due_destinations_max: 64,
+        }
+    }
+}
+
 /// Something the driver must do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainAction {

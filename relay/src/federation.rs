@@ -429,6 +429,24 @@ pub async fn drain_once(
     Ok(report)
 }
 
+/// A delivery worker: rounds of [`drain_once`] to `dest` while they come
+/// back full and answered. Returns the last round's report (its `error` set
+/// when the destination did not answer, so the worker backs off), or the
+/// store error that ended it. The node's drainer and the simulator run it.
+pub async fn drain_worker(
+    relay: &Relay,
+    federation: &dyn Federation,
+    dest: &RelayName,
+    max: u32,
+) -> Result<DrainReport, RelayError> {
+    loop {
+        let report = drain_once(relay, federation, dest, max).await?;
+        if report.error.is_some() || report.taken < max {
+            return Ok(report);
+        }
+    }
+}
+
 /// Answers a peer's delivery: checks that `peer` (the authenticated relay)
 /// is the batch's origin and the batch's limits, then stores each envelope
 /// for its recipients here, deduplicated by envelope id.

@@ -1,4 +1,4 @@
-//! Drives the relay's outbox delivery ([`drain_once`]) with tokio: wakes on
+//! Drives the relay's outbox delivery ([`drain_worker`]) with tokio: wakes on
 //! new outbox entries and on due retries, runs a few workers per
 //! destination relay, and expires entries past their deadline (each with a
 //! delivery-failure notice to the sender).
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use courier_protocol::{DeviceId, RelayName, Username};
 use courier_relay::drain_scheduler::{DrainAction, DrainSchedule, DrainScheduler};
-use courier_relay::federation::{Federation, drain_once};
+use courier_relay::federation::{Federation, drain_worker};
 use courier_relay::{Notifier, Relay};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -46,21 +46,19 @@ pub struct DrainerConfig {
 }
 
 impl Default for DrainerConfig {
+    /// [`DrainSchedule::default`], the one set of shipped values.
     fn default() -> Self {
+        let d = DrainSchedule::default();
+        let ms = Duration::from_millis;
         DrainerConfig {
-            batch_max: 256,
-            // Each round waits for two commits here and one at the peer;
-            // 4 rounds in flight left the outbox behind A's accept rate
-            // (docs/performance.md, federation), 8 keep up.
-            workers_per_destination: 8,
-            idle_poll: Duration::from_millis(500),
-            expire_every: Duration::from_secs(5),
-            due_entries_max: 4096,
-            due_destinations_max: 64,
-            budget_sync_every: Duration::from_secs(60),
-            // Bounds looks to ~100/s under load (docs/performance.md,
-            // "The security hardening, before and after").
-            scan_gap: Duration::from_millis(10),
+            batch_max: d.batch_max,
+            workers_per_destination: d.workers_per_destination,
+            idle_poll: ms(d.idle_poll_ms),
+            expire_every: ms(d.expire_every_ms),
+            due_entries_max: d.due_entries_max,
+            due_destinations_max: d.due_destinations_max,
+            budget_sync_every: ms(d.budget_sync_every_ms),
+            scan_gap: ms(d.scan_gap_ms),
         }
     }
 }
@@ -283,22 +281,13 @@ async fn worker(
     dest: RelayName,
     batch_max: u32,
 ) -> RelayName {
-    loop {
-        match drain_once(&relay, federation.as_ref(), &dest, batch_max).await {
-            Ok(report) => {
-                if let Some(e) = &report.error {
-                    tracing::debug!(%dest, error = %e, retried = report.retried, "delivery failed; backing off");
-                    break;
-                }
-                if report.taken < batch_max {
-                    break;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(%dest, error = %e, "outbox round failed");
-                break;
+    match drain_worker(&relay, federation.as_ref(), &dest, batch_max).await {
+        Ok(report) => {
+            if let Some(e) = &report.error {
+                tracing::debug!(%dest, error = %e, retried = report.retried, "delivery failed; backing off");
             }
         }
+        Err(e) => tracing::warn!(%dest, error = %e, "outbox round failed"),
     }
     dest
 }

@@ -24,11 +24,12 @@ use courier_protocol::{
     Address, DeliveryAcks, DeliveryBatch, DeviceId, EnvelopeAck, EnvelopeId, OutgoingMessage,
     RecipientEntry, RelayName, Username,
 };
-use courier_relay::federation::{FederationError, accept_batch, drain_once};
+use courier_relay::federation::{FederationError, accept_batch, drain_worker};
 use courier_relay::types::{
     AckStatus, ApproveLinkRequest, DeviceList, DeviceListEntry, Envelope, EnvelopeKind,
     LinkRequest, RegisterRequest,
 };
+use courier_relay::drain_scheduler::{DrainAction, DrainSchedule, DrainScheduler};
 use courier_relay::{AuthedDevice, Config, ManualClock, Notifier, Relay, RelayError, Store};
 
 use crate::checker::{Arrival, Checker, Conversation, DeviceIx, Opened, digest};
@@ -47,15 +48,11 @@ use store::{PLAINTEXT_MARKER, SimStore};
 /// Virtual time 0 as Unix milliseconds (2026-01-01T00:00:00Z), so the relay
 /// sees plausible timestamps.
 pub const EPOCH_MS: u64 = 1_767_225_600_000;
-/// Relays look for due outbox entries this often.
-pub const DRAIN_TICK_MS: u64 = 1_000;
 /// A federation call without an answer fails after this long.
 pub const FEDERATION_TIMEOUT_MS: u64 = 10_000;
 /// Relays that do not yet know every other relay re-exchange descriptors
 /// with their peers this often.
 pub const HELLO_INTERVAL_MS: u64 = 10_000;
-/// Most batches one drain task sends before yielding to the next tick.
-pub const DRAIN_ROUNDS_MAX: u32 = 8;
 /// Points in each time series.
 pub const SERIES_POINTS: u64 = 240;
 
@@ -132,7 +129,13 @@ struct Live {
     relay: Arc<Relay>,
     fed: SimFederation,
     notifier: Arc<SimNotifier>,
-    draining: Arc<Mutex<BTreeSet<usize>>>,
+    /// The relay's real drain schedule (the node's drainer runs the same).
+    sched: DrainScheduler,
+    /// Destinations whose delivery workers ended, for `sched`.
+    finished: Arc<Mutex<Vec<RelayName>>>,
+    /// Queue time of the earliest drain timer scheduled, so a relay keeps
+    /// one timer instead of one per poll.
+    timer_at: Option<u64>,
 }
 
 struct RelaySlot {
@@ -485,16 +488,17 @@ impl<'s> World<'s> {
             relay: Arc::new(relay),
             fed: SimFederation::new(),
             notifier,
-            draining: Arc::new(Mutex::new(BTreeSet::new())),
+            sched: DrainScheduler::new(
+                DrainSchedule {
+                    batch_max: self.batch_max,
+                    ..DrainSchedule::default()
+                },
+                EPOCH_MS + self.q.now_ms(),
+            ),
+            finished: Arc::new(Mutex::new(Vec::new())),
+            timer_at: None,
         });
-        let incarnation = slot.incarnation;
-        self.q.after(
-            0,
-            Ev::DrainTick {
-                relay: i,
-                incarnation,
-            },
-        );
+        self.drive_drain(i);
         self.q.after(0, Ev::HelloTick { relay: i });
     }
 
@@ -1318,37 +1322,79 @@ impl<'s> World<'s> {
                     }
                 }
                 Notice::Outbox(dest) => {
-                    if let Some(&to) = self.relay_ix.get(&dest) {
-                        self.spawn_drain(r, to);
+                    if let Some(live) = &mut self.relays[r].live {
+                        live.sched.woken([&dest]);
                     }
                 }
             }
         }
+        self.drive_drain(r);
     }
 
-    fn spawn_drain(&mut self, r: usize, to: usize) {
+    /// Does what relay `r`'s drain schedule asks now (budget sync, expiry,
+    /// looks at the outbox and the workers they call for), then sets its
+    /// timer for when it asks next.
+    fn drive_drain(&mut self, r: usize) {
+        let incarnation = self.relays[r].incarnation;
+        let Some(live) = &mut self.relays[r].live else {
+            return;
+        };
+        let relay = live.relay.clone();
+        let now = relay.now_ms();
+        let mut starts = Vec::new();
+        let mut expired = false;
+        while let Some(action) = live.sched.poll_action(now) {
+            match action {
+                DrainAction::SyncBudget => {
+                    let _ = run_now(relay.outbox_budget_sync());
+                }
+                DrainAction::Expire => {
+                    expired |= matches!(run_now(relay.outbox_expire()), Ok(Ok(n)) if n > 0);
+                }
+                DrainAction::Scan {
+                    entries_max,
+                    destinations_max,
+                } => {
+                    let due = run_now(relay.store().outbox_due(now, entries_max, destinations_max))
+                        .ok()
+                        .and_then(Result::ok);
+                    starts.extend(live.sched.scanned(now, due.as_ref()));
+                }
+            }
+        }
+        let at = live.sched.poll_timeout(now).saturating_sub(EPOCH_MS);
+        let at = at.max(self.q.now_ms());
+        if live.timer_at.is_none_or(|t| at < t || t < self.q.now_ms()) {
+            live.timer_at = Some(at);
+            self.q.after(
+                at - self.q.now_ms(),
+                Ev::DrainTick {
+                    relay: r,
+                    incarnation,
+                },
+            );
+        }
+        for dest in starts {
+            self.start_worker(r, dest);
+        }
+        if expired {
+            self.process_notices(r);
+        }
+    }
+
+    /// One delivery worker of relay `r` for `dest`: rounds of the real
+    /// `drain_once` while they come back full and answered, as the node's.
+    fn start_worker(&mut self, r: usize, dest: RelayName) {
         let Some(live) = &self.relays[r].live else {
             return;
         };
-        if !live
-            .draining
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(to)
-        {
-            return;
-        }
         let relay = live.relay.clone();
         let fed = live.fed.clone();
-        let draining = live.draining.clone();
-        let dest = self.relays[to].name.clone();
+        let finished = live.finished.clone();
         let batch_max = self.batch_max;
         self.exec.spawn(r, async move {
-            let _ = drain(&relay, &fed, &dest, batch_max).await;
-            draining
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&to);
+            let _ = drain_worker(&relay, &fed, &dest, batch_max).await;
+            finished.lock().unwrap_or_else(|p| p.into_inner()).push(dest);
         });
     }
 
@@ -1364,8 +1410,16 @@ impl<'s> World<'s> {
                 let Some(live) = &self.relays[r].live else {
                     continue;
                 };
-                for call in live.fed.take_outgoing() {
+                let calls = live.fed.take_outgoing();
+                let ended: Vec<RelayName> =
+                    std::mem::take(&mut *live.finished.lock().unwrap_or_else(|p| p.into_inner()));
+                for call in calls {
                     self.carry_call(r, call);
+                }
+                if let Some(live) = &mut self.relays[r].live {
+                    for dest in &ended {
+                        live.sched.worker_finished(Some(dest));
+                    }
                 }
                 self.process_notices(r);
             }
@@ -1504,42 +1558,35 @@ impl<'s> World<'s> {
             // New descriptors are passed on at once, so knowledge floods
             // the peering graph in its diameter, not in hello intervals.
             self.send_hellos(to);
-            self.spawn_due_drains(to);
+            // Entries for relays just learned were backing off on
+            // `unknown_relay`: look again at once.
+            let learned: Vec<RelayName> = self.relays[to]
+                .known
+                .iter()
+                .map(|&k| self.relays[k].name.clone())
+                .collect();
+            if let Some(live) = &mut self.relays[to].live {
+                live.sched.woken(learned.iter());
+            }
+            self.drive_drain(to);
         }
     }
 
     fn drain_tick(&mut self, r: usize, incarnation: u32) -> Result<(), SimError> {
-        if self.relays[r].incarnation != incarnation || self.relays[r].live.is_none() {
+        if self.relays[r].incarnation != incarnation {
             return Ok(());
         }
-        self.spawn_due_drains(r);
-        self.q.after(
-            DRAIN_TICK_MS,
-            Ev::DrainTick {
-                relay: r,
-                incarnation,
-            },
-        );
-        Ok(())
-    }
-
-    fn spawn_due_drains(&mut self, r: usize) {
-        let Some(live) = &self.relays[r].live else {
-            return;
+        let now_q = self.q.now_ms();
+        let Some(live) = &mut self.relays[r].live else {
+            return Ok(());
         };
-        let relay = live.relay.clone();
-        let Ok(Ok(destinations)) = run_now(relay.outbox_destinations()) else {
-            return;
-        };
-        let now = EPOCH_MS + self.q.now_ms();
-        for d in destinations {
-            if d.pending > 0
-                && d.next_attempt_ms <= now
-                && let Some(&to) = self.relay_ix.get(&d.relay)
-            {
-                self.spawn_drain(r, to);
-            }
+        if live.timer_at.is_some_and(|t| t <= now_q) {
+            live.timer_at = None;
         }
+        let now = live.relay.now_ms();
+        live.sched.timer_fired(now);
+        self.drive_drain(r);
+        Ok(())
     }
 
     // --- faults ---
@@ -1817,21 +1864,6 @@ fn retry_buffered(d: &mut Device, me: DeviceIx, out: &mut Vec<(usize, DeviceIx, 
 /// Drains the outbox for `dest` with the relay's own driver loop
 /// ([`courier_relay::federation::drain_once`]) over the simulated
 /// federation, a few rounds at a time (the next drain tick continues).
-async fn drain(
-    relay: &Relay,
-    fed: &SimFederation,
-    dest: &RelayName,
-    batch_max: u32,
-) -> Result<(), RelayError> {
-    for _ in 0..DRAIN_ROUNDS_MAX {
-        let report = drain_once(relay, fed, dest, batch_max).await?;
-        if report.taken == 0 || report.error.is_some() {
-            break;
-        }
-    }
-    Ok(())
-}
-
 fn is_transient(e: &RelayError) -> bool {
     courier_relay::federation::is_transient(e.code())
 }
