@@ -24,12 +24,12 @@ use courier_protocol::{
     Address, DeliveryAcks, DeliveryBatch, DeviceId, EnvelopeAck, EnvelopeId, OutgoingMessage,
     RecipientEntry, RelayName, Username,
 };
+use courier_relay::drain_scheduler::{DrainAction, DrainSchedule, DrainScheduler};
 use courier_relay::federation::{FederationError, accept_batch, drain_worker};
 use courier_relay::types::{
     AckStatus, ApproveLinkRequest, DeviceList, DeviceListEntry, Envelope, EnvelopeKind,
     LinkRequest, RegisterRequest,
 };
-use courier_relay::drain_scheduler::{DrainAction, DrainSchedule, DrainScheduler};
 use courier_relay::{AuthedDevice, Config, ManualClock, Notifier, Relay, RelayError, Store};
 
 use crate::checker::{Arrival, Checker, Conversation, DeviceIx, Opened, digest};
@@ -1394,7 +1394,10 @@ impl<'s> World<'s> {
         let batch_max = self.batch_max;
         self.exec.spawn(r, async move {
             let _ = drain_worker(&relay, &fed, &dest, batch_max).await;
-            finished.lock().unwrap_or_else(|p| p.into_inner()).push(dest);
+            finished
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(dest);
         });
     }
 
