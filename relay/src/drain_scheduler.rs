@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use courier_protocol::RelayName;
 
 use crate::store::OutboxDue;
+use crate::{Relay, RelayError};
 
 /// The scheduler's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +232,56 @@ impl DrainScheduler {
             .map_or(now_ms, |t| t + self.config.budget_sync_every_ms);
         scan.min(expire).min(sync)
     }
+}
+
+/// What carrying out one [`DrainAction`] did (see [`perform`]).
+#[derive(Debug, Default)]
+pub struct Performed {
+    /// Destinations to start a delivery worker for, one entry per worker.
+    pub start: Vec<RelayName>,
+    /// Outbox entries expired (their senders were sent failure notices).
+    pub expired: u32,
+    /// The store error that cut the action short, for the driver to log.
+    pub error: Option<RelayError>,
+}
+
+/// Carries out `action` on `relay` at `now_ms` — a budget sync, an expiry
+/// pass, or a bounded, due-ordered look at the outbox whose result goes to
+/// `schedule` — the one way the node's drainer and the simulator act on
+/// the schedule. Starting the workers is the driver's (tokio tasks, or
+/// simulated ones).
+pub async fn perform(
+    relay: &Relay,
+    schedule: &mut DrainScheduler,
+    action: DrainAction,
+    now_ms: u64,
+) -> Performed {
+    let mut done = Performed::default();
+    match action {
+        DrainAction::SyncBudget => done.error = relay.outbox_budget_sync().await.err(),
+        DrainAction::Expire => match relay.outbox_expire().await {
+            Ok(n) => done.expired = n,
+            Err(e) => done.error = Some(e),
+        },
+        DrainAction::Scan {
+            entries_max,
+            destinations_max,
+        } => {
+            let due = match relay
+                .store()
+                .outbox_due(now_ms, entries_max, destinations_max)
+                .await
+            {
+                Ok(due) => Some(due),
+                Err(e) => {
+                    done.error = Some(e);
+                    None
+                }
+            };
+            done.start = schedule.scanned(now_ms, due.as_ref());
+        }
+    }
+    done
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use courier_protocol::{DeviceId, RelayName, Username};
-use courier_relay::drain_scheduler::{DrainAction, DrainSchedule, DrainScheduler};
+use courier_relay::drain_scheduler::{DrainSchedule, DrainScheduler, perform};
 use courier_relay::federation::{Federation, drain_worker};
 use courier_relay::{Notifier, Relay};
 use tokio::sync::{Notify, watch};
@@ -199,15 +199,24 @@ async fn run(
         }
         schedule.woken(&wake.take());
         while let Some(action) = schedule.poll_action(relay.now_ms()) {
-            act(
-                &relay,
-                &federation,
-                &config,
-                &mut workers,
-                &mut schedule,
-                action,
-            )
-            .await;
+            let done = perform(&relay, &mut schedule, action, relay.now_ms()).await;
+            if let Some(e) = &done.error {
+                tracing::warn!(error = %e, ?action, "outbox drain action failed");
+            }
+            if done.expired > 0 {
+                tracing::info!(
+                    expired = done.expired,
+                    "outbox entries expired; senders notified"
+                );
+            }
+            for dest in done.start {
+                workers.spawn(worker(
+                    relay.clone(),
+                    federation.clone(),
+                    dest,
+                    config.batch_max,
+                ));
+            }
         }
         let now = relay.now_ms();
         let sleep = Duration::from_millis(schedule.poll_timeout(now).saturating_sub(now).max(1));
@@ -221,57 +230,6 @@ async fn run(
         }
     }
     while workers.join_next().await.is_some() {}
-}
-
-/// Carries out one of the scheduler's actions. A look at the outbox is
-/// bounded and due-ordered (not every destination every round: a backlog
-/// for thousands of unreachable relays costs nothing until its entries
-/// fall due); it starts the workers the scheduler calls for.
-async fn act(
-    relay: &Arc<Relay>,
-    federation: &Arc<dyn Federation>,
-    config: &DrainerConfig,
-    workers: &mut JoinSet<RelayName>,
-    schedule: &mut DrainScheduler,
-    action: DrainAction,
-) {
-    match action {
-        DrainAction::SyncBudget => {
-            if let Err(e) = relay.outbox_budget_sync().await {
-                tracing::warn!(error = %e, "cannot count the outbox");
-            }
-        }
-        DrainAction::Expire => match relay.outbox_expire().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(expired = n, "outbox entries expired; senders notified"),
-            Err(e) => tracing::warn!(error = %e, "outbox expiry failed"),
-        },
-        DrainAction::Scan {
-            entries_max,
-            destinations_max,
-        } => {
-            let now = relay.now_ms();
-            let due = match relay
-                .store()
-                .outbox_due(now, entries_max, destinations_max)
-                .await
-            {
-                Ok(due) => Some(due),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the outbox");
-                    None
-                }
-            };
-            for dest in schedule.scanned(now, due.as_ref()) {
-                workers.spawn(worker(
-                    relay.clone(),
-                    federation.clone(),
-                    dest,
-                    config.batch_max,
-                ));
-            }
-        }
-    }
 }
 
 /// Drains `dest` round after round while rounds come back full and answered.

@@ -24,7 +24,7 @@ use courier_protocol::{
     Address, DeliveryAcks, DeliveryBatch, DeviceId, EnvelopeAck, EnvelopeId, OutgoingMessage,
     RecipientEntry, RelayName, Username,
 };
-use courier_relay::drain_scheduler::{DrainAction, DrainSchedule, DrainScheduler};
+use courier_relay::drain_scheduler::{DrainSchedule, DrainScheduler, perform};
 use courier_relay::federation::{FederationError, accept_batch, drain_worker};
 use courier_relay::types::{
     AckStatus, ApproveLinkRequest, DeviceList, DeviceListEntry, Envelope, EnvelopeKind,
@@ -1344,23 +1344,11 @@ impl<'s> World<'s> {
         let mut starts = Vec::new();
         let mut expired = false;
         while let Some(action) = live.sched.poll_action(now) {
-            match action {
-                DrainAction::SyncBudget => {
-                    let _ = run_now(relay.outbox_budget_sync());
-                }
-                DrainAction::Expire => {
-                    expired |= matches!(run_now(relay.outbox_expire()), Ok(Ok(n)) if n > 0);
-                }
-                DrainAction::Scan {
-                    entries_max,
-                    destinations_max,
-                } => {
-                    let due = run_now(relay.store().outbox_due(now, entries_max, destinations_max))
-                        .ok()
-                        .and_then(Result::ok);
-                    starts.extend(live.sched.scanned(now, due.as_ref()));
-                }
-            }
+            let Ok(done) = run_now(perform(&relay, &mut live.sched, action, now)) else {
+                break;
+            };
+            expired |= done.expired > 0;
+            starts.extend(done.start);
         }
         let at = live.sched.poll_timeout(now).saturating_sub(EPOCH_MS);
         let at = at.max(self.q.now_ms());
